@@ -1,0 +1,25 @@
+"""polyfuse: from a table of raw multimodal records to a trained fusion model, and to deployment.
+
+``polyfuse.train`` and ``polyfuse.load`` import torch lazily, so ``polyfuse.preprocess`` (and
+the torch-free runtime) can be imported where torch is not installed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["train", "load", "__version__"]
+
+
+def train(spec: Any, data: Any = None, **kwargs: Any):
+    """Train a fusion model from a spec (YAML path or dict); ``data`` may be a DataFrame."""
+    from polyfuse.estimator import train as _train
+
+    return _train(spec, data=data, **kwargs)
+
+
+def load(path: Any):
+    """Load a saved model directory (verifies its manifest first)."""
+    from polyfuse.estimator import load as _load
+
+    return _load(path)

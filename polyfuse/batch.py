@@ -1,0 +1,63 @@
+"""Batch prediction over a table, streamed in chunks: one bad row is reported in its own output
+row (``error`` column) and never stops the job; row ids are kept."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polyfuse.errors import BadInputError
+from polyfuse.io import count_rows, iter_table_chunks
+
+
+def predict_table(model: Any, data: str | Path, out: str | Path, *, chunk_rows: int = 512,
+                  id_column: str | None = None, show_progress: bool = True) -> dict[str, int]:
+    """Write ``row, [id], <output>..., <output>_probability..., error`` for every input row."""
+    from tqdm import tqdm
+
+    from polyfuse.preprocess.pipeline import decode_table
+    from polyfuse.nn import heads
+    from polyfuse.nn.model import predict_arrays
+
+    spec, pre = model.spec, model.preprocessor
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    rows = bad = 0
+    header_written = False
+    with open(tmp, "w", newline="") as f, tqdm(total=count_rows(data), unit="row", desc="predict",
+                                                disable=not show_progress) as bar:
+        writer = csv.writer(f)
+        for table in iter_table_chunks(data, chunk_rows):
+            idc = id_column or ("id" if "id" in table.frame.columns else None)
+            if idc and idc not in table.frame.columns:
+                raise BadInputError(f"--id-column {idc!r} is not a column of {table.name}")
+            if not header_written:
+                header = ["row"] + ([idc] if idc else []) + list(spec.outputs)
+                header += [f"{o}_probability" for o, c in spec.outputs.items() if c.type in ("category", "binary")]
+                writer.writerow(header + ["error"])
+                header_written = True
+            decoded = decode_table(spec, table, with_targets=False, on_bad_row="skip")
+            results: dict[Any, list] = {}
+            if len(decoded):
+                logits = predict_arrays(model.net, pre.collate(decoded))
+                probs = {n: heads.probabilities(c, logits[n]).numpy() for n, c in spec.outputs.items()}
+                labels = model.decode_predictions(probs)
+                for i, row in enumerate(decoded.rows):
+                    values = [labels[o][i] for o in spec.outputs]
+                    values += [f"{float(np.max(probs[o][i])):.6f}" for o, c in spec.outputs.items()
+                               if c.type in ("category", "binary")]
+                    results[row] = values + [""]
+            width = len(spec.outputs) + sum(c.type in ("category", "binary") for c in spec.outputs.values())
+            for b in decoded.bad:
+                results[b.row] = [""] * width + [f"column '{b.column}': {b.message}"]
+            bad += len(decoded.bad)
+            for row in table.frame.index:
+                ident = [table.frame.at[row, idc]] if idc else []
+                writer.writerow([row] + ident + results[row])
+            rows += len(table)
+            bar.update(len(table))
+    os.replace(tmp, out)
+    return {"rows": rows, "bad": bad}

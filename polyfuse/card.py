@@ -1,0 +1,52 @@
+"""MODEL_CARD.md: what the model was trained on, how well it does, and where it should not be used."""
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import polyfuse
+from polyfuse import report
+
+
+def render(model: Any) -> str:
+    spec, m = model.spec, model.metrics
+    inputs = "\n".join(f"- `{n}`: {c.type} (column `{spec.column(n)}`, encoder `{c.encoder}`)" for n, c in spec.inputs.items())
+    outputs = "\n".join(f"- `{n}`: {c.type}" + (f", classes {model.preprocessor.classes(n)}" if c.type != "number" else "")
+                        for n, c in spec.outputs.items())
+    sizes = m.get("sizes", {})
+    evals = []
+    for split in ("test", "valid"):
+        if split in m:
+            evals.append(f"### {split} split\n```\n{report.summary(m[split], spec)}\n```")
+    bad = m.get("bad_rows", [])
+    return f"""# Model card
+
+Trained with polyfuse {polyfuse.__version__} on {datetime.date.today().isoformat()}.
+
+## Inputs
+{inputs}
+
+Fusion: `{spec.fusion.method}` (width {spec.fusion.dim}, modality dropout {spec.fusion.modality_dropout}).
+Any input may be missing at prediction time; the model then uses the others.
+
+## Outputs
+{outputs}
+
+## Data
+- training table: `{spec.data.train or '<DataFrame>'}`; rows: train {sizes.get('train', '?')}, \
+valid {sizes.get('valid', '?')}, test {sizes.get('test', '?')}
+- split: {spec.data.split.model_dump(exclude_none=True)}
+- bad rows skipped: {len(bad)}{' (listed in metrics.json)' if bad else ''}
+- training time: {m.get('train_seconds', '?')} s
+
+## Evaluation
+{chr(10).join(evals) or 'No held-out data was evaluated.'}
+
+## Intended use and limits
+- Intended for data drawn like the training table: the same columns, devices, languages and populations.
+  Accuracy on other sources (other microphones, cameras, speakers, writers) is unmeasured here.
+- The "only <input>" rows above show how the model degrades when inputs are missing; check them before
+  deploying where a sensor can fail.
+- Probabilities are not calibrated unless stated; do not use them as risk estimates without checking.
+- Not for decisions about people without human review.
+"""

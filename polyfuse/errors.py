@@ -1,0 +1,33 @@
+"""Exceptions that polyfuse raises on purpose, each carrying where the problem is."""
+from __future__ import annotations
+
+
+class PolyfuseError(Exception):
+    """Base class for every error polyfuse raises deliberately."""
+
+
+class SpecError(PolyfuseError, ValueError):
+    """The spec is invalid; the message names the field path, the value and what is allowed."""
+
+
+class BadInputError(PolyfuseError, ValueError):
+    """One value of one record could not be used (missing file, corrupt image, silent audio...).
+
+    ``row`` and ``column`` say where, when known; the message already includes them.
+    """
+
+    def __init__(self, message: str, *, row: int | None = None, column: str | None = None):
+        where = []
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column '{column}'")
+        prefix = (", ".join(where) + ": ") if where else ""
+        super().__init__(prefix + message)
+        self.reason = message
+        self.row = row
+        self.column = column
+
+
+class ArtifactError(PolyfuseError):
+    """A saved model directory is missing, corrupt or was modified after saving."""

@@ -1,0 +1,160 @@
+"""The user-facing model: ``train`` / ``load`` and ``predict`` / ``predict_proba`` / ``evaluate`` / ``save``."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+import polyfuse
+from polyfuse import artifact
+from polyfuse.errors import ArtifactError
+from polyfuse.evaluate import evaluate as _evaluate
+from polyfuse.io import read_table
+from polyfuse.nn import heads
+from polyfuse.nn.model import FusionModel, predict_arrays
+from polyfuse.preprocess.pipeline import Decoded, Preprocessor, decode_table
+from polyfuse.spec import Spec, load_spec
+
+
+@dataclass
+class Model:
+    """A trained fusion model with its fitted preprocessing (scikit-learn-style API)."""
+
+    spec: Spec
+    preprocessor: Preprocessor
+    net: FusionModel
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ inference
+    def _probabilities(self, records: Any, folder: Path | None = None) -> tuple[dict[str, np.ndarray], Decoded]:
+        batch, decoded = self.preprocessor.transform(records, folder)
+        logits = predict_arrays(self.net, batch)
+        probs = {n: heads.probabilities(c, logits[n]).numpy() for n, c in self.spec.outputs.items()}
+        return probs, decoded
+
+    def predict_proba(self, records: Any, folder: str | Path | None = None) -> Any:
+        """Class probabilities: a DataFrame (one column per class) per classification output;
+        a single DataFrame when the model has one output."""
+        import pandas as pd
+
+        probs, decoded = self._probabilities(records, Path(folder) if folder else None)
+        out = {}
+        for name, cfg in self.spec.outputs.items():
+            if cfg.type == "number":
+                continue
+            out[name] = pd.DataFrame(probs[name], columns=self.preprocessor.classes(name), index=decoded.rows)
+        return next(iter(out.values())) if len(out) == 1 else out
+
+    def predict(self, records: Any, folder: str | Path | None = None) -> Any:
+        """Predictions as a DataFrame with one column per output, indexed by row id.
+
+        ``records`` is a dict, a list of dicts, a DataFrame or a table path; file paths in it
+        are relative to ``folder`` (default: the table's folder, or the current directory).
+        """
+        import pandas as pd
+
+        probs, decoded = self._probabilities(records, Path(folder) if folder else None)
+        return pd.DataFrame(self.decode_predictions(probs), index=decoded.rows)
+
+    def decode_predictions(self, probs: dict[str, np.ndarray]) -> dict[str, list]:
+        """Turn head outputs into labels (category/binary), label lists (multilabel) or numbers."""
+        out: dict[str, list] = {}
+        for name, cfg in self.spec.outputs.items():
+            state, p = self.preprocessor.state[name], probs[name]
+            if cfg.type == "number":
+                out[name] = (p * state["std"] + state["mean"]).tolist()
+            elif cfg.type == "multilabel":
+                out[name] = [cfg.separator.join(c for c, on in zip(state["classes"], row) if on) for row in p >= 0.5]
+            else:
+                out[name] = [state["classes"][i] for i in p.argmax(-1)]
+        return out
+
+    def evaluate(self, data: Any, folder: str | Path | None = None, on_bad_row: str = "skip") -> dict[str, Any]:
+        """Metrics on a labelled table (path, DataFrame or records), with per-input ablation."""
+        table = read_table(data, Path(folder) if folder else None)
+        decoded = decode_table(self.spec, table, with_targets=True, on_bad_row=on_bad_row)
+        result = _evaluate(self.net, self.preprocessor, decoded)
+        result["rows"] = len(decoded)
+        result["bad_rows"] = [str(b) for b in decoded.bad]
+        return result
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, extra_files: dict[str, Path] | None = None) -> Path:
+        """Write the artifact directory atomically (safetensors + JSON/YAML, manifest last)."""
+        from polyfuse import card
+
+        def fill(tmp: Path) -> None:
+            (tmp / "spec.yaml").write_text(yaml.safe_dump(self.spec.to_dict(), sort_keys=False))
+            save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / "weights.safetensors"))
+            (tmp / "preprocess.json").write_text(self.preprocessor.to_json())
+            (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=1, default=str))
+            (tmp / "history.json").write_text(json.dumps(self.history, indent=1))
+            for name, src in (extra_files or {}).items():
+                shutil.copyfile(src, tmp / name)
+            (tmp / "MODEL_CARD.md").write_text(card.render(self))
+            artifact.write_manifest(tmp, {"polyfuse_version": polyfuse.__version__, **self.info})
+
+        return artifact.write_dir(path, fill)
+
+
+def _spec_base(spec: Any) -> tuple[Spec, Path]:
+    return load_spec(spec)
+
+
+def train(spec: Any, data: Any = None, out: str | Path | None = None, resume: bool = False,
+          show_progress: bool | None = None, callback: Any = None) -> Model:
+    """Train from a spec (YAML path, dict or Spec); ``data`` overrides ``data.train`` (e.g. a DataFrame).
+
+    With ``out``, checkpoints go to ``<out>.checkpoint`` each epoch and the artifact to ``out``.
+    """
+    import time
+
+    from polyfuse import report
+    from polyfuse.train import run
+
+    spec_obj, base = _spec_base(spec)
+    t0 = time.perf_counter()
+    result = run(spec_obj, base, data=data, out=Path(out) if out else None, resume=resume,
+                 show_progress=show_progress, callback=callback)
+    metrics = dict(result.metrics)
+    metrics["sizes"] = result.sizes
+    metrics["train_seconds"] = round(result.train_seconds, 2)
+    metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
+    metrics["bad_rows"] = [str(b) for b in result.bad_rows]
+    model = Model(spec_obj, result.preprocessor, result.net, metrics, result.history)
+    if out is not None:
+        with report.plots(model) as files:
+            model.save(out, extra_files=files)
+        shutil.rmtree(str(out) + ".checkpoint", ignore_errors=True)
+    return model
+
+
+def load(path: str | Path) -> Model:
+    """Load an artifact directory after verifying every file against its manifest."""
+    path = Path(path)
+    manifest = artifact.verify(path)
+    try:
+        spec, _ = load_spec(path / "spec.yaml")
+        pre = Preprocessor.from_json(spec, (path / "preprocess.json").read_text())
+        net = FusionModel(spec, pre.state)
+        net.load_state_dict(load_file(str(path / "weights.safetensors")))
+    except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path}: the artifact does not load ({e}); it may come from another polyfuse version") from None
+    net.eval()
+    metrics_path = path / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return Model(spec, pre, net, metrics, info={"manifest": manifest, "path": str(path)})
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)

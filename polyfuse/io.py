@@ -1,0 +1,159 @@
+"""Reading tables (CSV, Parquet, JSONL, DataFrame, records) and the raw files their cells name.
+
+File paths inside a table are relative to that table's folder. A missing cell (empty, NaN,
+None) is a *missing value* — the model gets a presence mask — whereas a cell that names a
+file that does not exist is a *bad value*, reported with its row and column.
+"""
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from polyfuse.errors import BadInputError
+
+TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json"}
+
+
+@dataclass
+class Table:
+    """Rows as a DataFrame plus the folder that relative file paths in it are resolved against."""
+
+    frame: Any  # pandas.DataFrame; pandas is imported lazily so the runtime can skip it
+    folder: Path
+    name: str = "<records>"
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def read_table(source: Any, base: Path | None = None) -> Table:
+    """Read a table from a path, a DataFrame, or a list of record dicts."""
+    import pandas as pd
+
+    base = base or Path.cwd()
+    if isinstance(source, Table):
+        return source
+    if isinstance(source, pd.DataFrame):
+        return Table(source.reset_index(drop=True), base, "<DataFrame>")
+    if isinstance(source, dict):
+        source = [source]
+    if isinstance(source, (list, tuple)):
+        return Table(pd.DataFrame.from_records(list(source)), base, "<records>")
+    path = Path(source)
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        raise BadInputError(f"table {str(source)!r} not found (looked for {path}); check the path")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=True)
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        elif suffix in (".jsonl", ".ndjson"):
+            frame = pd.read_json(path, lines=True)
+        elif suffix == ".json":
+            frame = pd.read_json(path)
+        else:
+            raise BadInputError(
+                f"table {path.name!r}: unsupported format {suffix!r}; use one of {sorted(TABLE_SUFFIXES)}"
+            )
+    except BadInputError:
+        raise
+    except (ValueError, OSError, pd.errors.ParserError) as e:
+        raise BadInputError(f"table {str(path)!r} could not be read: {e}") from None
+    return Table(frame.reset_index(drop=True), path.parent, path.name)
+
+
+def iter_table_chunks(path: str | Path, chunk_rows: int = 1024) -> Iterator[Table]:
+    """Stream a large CSV/JSONL in chunks (Parquet is read whole); row index is kept global."""
+    import pandas as pd
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        reader = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", chunksize=chunk_rows)
+    elif suffix in (".jsonl", ".ndjson"):
+        reader = pd.read_json(path, lines=True, chunksize=chunk_rows)
+    else:
+        table = read_table(path)
+        for start in range(0, len(table), chunk_rows):
+            yield Table(table.frame.iloc[start : start + chunk_rows], table.folder, table.name)
+        return
+    for chunk in reader:
+        yield Table(chunk, path.parent, path.name)
+
+
+def count_rows(path: str | Path) -> int | None:
+    """Number of data rows of a CSV/JSONL without parsing it (for progress bars)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".ndjson"):
+        return None
+    with open(path, "rb") as f:
+        n = sum(1 for _ in f)
+    return n - 1 if path.suffix.lower() in (".csv", ".tsv") else n
+
+
+def require_columns(table: Table, columns: Iterable[str], what: str = "the spec") -> None:
+    """Raise a clear error naming every column the table lacks."""
+    missing = [c for c in columns if c not in table.frame.columns]
+    if missing:
+        raise BadInputError(
+            f"table {table.name!r} has no column {missing[0]!r}"
+            + (f" (nor {missing[1:]})" if len(missing) > 1 else "")
+            + f", which {what} needs; it has {list(table.frame.columns)}. "
+            "Rename the column or set `column:` for that input in the spec."
+        )
+
+
+def is_missing(value: Any) -> bool:
+    """True for the cells that mean 'no value here': None, NaN, empty or blank strings."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    if isinstance(value, str) and not value.strip():
+        return True
+    if isinstance(value, (bytes, bytearray)) and len(value) == 0:
+        return True
+    return False
+
+
+def resolve_media(value: Any, folder: Path) -> bytes | Path | np.ndarray:
+    """Turn a cell of an image/audio column into bytes, an existing file path, or an array.
+
+    Accepts raw bytes, ``data:...;base64,`` URIs, arrays, and paths relative to ``folder``.
+    Raises :class:`BadInputError` (without row/column; the caller adds them) for a missing file.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, (list, tuple)):
+        return np.asarray(value, dtype=np.float32)
+    if isinstance(value, dict) and "bytes" in value:  # parquet binary struct written by some tools
+        return bytes(value["bytes"])
+    if isinstance(value, (str, Path)):
+        text = str(value).strip()
+        if text.startswith("data:") and ";base64," in text:
+            return base64.b64decode(text.split(";base64,", 1)[1])
+        path = Path(text).expanduser()
+        if not path.is_absolute():
+            path = folder / path
+        if not path.is_file():
+            raise BadInputError(f"file {text!r} not found (looked for {path}); fix the path or leave the cell empty")
+        return path
+    raise BadInputError(f"expected a file path or bytes, got {type(value).__name__}")
+
+
+def column_values(table: Table, column: str, rows: Sequence[int] | None = None) -> list[Any]:
+    """Values of one column as a Python list (optionally only some positional rows)."""
+    series = table.frame[column]
+    if rows is not None:
+        series = series.iloc[list(rows)]
+    return series.tolist()

@@ -1,0 +1,172 @@
+"""One encoder per input: each maps (tensor, lengths) to a [batch, dim] vector.
+
+Encoders do not look at presence masks; fusion does. They must stay ONNX-exportable, so
+no packed sequences: padded steps are masked out in pooling instead.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def masked_pool(h: torch.Tensor, length: torch.Tensor | None) -> torch.Tensor:
+    """Mean and max over time of h [B, T, D] using only the first ``length`` steps -> [B, 2D]."""
+    if length is None:
+        return torch.cat([h.mean(1), h.amax(1)], dim=-1)
+    steps = torch.arange(h.shape[1], device=h.device)[None, :]
+    valid = (steps < length.clamp(min=1)[:, None]).unsqueeze(-1)
+    mean = (h * valid).sum(1) / valid.sum(1).clamp(min=1)
+    peak = h.masked_fill(~valid, -1e4).amax(1)
+    return torch.cat([mean, peak], dim=-1)
+
+
+def _conv2d(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ImageCNN(nn.Module):
+    """Small VGG-style CNN: conv-pool stages of 16/32/64 channels, a 3x3 spatial summary, a projection.
+
+    Narrow first layers keep it cheap on CPUs (most of a CNN's cost is at full resolution).
+    """
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv2d(channels, 16), nn.MaxPool2d(2),
+            _conv2d(16, 32), nn.MaxPool2d(2),
+            _conv2d(32, 64), nn.AdaptiveMaxPool2d(3),
+        )
+        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(64 * 9, dim), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(self.features(x))
+
+
+class _Residual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(_conv2d(cin, cout, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = nn.Identity() if cin == cout and stride == 1 else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ImageResNet(nn.Module):
+    """ResNet-style CNN: stem, three residual stages (32/64/128), global average pooling."""
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv2d(channels, 32), _Residual(32, 32, 1), _Residual(32, 64, 2), _Residual(64, 128, 2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.proj = nn.Sequential(nn.Linear(128, dim), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(self.features(x))
+
+
+def _conv1d(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv1d(cin, cout, k, 1, k // 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True))
+
+
+class AudioCNN(nn.Module):
+    """1-D CNN over feature frames [B, T, F] with masked mean+max pooling over valid frames."""
+
+    def __init__(self, n_features: int, dim: int, lstm: bool = False):
+        super().__init__()
+        self.convs = nn.Sequential(_conv1d(n_features, 64, 5), nn.MaxPool1d(2), _conv1d(64, 128, 3), nn.MaxPool1d(2),
+                                   _conv1d(128, 128, 3))
+        self.lstm = nn.LSTM(128, 64, batch_first=True, bidirectional=True) if lstm else None
+        self.proj = nn.Sequential(nn.Linear(256, dim), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.convs(x.transpose(1, 2)).transpose(1, 2)  # [B, T/4, 128]
+        if self.lstm is not None:
+            h, _ = self.lstm(h)
+        pooled_length = None if length is None else torch.div(length, 4, rounding_mode="floor").clamp(min=1)
+        return self.proj(masked_pool(h, pooled_length))
+
+
+class TextRNN(nn.Module):
+    """Embedding + bidirectional GRU/LSTM with masked mean+max pooling."""
+
+    def __init__(self, vocab: int, dim: int, cell: str = "gru"):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 64, padding_idx=0)
+        rnn = nn.GRU if cell == "gru" else nn.LSTM
+        self.rnn = rnn(64, dim // 2, batch_first=True, bidirectional=True)
+        self.proj = nn.Sequential(nn.Linear(2 * (dim // 2) * 2, dim), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
+        h, _ = self.rnn(self.embed(x))
+        return self.proj(masked_pool(h, length))
+
+
+class TextBag(nn.Module):
+    """Bag of n-grams (fastText-style): mean of unigram and hashed n-gram embeddings.
+
+    Few parameters to fit and no recurrence, which is why it is strong on small data.
+    """
+
+    BUCKETS = 1 << 15
+
+    def __init__(self, vocab: int, dim: int, ngrams: int = 2):
+        super().__init__()
+        self.ngrams = ngrams
+        self.unigram = nn.Embedding(vocab, dim, padding_idx=0)
+        self.hashed = nn.Embedding(self.BUCKETS, dim) if ngrams > 1 else None
+        self.proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
+        valid = (x > 0).float()
+        total = self.unigram(x).sum(1)
+        count = valid.sum(1, keepdim=True)
+        for n in range(2, self.ngrams + 1):
+            ids = x[:, : x.shape[1] - n + 1]
+            ok = valid[:, : x.shape[1] - n + 1]
+            for k in range(1, n):
+                ids = ids * 1000003 + x[:, k : x.shape[1] - n + 1 + k]
+                ok = ok * valid[:, k : x.shape[1] - n + 1 + k]
+            total = total + (self.hashed(torch.remainder(ids, self.BUCKETS)) * ok.unsqueeze(-1)).sum(1)
+            count = count + ok.sum(1, keepdim=True)
+        return self.proj(total / count.clamp(min=1.0))
+
+
+class NumberMLP(nn.Module):
+    def __init__(self, dim: int, linear: bool = False):
+        super().__init__()
+        self.net = nn.Linear(1, dim) if linear else nn.Sequential(nn.Linear(1, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+
+    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x)
+
+
+class CategoryEmbedding(nn.Module):
+    def __init__(self, vocab: int, dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+
+    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
+        return self.embed(x)
+
+
+def build_encoder(cfg: Any, state: dict) -> nn.Module:
+    """The encoder a spec input asks for, sized from the fitted preprocessing state."""
+    if cfg.type == "image":
+        return (ImageResNet if cfg.encoder == "resnet" else ImageCNN)(cfg.channels, cfg.dim)
+    if cfg.type == "audio":
+        return AudioCNN(len(state["mean"]), cfg.dim, lstm=cfg.encoder == "cnn_lstm")
+    if cfg.type == "text":
+        vocab = len(state["vocab"])
+        return TextBag(vocab, cfg.dim, cfg.ngrams) if cfg.encoder == "bag" else TextRNN(vocab, cfg.dim, "gru" if cfg.encoder == "bigru" else "lstm")
+    if cfg.type == "number":
+        return NumberMLP(cfg.dim, linear=cfg.encoder == "linear")
+    if cfg.type == "category":
+        return CategoryEmbedding(len(state["vocab"]), cfg.dim)
+    raise ValueError(f"no encoder for input type {cfg.type!r}")

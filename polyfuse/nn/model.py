@@ -1,0 +1,58 @@
+"""The fusion model: a dict of encoders, a fusion module and a dict of heads, composed in forward."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from polyfuse.nn.encoders import build_encoder
+from polyfuse.nn.fusion import build_fusion
+from polyfuse.nn.heads import build_head
+from polyfuse.spec import Spec
+
+
+class FusionModel(nn.Module):
+    """Late-fusion model.
+
+    Takes the flat batch that ``Preprocessor.collate`` produces, as tensors: for each input
+    ``name`` its tensor, ``name__present`` [B] (bool) and, for sequences, ``name__length`` [B].
+    Returns ``{output: logits}``. In training, each present input is dropped per sample with
+    its modality-dropout probability (never all of a row's inputs), so the model learns to
+    answer when a camera or microphone fails.
+    """
+
+    def __init__(self, spec: Spec, state: dict[str, dict]):
+        super().__init__()
+        self.names = list(spec.inputs)
+        self.encoders = nn.ModuleDict({n: build_encoder(c, state[n]) for n, c in spec.inputs.items()})
+        self.drop_p = [c.modality_dropout if c.modality_dropout is not None else spec.fusion.modality_dropout
+                       for c in spec.inputs.values()]
+        dims = [c.dim for c in spec.inputs.values()]
+        self.fusion = build_fusion(spec.fusion.method, dims, spec.fusion.dim, spec.fusion.dropout)
+        self.heads = nn.ModuleDict({n: build_head(c, state[n], spec.fusion.dim) for n, c in spec.outputs.items()})
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        present = torch.stack([batch[f"{n}__present"].bool() for n in self.names], dim=1)
+        if self.training and any(self.drop_p):
+            p = torch.tensor(self.drop_p, device=present.device)
+            dropped = present & (torch.rand(present.shape, device=present.device) >= p)
+            present = torch.where(dropped.any(1, keepdim=True), dropped, present)
+        vectors = [self.encoders[n](batch[n], batch.get(f"{n}__length")) for n in self.names]
+        fused = self.fusion(vectors, present)
+        return {n: head(fused) for n, head in self.heads.items()}
+
+
+def to_tensors(batch: dict) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def predict_arrays(net: FusionModel, batch: dict, chunk: int = 256) -> dict[str, torch.Tensor]:
+    """Logits for a collated numpy batch, in chunks, in eval mode."""
+    net.eval()
+    n = len(next(iter(batch.values())))
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, n, chunk):
+        out = net(to_tensors({k: v[start : start + chunk] for k, v in batch.items()}))
+        for name, logits in out.items():
+            parts.setdefault(name, []).append(logits)
+    return {name: torch.cat(p) for name, p in parts.items()}

@@ -1,0 +1,112 @@
+"""Image inputs: decode, grey/RGB, resize, scale to [0, 1], normalise; crop/flip/noise in training.
+
+numpy + pillow only. ``decode`` is the expensive step (done once, then cached); ``collate``
+is the cheap per-batch step that training and serving share.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polyfuse.errors import BadInputError
+from polyfuse.io import resolve_media
+
+
+def decode_image(source: bytes | Path | np.ndarray, size: tuple[int, int], channels: int, where: str = "") -> np.ndarray:
+    """Decode to float32 [channels, height, width] in [0, 1], resized to ``size`` = (height, width)."""
+    from PIL import Image, UnidentifiedImageError
+
+    height, width = size
+    if isinstance(source, np.ndarray):
+        arr = source.astype(np.float32)
+        if arr.max(initial=0.0) > 1.0:
+            arr = arr / 255.0
+        arr = np.clip(arr, 0.0, 1.0)
+        if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+            arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+        img = Image.fromarray((arr.squeeze() * 255).round().astype(np.uint8))
+    else:
+        try:
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            img.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            name = where or ("<bytes>" if isinstance(source, bytes) else str(source))
+            raise BadInputError(
+                f"image {name!r} could not be decoded ({e}); re-save it as PNG/JPEG or leave the cell empty"
+            ) from None
+    img = img.convert("L" if channels == 1 else "RGB")
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.Resampling.BILINEAR)
+    out = np.asarray(img, dtype=np.float32) / 255.0
+    return out[None] if channels == 1 else out.transpose(2, 0, 1).copy()
+
+
+def decode(value: Any, cfg: Any, folder: Path) -> np.ndarray:
+    """Decode one table cell (path, bytes or array) of an image input."""
+    source = resolve_media(value, folder)
+    return decode_image(source, tuple(cfg.size), cfg.channels, where=str(value) if isinstance(value, str) else "")
+
+
+def fit(values: list[np.ndarray | None], cfg: Any) -> dict:
+    """Per-channel mean/std over the training images (unless the spec fixes them)."""
+    present = [v for v in values if v is not None]
+    if cfg.mean is not None and cfg.std is not None:
+        mean, std = np.broadcast_to(cfg.mean, (cfg.channels,)), np.broadcast_to(cfg.std, (cfg.channels,))
+    elif present:
+        stack = np.stack(present)
+        mean, std = stack.mean(axis=(0, 2, 3)), stack.std(axis=(0, 2, 3))
+    else:
+        mean, std = np.full(cfg.channels, 0.5), np.full(cfg.channels, 0.25)
+    return {"mean": [float(m) for m in mean], "std": [max(float(s), 1e-6) for s in std]}
+
+
+def _random_crop(img: np.ndarray, frac: float, rng: np.random.Generator) -> np.ndarray:
+    """Crop a random window ``frac`` of each side and resize it back (bilinear)."""
+    _, h, w = img.shape
+    ch, cw = max(2, int(round(h * frac))), max(2, int(round(w * frac)))
+    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    ys = top + np.linspace(0, ch - 1, h, dtype=np.float32)
+    xs = left + np.linspace(0, cw - 1, w, dtype=np.float32)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    wy, wx = (ys - y0)[None, :, None], (xs - x0)[None, None, :]
+    top_row = img[:, y0][:, :, x0] * (1 - wx) + img[:, y0][:, :, x1] * wx
+    bottom_row = img[:, y1][:, :, x0] * (1 - wx) + img[:, y1][:, :, x1] * wx
+    return (top_row * (1 - wy) + bottom_row * wy).astype(np.float32)
+
+
+def augment(img: np.ndarray, aug: Any, rng: np.random.Generator) -> np.ndarray:
+    """Training-time augmentation of one decoded image (values stay in [0, 1])."""
+    if aug.random_crop is not None and aug.random_crop < 1.0:
+        img = _random_crop(img, aug.random_crop, rng)
+    if aug.flip and rng.random() < 0.5:
+        img = img[:, :, ::-1]
+    if aug.noise:
+        img = np.clip(img + rng.normal(0.0, aug.noise, img.shape).astype(np.float32), 0.0, 1.0)
+    return img
+
+
+def collate(values: list[np.ndarray | None], cfg: Any, state: dict, train: bool, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    """Stack decoded images into a normalised batch with a presence mask."""
+    height, width = cfg.size
+    x = np.zeros((len(values), cfg.channels, height, width), dtype=np.float32)
+    present = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        x[i] = augment(v, cfg.augment, rng) if train and rng is not None else v
+        present[i] = True
+    mean = np.asarray(state["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(state["std"], dtype=np.float32)[:, None, None]
+    x = (x - mean) / std
+    x[~present] = 0.0
+    return {"": x, "present": present}
+
+
+def augments(cfg: Any) -> bool:
+    """Whether training batches differ from epoch to epoch (so they cannot be cached)."""
+    a = cfg.augment
+    return bool((a.random_crop is not None and a.random_crop < 1.0) or a.flip or a.noise)

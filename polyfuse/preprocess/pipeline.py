@@ -1,0 +1,181 @@
+"""The one preprocessing pipeline that training, evaluation and serving all use.
+
+Two stages: ``decode_table`` turns cells into decoded values once (file reads, image
+resizing, audio resampling — the expensive part, cached for every later epoch), and
+``Preprocessor.collate`` turns decoded values into model-ready numpy arrays per batch (cheap;
+training-time augmentation lives here). Fitted state (vocabularies, means) is plain JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from polyfuse.errors import BadInputError
+from polyfuse.io import Table, is_missing, read_table, require_columns
+from polyfuse.preprocess import audio, image, tabular, targets, text
+from polyfuse.spec import Spec
+
+
+@dataclass(frozen=True)
+class Modality:
+    """The four plain functions that make up one modality's preprocessing."""
+
+    decode: Callable[[Any, Any, Path], Any]
+    fit: Callable[[list, Any], dict]
+    collate: Callable[..., dict[str, np.ndarray]]
+    augments: Callable[[Any], bool]
+
+
+MODALITIES: dict[str, Modality] = {
+    "image": Modality(image.decode, image.fit, image.collate, image.augments),
+    "audio": Modality(audio.decode, audio.fit, audio.collate, audio.augments),
+    "text": Modality(text.decode, text.fit, text.collate, text.augments),
+    "number": Modality(tabular.decode_number, tabular.fit_number, tabular.collate_number, tabular.never_augments),
+    "category": Modality(tabular.decode_category, tabular.fit_category, tabular.collate_category, tabular.never_augments),
+}
+
+
+@dataclass
+class BadRow:
+    row: Any
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"row {self.row}, column '{self.column}': {self.message}"
+
+
+@dataclass
+class Decoded:
+    """Decoded values of a table: per input a list (None = missing), per output a list of targets."""
+
+    inputs: dict[str, list]
+    targets: dict[str, list]
+    rows: list[Any]  # the table's row ids of the rows kept, in order
+    bad: list[BadRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, idx: Sequence[int]) -> "Decoded":
+        pick = lambda values: [values[i] for i in idx]  # noqa: E731
+        return Decoded({k: pick(v) for k, v in self.inputs.items()}, {k: pick(v) for k, v in self.targets.items()},
+                       pick(self.rows), self.bad)
+
+
+def _decode_cell(mod: Modality, value: Any, cfg: Any, folder: Path) -> Any:
+    return None if is_missing(value) else mod.decode(value, cfg, folder)
+
+
+def decode_table(spec: Spec, table: Table, *, with_targets: bool, on_bad_row: str = "skip",
+                 progress: Callable[[int], None] | None = None, workers: int | None = None) -> Decoded:
+    """Decode every input (and target) cell of a table; bad rows are skipped and listed, or raised."""
+    require_columns(table, [spec.column(n) for n in spec.inputs])
+    if with_targets:
+        require_columns(table, [spec.column(n) for n in spec.outputs], what="the spec's outputs")
+    frame, n = table.frame, len(table.frame)
+    row_ids = list(frame.index)
+    bad: dict[int, BadRow] = {}
+
+    def run_column(name: str, fn: Callable[[Any], Any]) -> list:
+        column = spec.column(name)
+        cells = frame[column].tolist()
+
+        def one(i: int) -> Any:
+            try:
+                return fn(cells[i])
+            except BadInputError as e:
+                if on_bad_row == "error":
+                    raise BadInputError(e.reason, row=row_ids[i], column=column) from None
+                bad.setdefault(i, BadRow(row_ids[i], column, e.reason))
+                return None
+
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            out = []
+            for i, value in enumerate(pool.map(one, range(n), chunksize=32)):
+                out.append(value)
+                if progress and (i + 1) % 64 == 0:
+                    progress(64)
+            if progress:
+                progress(n % 64)
+        return out
+
+    inputs = {}
+    for name, cfg in spec.inputs.items():
+        mod = MODALITIES[cfg.type]
+        inputs[name] = run_column(name, lambda v, m=mod, c=cfg: _decode_cell(m, v, c, table.folder))
+    outs = {}
+    if with_targets:
+        for name, cfg in spec.outputs.items():
+            outs[name] = run_column(name, lambda v, c=cfg: targets.decode(v, c))
+    keep = [i for i in range(n) if i not in bad]
+    decoded = Decoded(inputs, outs, row_ids, sorted(bad.values(), key=lambda b: str(b.row)))
+    if len(keep) < n:
+        decoded = decoded.subset(keep)
+    return decoded
+
+
+@dataclass
+class Preprocessor:
+    """Fitted preprocessing for one spec: turns decoded values into model-ready arrays."""
+
+    spec: Spec
+    state: dict[str, dict]
+
+    @classmethod
+    def fit(cls, spec: Spec, decoded: Decoded) -> "Preprocessor":
+        """Fit vocabularies, means and class lists on the training rows only."""
+        state = {name: MODALITIES[cfg.type].fit(decoded.inputs[name], cfg) for name, cfg in spec.inputs.items()}
+        for name, cfg in spec.outputs.items():
+            state[name] = targets.fit(decoded.targets[name], cfg)
+        return cls(spec, state)
+
+    def augments(self) -> bool:
+        """Whether training batches change between epochs (augmentation on some input)."""
+        return any(MODALITIES[c.type].augments(c) for c in self.spec.inputs.values())
+
+    def collate(self, decoded: Decoded, idx: Sequence[int] | None = None, *, train: bool = False,
+                rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """Model inputs for rows ``idx``: ``name`` plus ``name__present`` (and ``name__length``)."""
+        batch: dict[str, np.ndarray] = {}
+        for name, cfg in self.spec.inputs.items():
+            values = decoded.inputs[name] if idx is None else [decoded.inputs[name][i] for i in idx]
+            arrays = MODALITIES[cfg.type].collate(values, cfg, self.state[name], train, rng)
+            for key, arr in arrays.items():
+                batch[f"{name}__{key}" if key else name] = arr
+        return batch
+
+    def targets(self, decoded: Decoded, idx: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        out = {}
+        for name, cfg in self.spec.outputs.items():
+            values = decoded.targets[name] if idx is None else [decoded.targets[name][i] for i in idx]
+            out[name] = targets.encode(values, cfg, self.state[name])
+        return out
+
+    def transform(self, records: Any, folder: Path | None = None) -> tuple[dict[str, np.ndarray], Decoded]:
+        """Decode and collate records for inference; a bad value raises with its row and column."""
+        table = read_table(records, folder)
+        if isinstance(records, (dict, list, tuple)):  # a record may omit an input: it is then missing
+            for name in self.spec.inputs:
+                if self.spec.column(name) not in table.frame.columns:
+                    table.frame[self.spec.column(name)] = None
+        decoded = decode_table(self.spec, table, with_targets=False, on_bad_row="error")
+        return self.collate(decoded), decoded
+
+    def to_json(self) -> str:
+        clean = {n: {k: v for k, v in s.items() if not k.startswith("_")} for n, s in self.state.items()}
+        return json.dumps({"format": "polyfuse.preprocess/1", "state": clean}, indent=1)
+
+    @classmethod
+    def from_json(cls, spec: Spec, text_: str) -> "Preprocessor":
+        data = json.loads(text_)
+        return cls(spec, data["state"])
+
+    def classes(self, output: str) -> list[str]:
+        return list(self.state[output].get("classes", []))

@@ -1,0 +1,67 @@
+"""Number and category inputs: impute + standardise, and a vocabulary with an unknown bucket."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polyfuse.errors import BadInputError
+
+UNKNOWN = "<unk>"
+
+
+def decode_number(value: Any, cfg: Any, folder: Path) -> float:
+    """Parse one numeric cell; text that is not a number is a bad value."""
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BadInputError(f"expected a number, got {value!r}; fix the cell or leave it empty") from None
+    if math.isinf(number):
+        raise BadInputError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def fit_number(values: list[float | None], cfg: Any) -> dict:
+    """Mean/std for standardising, and the imputation value for missing cells."""
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    if arr.size == 0:
+        return {"mean": 0.0, "std": 1.0, "impute": 0.0}
+    impute = {"mean": arr.mean(), "median": np.median(arr), "zero": 0.0}[cfg.impute]
+    return {"mean": float(arr.mean()), "std": float(arr.std()) or 1.0, "impute": float(impute)}
+
+
+def collate_number(values: list[float | None], cfg: Any, state: dict, train: bool, rng: Any) -> dict[str, np.ndarray]:
+    present = np.asarray([v is not None and not math.isnan(v) for v in values], dtype=bool)
+    raw = np.asarray([v if p else state["impute"] for v, p in zip(values, present)], dtype=np.float32)
+    x = ((raw - state["mean"]) / state["std"]).astype(np.float32)[:, None]
+    return {"": x, "present": present}
+
+
+def decode_category(value: Any, cfg: Any, folder: Path) -> str:
+    """Categories are compared as strings, so 3 and "3" are the same level."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def fit_category(values: list[str | None], cfg: Any) -> dict:
+    counts = Counter(v for v in values if v is not None)
+    kept = sorted((v for v, c in counts.items() if c >= cfg.min_count), key=lambda v: (-counts[v], v))
+    return {"vocab": [UNKNOWN] + kept[: max(0, cfg.max_vocab - 1)]}
+
+
+def collate_category(values: list[str | None], cfg: Any, state: dict, train: bool, rng: Any) -> dict[str, np.ndarray]:
+    index = state.get("_index")
+    if index is None:
+        index = state["_index"] = {v: i for i, v in enumerate(state["vocab"])}
+    x = np.asarray([index.get(v, 0) if v is not None else 0 for v in values], dtype=np.int64)
+    return {"": x, "present": np.asarray([v is not None for v in values], dtype=bool)}
+
+
+def never_augments(cfg: Any) -> bool:
+    return False

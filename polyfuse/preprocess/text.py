@@ -1,0 +1,67 @@
+"""Text inputs: word or char tokenisation, a fitted vocabulary with an unknown bucket, pad/truncate.
+
+The char tokeniser needs no word boundaries, so it covers Chinese, Japanese, Thai and other
+unsegmented scripts; the word tokeniser splits on Unicode word characters and punctuation.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polyfuse.errors import BadInputError
+
+PAD, UNK = "<pad>", "<unk>"
+_WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def tokenize(text: str, tokenizer: str = "word", lowercase: bool = True) -> list[str]:
+    """Split text into tokens: ``word`` (Unicode words + punctuation) or ``char`` (no whitespace)."""
+    if lowercase:
+        text = text.lower()
+    if tokenizer == "char":
+        return [c for c in text if not c.isspace()]
+    return _WORD.findall(text)
+
+
+def decode(value: Any, cfg: Any, folder: Path) -> list[str]:
+    """Tokenise one cell; numbers are accepted as text, other types are an error."""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        value = str(value)
+    if not isinstance(value, str):
+        raise BadInputError(f"expected text, got {type(value).__name__}")
+    return tokenize(value, cfg.tokenizer, cfg.lowercase)
+
+
+def fit(values: list[list[str] | None], cfg: Any) -> dict:
+    """Vocabulary: tokens seen at least ``min_count`` times, most frequent first, at most ``max_vocab``."""
+    counts = Counter(t for tokens in values if tokens is not None for t in tokens)
+    kept = sorted((t for t, c in counts.items() if c >= cfg.min_count), key=lambda t: (-counts[t], t))
+    return {"vocab": [PAD, UNK] + kept[: max(0, cfg.max_vocab - 2)]}
+
+
+def encode(tokens: list[str], index: dict[str, int], max_length: int) -> np.ndarray:
+    """Token ids, truncated to ``max_length`` (unknown tokens -> 1)."""
+    return np.asarray([index.get(t, 1) for t in tokens[:max_length]], dtype=np.int64)
+
+
+def collate(values: list[list[str] | None], cfg: Any, state: dict, train: bool, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    """Pad token ids to ``max_length`` with lengths and a presence mask (empty text = missing)."""
+    index = state.get("_index")
+    if index is None:  # built once per state; not saved (the vocab list is)
+        index = state["_index"] = {t: i for i, t in enumerate(state["vocab"])}
+    x = np.zeros((len(values), cfg.max_length), dtype=np.int64)
+    length = np.zeros(len(values), dtype=np.int64)
+    for i, tokens in enumerate(values):
+        if tokens:
+            ids = encode(tokens, index, cfg.max_length)
+            x[i, : len(ids)] = ids
+            length[i] = len(ids)
+    return {"": x, "length": length, "present": length > 0}
+
+
+def augments(cfg: Any) -> bool:
+    return False

@@ -1,0 +1,243 @@
+"""The spec: which columns are which modality, how each is encoded, fused and predicted.
+
+One YAML file or the same dict. Validation is done by pydantic; ``load_spec`` turns its
+errors into a :class:`SpecError` whose every line names the field path, the bad value and
+what is allowed. Every field has a default, so ``inputs`` + ``outputs`` + ``data`` suffice.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from polyfuse.errors import SpecError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# ----------------------------------------------------------------------------- data
+class SplitSpec(_Strict):
+    valid: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of train rows held out for validation")
+    test: float = Field(0.0, ge=0.0, lt=1.0, description="fraction held out for test when data.test is absent")
+    group_by: str | None = Field(None, description="column whose values never straddle two splits (e.g. speaker)")
+    seed: int = 0
+
+
+class DataSpec(_Strict):
+    train: str | None = Field(None, description="table path, relative to the spec's folder")
+    valid: str | None = None
+    test: str | None = None
+    split: SplitSpec = SplitSpec()
+    on_bad_row: Literal["skip", "error"] = Field("skip", description="skip bad rows (listed at the end) or stop")
+    cache_dir: str | None = Field(None, description="where decoded tensors are cached; default: beside the table")
+
+
+# ----------------------------------------------------------------------------- inputs
+class ImageAugment(_Strict):
+    random_crop: float | None = Field(None, gt=0.0, le=1.0, description="crop this fraction of each side, then resize back")
+    flip: bool = Field(False, description="random horizontal flip (not for digits or text!)")
+    noise: float | None = Field(None, ge=0.0, description="std of Gaussian pixel noise")
+
+
+class ImageInput(_Strict):
+    type: Literal["image"]
+    column: str | None = None
+    size: tuple[int, int] = (64, 64)
+    channels: Literal[1, 3] = 3
+    mean: float | list[float] | None = Field(None, description="normalisation mean; default: fitted on train")
+    std: float | list[float] | None = None
+    augment: ImageAugment = ImageAugment()
+    encoder: Literal["cnn", "resnet"] = "cnn"
+    dim: int = Field(128, gt=0, description="encoder output size")
+    modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 8:
+            raise ValueError(f"each side must be >= 8 pixels, got {list(v)}")
+        return v
+
+
+class AudioAugment(_Strict):
+    speed: tuple[float, float] | None = Field(None, description="random speed factor range, e.g. [0.9, 1.1]")
+    random_crop: bool = False
+    noise_snr_db: tuple[float, float] | None = Field(None, description="add white noise at an SNR in this range")
+
+
+class AudioInput(_Strict):
+    type: Literal["audio"]
+    column: str | None = None
+    sample_rate: int = Field(16000, gt=0)
+    features: Literal["mfcc", "logmel"] = "mfcc"
+    n_mfcc: int = Field(40, gt=0)
+    n_mels: int = Field(64, gt=0)
+    window_ms: float = Field(25.0, gt=0)
+    hop_ms: float = Field(10.0, gt=0)
+    max_seconds: float = Field(1.0, gt=0)
+    deltas: bool = False
+    denoise: bool = False
+    augment: AudioAugment = AudioAugment()
+    encoder: Literal["cnn", "cnn_lstm"] = "cnn"
+    dim: int = Field(128, gt=0)
+    modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _mels(self) -> "AudioInput":
+        if self.features == "mfcc" and self.n_mfcc > self.n_mels:
+            raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
+        return self
+
+
+class TextInput(_Strict):
+    type: Literal["text"]
+    column: str | None = None
+    tokenizer: Literal["word", "char"] = "word"
+    lowercase: bool = True
+    max_length: int = Field(64, gt=0)
+    min_count: int = Field(1, ge=1, description="tokens seen fewer times go to the unknown bucket")
+    max_vocab: int = Field(20000, gt=0)
+    ngrams: int = Field(2, ge=1, le=3, description="n-gram order of the bag encoder")
+    encoder: Literal["bigru", "bilstm", "bag"] = "bigru"
+    dim: int = Field(128, gt=0)
+    modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+
+class NumberInput(_Strict):
+    type: Literal["number"]
+    column: str | None = None
+    impute: Literal["mean", "median", "zero"] = "mean"
+    encoder: Literal["mlp", "linear"] = "mlp"
+    dim: int = Field(32, gt=0)
+    modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+
+class CategoryInput(_Strict):
+    type: Literal["category"]
+    column: str | None = None
+    min_count: int = Field(1, ge=1)
+    max_vocab: int = Field(10000, gt=0)
+    encoder: Literal["embedding"] = "embedding"
+    dim: int = Field(32, gt=0)
+    modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+
+InputSpec = Annotated[
+    Union[ImageInput, AudioInput, TextInput, NumberInput, CategoryInput], Field(discriminator="type")
+]
+
+
+# ----------------------------------------------------------------------------- model, outputs, training
+class FusionSpec(_Strict):
+    method: Literal["concat", "mean", "max"] = "concat"
+    dim: int = Field(128, gt=0, description="width of the fused representation")
+    modality_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="chance of dropping each input per sample in training")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class OutputSpec(_Strict):
+    type: Literal["category", "binary", "multilabel", "number"]
+    column: str | None = None
+    weight: float = Field(1.0, gt=0, description="weight of this output's loss")
+    class_weights: Literal["balanced"] | dict[str, float] | None = None
+    separator: str = Field("|", description="multilabel: separator between labels in one cell")
+
+
+class TrainSpec(_Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["none", "cosine", "plateau"] = "cosine"
+    early_stopping: int | None = Field(5, ge=1, description="epochs without improvement before stopping")
+    metric: str | None = Field(None, description="validation metric to select on; default: loss")
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
+
+
+class Spec(_Strict):
+    data: DataSpec = DataSpec()
+    inputs: dict[str, InputSpec]
+    fusion: FusionSpec = FusionSpec()
+    outputs: dict[str, OutputSpec]
+    train: TrainSpec = TrainSpec()
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _not_empty(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("at least one entry is required")
+        for name in v:
+            if not name.isidentifier():
+                raise ValueError(f"name {name!r} must be an identifier (letters, digits, _)")
+        return v
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "Spec":
+        clash = set(self.inputs) & set(self.outputs)
+        if clash:
+            raise ValueError(f"{sorted(clash)} is both an input and an output")
+        return self
+
+    def column(self, name: str) -> str:
+        """The table column that feeds input or output ``name``."""
+        item = self.inputs.get(name) or self.outputs[name]
+        return item.column or name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _describe(err: dict) -> str:
+    path = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _TYPE_TAGS))
+    msg = err["msg"]
+    ctx = err.get("ctx") or {}
+    if err["type"] == "literal_error" and "expected" in ctx:
+        msg = f"expected one of {ctx['expected']}"
+    elif err["type"] == "union_tag_invalid":
+        msg = f"unknown type; expected one of {ctx.get('expected_tags')}"
+    elif err["type"] == "union_tag_not_found":
+        msg = "missing 'type'; expected one of 'image', 'audio', 'text', 'number', 'category'"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown field (check its spelling; `polyfuse schema` lists every field)"
+    value = "" if err["type"] == "missing" else f" (got {repr(err.get('input'))[:80]})"
+    return f"  {path or '<spec>'}: {msg}{value}"
+
+
+_TYPE_TAGS = {"image", "audio", "text", "number", "category"}
+
+
+def load_spec(source: str | Path | dict | Spec) -> tuple[Spec, Path]:
+    """Validate a spec from a YAML path or a dict; returns it with the folder paths are relative to."""
+    if isinstance(source, Spec):
+        return source, Path.cwd()
+    base = Path.cwd()
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(f"spec file {str(path)!r} not found")
+        try:
+            source = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise SpecError(f"spec file {str(path)!r} is not valid YAML: {e}") from None
+        base = path.resolve().parent
+        if not isinstance(source, dict):
+            raise SpecError(f"spec file {str(path)!r} must hold a mapping with inputs/outputs/data")
+    try:
+        return Spec.model_validate(source), base
+    except ValidationError as e:
+        lines = [_describe(err) for err in e.errors()]
+        raise SpecError("invalid spec:\n" + "\n".join(lines)) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the spec, for editors (`polyfuse schema`)."""
+    schema = Spec.model_json_schema()
+    schema["title"] = "polyfuse spec"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

@@ -1,0 +1,106 @@
+import io
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from polyfuse.errors import BadInputError
+from polyfuse.preprocess import image, tabular, text
+from polyfuse.spec import load_spec
+
+
+def _cfg(**inputs):
+    spec, _ = load_spec({"inputs": inputs, "outputs": {"y": {"type": "category"}}})
+    return spec.inputs
+
+
+def test_image_decode_gray_rgb_resize_and_scale(tmp_path):
+    arr = np.zeros((10, 20, 3), np.uint8)
+    arr[:, :10] = [255, 0, 0]
+    path = tmp_path / "a.png"
+    Image.fromarray(arr).save(path)
+    rgb = image.decode_image(path, (5, 10), 3)
+    assert rgb.shape == (3, 5, 10) and rgb.dtype == np.float32
+    assert rgb[0, 2, 1] == pytest.approx(1.0) and rgb[1, 2, 1] == 0.0 and rgb[0, 2, 8] == 0.0
+    gray = image.decode_image(path.read_bytes(), (10, 20), 1)
+    assert gray.shape == (1, 10, 20)
+    assert gray[0, 0, 0] == pytest.approx(0.299, abs=0.01)  # ITU-R 601 luma of pure red
+    assert np.allclose(image.decode_image(arr, (10, 20), 3), image.decode_image(path, (10, 20), 3))
+
+
+def test_corrupt_image_is_named(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    cfg = _cfg(x={"type": "image", "size": [8, 8]})["x"]
+    with pytest.raises(BadInputError, match="broken.png.*could not be decoded"):
+        image.decode("broken.png", cfg, tmp_path)
+    with pytest.raises(BadInputError, match="missing.png.*not found"):
+        image.decode("missing.png", cfg, tmp_path)
+
+
+def test_image_normalise_and_train_only_augmentation():
+    cfg = _cfg(x={"type": "image", "size": [8, 8], "channels": 1,
+                  "augment": {"random_crop": 0.75, "flip": True, "noise": 0.1}})["x"]
+    imgs = [np.random.default_rng(i).uniform(size=(1, 8, 8)).astype(np.float32) for i in range(4)] + [None]
+    state = image.fit(imgs, cfg)
+    plain = image.collate(imgs, cfg, state, train=False, rng=None)
+    assert plain["present"].tolist() == [True] * 4 + [False]
+    assert abs(plain[""][:4].mean()) < 1e-5 and plain[""][:4].std() == pytest.approx(1.0, abs=1e-4)
+    assert not plain[""][4].any()
+    a = image.collate(imgs, cfg, state, train=True, rng=np.random.default_rng(0))
+    b = image.collate(imgs, cfg, state, train=True, rng=np.random.default_rng(0))
+    assert np.array_equal(a[""], b[""]) and not np.allclose(a[""], plain[""])
+
+
+def test_word_and_char_tokenisers():
+    assert text.tokenize("Hello, World!") == ["hello", ",", "world", "!"]
+    assert text.tokenize("我爱北京 天安门", "char") == ["我", "爱", "北", "京", "天", "安", "门"]
+    assert text.tokenize("Ça va", "word", lowercase=False) == ["Ça", "va"]
+
+
+def test_vocab_min_count_max_size_unknown_and_padding():
+    cfg = _cfg(t={"type": "text", "min_count": 2, "max_vocab": 4, "max_length": 3})["t"]
+    docs = [text.decode(s, cfg, None) for s in ["a b c", "a b", "a d", "b"]]
+    state = text.fit(docs, cfg)
+    assert state["vocab"] == ["<pad>", "<unk>", "a", "b"]
+    out = text.collate([["a", "zzz", "b", "a"], None, []], cfg, state, False, None)
+    assert out[""].tolist() == [[2, 1, 3], [0, 0, 0], [0, 0, 0]]
+    assert out["length"].tolist() == [3, 0, 0] and out["present"].tolist() == [True, False, False]
+
+
+def test_number_impute_standardise_and_bad_value():
+    cfg = _cfg(n={"type": "number", "impute": "median"})["n"]
+    values = [tabular.decode_number(v, cfg, None) for v in ["1", 2, 3.0, "10"]]
+    state = tabular.fit_number(values + [None], cfg)
+    assert state["mean"] == pytest.approx(4.0) and state["impute"] == pytest.approx(2.5)
+    out = tabular.collate_number([4.0, None], cfg, state, False, None)
+    assert out[""][0, 0] == pytest.approx(0.0) and out["present"].tolist() == [True, False]
+    assert out[""][1, 0] == pytest.approx((2.5 - 4.0) / state["std"], rel=1e-5)
+    with pytest.raises(BadInputError, match="expected a number, got 'abc'"):
+        tabular.decode_number("abc", cfg, None)
+
+
+def test_category_vocab_and_unknown_bucket():
+    cfg = _cfg(c={"type": "category"})["c"]
+    state = tabular.fit_category(["red", "blue", "red", None], cfg)
+    assert state["vocab"] == ["<unk>", "red", "blue"]
+    out = tabular.collate_category(["blue", "purple", None], cfg, state, False, None)
+    assert out[""].tolist() == [2, 0, 0] and out["present"].tolist() == [True, True, False]
+    assert tabular.decode_category(3.0, cfg, None) == "3"
+
+
+def test_preprocess_and_audio_import_without_torch():
+    code = textwrap.dedent("""
+        import sys
+        sys.modules['torch'] = None  # any 'import torch' now fails
+        import polyfuse.preprocess.pipeline, polyfuse.preprocess.audio, polyfuse.spec
+        assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None and m.startswith('torch')]
+        print('ok')
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
