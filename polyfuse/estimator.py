@@ -119,7 +119,7 @@ def train(spec: Any, data: Any = None, out: str | Path | None = None, resume: bo
     import time
 
     from polyfuse import report
-    from polyfuse.train import run
+    from polyfuse.training import run
 
     spec_obj, base = _spec_base(spec)
     t0 = time.perf_counter()

@@ -28,7 +28,7 @@ def _kind(values: list, n_rows: int) -> str:
         return "category" if distinct <= 20 and all(float(v).is_integer() for v in sample) and distinct < n_rows / 5 else "number"
     distinct = len({str(v) for v in values if not is_missing(v)})
     mean_words = sum(len(str(v).split()) for v in sample) / len(sample)
-    return "category" if distinct <= max(50, n_rows // 20) and mean_words <= 3 else "text"
+    return "category" if distinct <= max(20, n_rows // 20) and mean_words <= 2 else "text"
 
 
 def guess_spec(table_path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,63 @@
+"""The command line, run as a user runs it (subprocesses)."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import yaml
+
+from tests.conftest import toy_spec
+
+
+def polyfuse(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "polyfuse.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_init_guesses_every_column_kind(toy_csv):
+    done = polyfuse("init", toy_csv)
+    assert done.returncode == 0, done.stderr
+    spec = yaml.safe_load(done.stdout)
+    kinds = {name: entry["type"] for name, entry in spec["inputs"].items()}
+    assert kinds == {"photo": "image", "sound": "audio", "note": "text", "weight": "number", "color": "category"}
+    assert spec["inputs"]["photo"]["size"] == [16, 16] and spec["inputs"]["photo"]["channels"] == 1
+    assert spec["outputs"] == {"label": {"type": "category"}}
+    assert "id" not in spec["inputs"]
+
+
+def test_train_evaluate_predict(toy_csv, tmp_path):
+    spec = toy_spec(toy_csv, epochs=3)
+    spec["data"]["train"] = "../" + toy_csv.parent.name + "/toy.csv"  # relative to the spec's folder
+    spec_dir = toy_csv.parent.parent / "specs"
+    spec_dir.mkdir(exist_ok=True)
+    (spec_dir / "toy.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "run"
+    done = polyfuse("train", spec_dir / "toy.yaml", "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "epoch   3/3" in done.stderr and "only photo" in done.stdout and (out / "weights.safetensors").exists()
+
+    done = polyfuse("evaluate", out, toy_csv, "--out", tmp_path / "m.json")
+    assert done.returncode == 0, done.stderr
+    assert "accuracy" in done.stdout and json.loads((tmp_path / "m.json").read_text())["rows"] == 90
+
+    frame = pd.read_csv(toy_csv).head(25)
+    frame.loc[4, "photo"] = "img/gone.png"
+    frame.loc[7, "sound"] = None
+    frame.to_csv(toy_csv.parent / "some.csv", index=False)
+    done = polyfuse("predict", out, toy_csv.parent / "some.csv", "--out", tmp_path / "preds.csv", "--chunk-rows", 10)
+    assert done.returncode == 0, done.stderr
+    preds = pd.read_csv(tmp_path / "preds.csv", keep_default_na=False)
+    assert list(preds.columns) == ["row", "id", "label", "label_probability", "error"]
+    assert preds["row"].tolist() == list(range(25)) and preds["id"].tolist() == frame["id"].tolist()
+    assert "gone.png" in preds.loc[4, "error"] and preds.loc[4, "label"] == ""
+    assert preds.loc[7, "error"] == "" and preds.loc[7, "label"] in {"cat", "dog", "owl"}
+    assert "1 bad rows" in done.stdout
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path, toy_csv):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"inputs": {"x": {"type": "image", "size": "big"}}, "outputs": {"y": {"type": "category"}}}))
+    done = polyfuse("train", bad, "--out", tmp_path / "o")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "inputs.x.size" in done.stderr and "'big'" in done.stderr
+    done = polyfuse("evaluate", tmp_path / "no_model", toy_csv)
+    assert done.returncode == 2 and "not found" in done.stderr
