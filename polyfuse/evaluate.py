@@ -12,7 +12,10 @@ from polyfuse.preprocess.pipeline import Decoded, Preprocessor
 
 
 def output_metrics(net: FusionModel, pre: Preprocessor, batch: dict, target: dict, full: bool) -> dict[str, Any]:
-    logits = predict_arrays(net, batch)
+    return metrics_from_logits(pre, predict_arrays(net, batch), target, full)
+
+
+def metrics_from_logits(pre: Preprocessor, logits: dict, target: dict, full: bool) -> dict[str, Any]:
     result = {}
     for name, cfg in pre.spec.outputs.items():
         probs = heads.probabilities(cfg, logits[name]).numpy()

@@ -22,10 +22,10 @@ import torch
 
 from polyfuse import checkpoint, metrics
 from polyfuse.errors import BadInputError, SpecError
-from polyfuse.evaluate import evaluate, output_metrics
+from polyfuse.evaluate import evaluate, metrics_from_logits
 from polyfuse.io import Table, read_table
 from polyfuse.nn import heads
-from polyfuse.nn.model import FusionModel, to_tensors
+from polyfuse.nn.model import FusionModel, predict_arrays, to_tensors
 from polyfuse.preprocess.pipeline import BadRow, Decoded, Preprocessor, decode_table
 from polyfuse.spec import Spec
 
@@ -264,7 +264,9 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
         t_epoch, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="row", disable=not show, leave=False)
         t_wait = time.perf_counter()
-        for xb, yb in prefetch(chunks, make):
+        # cached batches are a slice away: a helper thread would only add GIL hand-offs
+        batches = (make(idx) for idx in chunks) if fixed_train is not None else prefetch(chunks, make)
+        for xb, yb in batches:
             t_step = time.perf_counter()
             timing["wait_s"] += t_step - t_wait
             loss = total_loss(spec, net(xb), yb, weights)
@@ -283,17 +285,9 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
                                   "lr": optimizer.param_groups[0]["lr"], **{k: round(v, 4) for k, v in timing.items()}}
         if valid_batch is not None:
-            net.eval()
-            with torch.inference_mode():
-                vt = to_tensors(valid_target)
-                logits = {}
-                for s in range(0, len(valid_dec), 512):
-                    part = net(to_tensors(slice_batch(valid_batch, np.arange(s, min(s + 512, len(valid_dec))))))
-                    for k, v in part.items():
-                        logits.setdefault(k, []).append(v)
-                logits = {k: torch.cat(v) for k, v in logits.items()}
-                record["valid_loss"] = float(total_loss(spec, logits, vt, weights))
-            scores = output_metrics(net, pre, valid_batch, valid_target, full=False)
+            logits = predict_arrays(net, valid_batch, chunk=512)
+            record["valid_loss"] = float(total_loss(spec, logits, to_tensors(valid_target), weights))
+            scores = metrics_from_logits(pre, logits, valid_target, full=False)
             for o, m in scores.items():
                 for k, v in m.items():
                     if k != "n":
