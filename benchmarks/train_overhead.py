@@ -26,7 +26,7 @@ from polyfuse.io import read_table  # noqa: E402
 from polyfuse.nn.model import FusionModel, to_tensors  # noqa: E402
 from polyfuse.preprocess.pipeline import Preprocessor, decode_table  # noqa: E402
 from polyfuse.spec import load_spec  # noqa: E402
-from polyfuse.training import batches_of, run  # noqa: E402
+from polyfuse.training import batches_of, run, split_decoded  # noqa: E402
 
 AVDIGITS = REPO.parent / "shared" / "data" / "avdigits"
 
@@ -94,15 +94,10 @@ def main() -> None:
 
     spec, base = reference_spec(args.data, args.epochs, augment=False)
     spec_obj, spec_base = load_spec(spec) if base is None else (load_spec(spec)[0], base)
-    # the hand loop gets the very tensors polyfuse would cache: same split as polyfuse's run
-    from polyfuse.training import split_rows
-
+    # the hand loop gets the very tensors polyfuse caches, from the same split
     table = read_table(spec_obj.data.train, spec_base)
     full = decode_table(spec_obj, table, with_targets=True)
-    split = spec_obj.data.split
-    groups = table.frame.loc[full.rows, split.group_by].tolist() if split.group_by else None
-    tr, va, _ = split_rows(len(full), groups, split.valid, 0.0, split.seed)
-    train_dec, valid_dec = full.subset(tr), full.subset(va)
+    train_dec, valid_dec, _ = split_decoded(spec_obj, table, full, valid=True, test=False)
     pre = Preprocessor.fit(spec_obj, train_dec)
     train_x, valid_x = pre.collate(train_dec), pre.collate(valid_dec)
     train_y, valid_y = pre.targets(train_dec)["label"], pre.targets(valid_dec)["label"]

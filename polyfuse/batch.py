@@ -31,8 +31,8 @@ def predict_table(model: Any, data: str | Path, out: str | Path, *, chunk_rows: 
                                                 disable=not show_progress) as bar:
         writer = csv.writer(f)
         for table in iter_table_chunks(data, chunk_rows):
-            idc = id_column or ("id" if "id" in table.frame.columns else None)
-            if idc and idc not in table.frame.columns:
+            idc = id_column or ("id" if "id" in table.columns else None)
+            if idc and idc not in table.columns:
                 raise BadInputError(f"--id-column {idc!r} is not a column of {table.name}")
             if not header_written:
                 header = ["row"] + ([idc] if idc else []) + list(spec.outputs)
@@ -54,8 +54,8 @@ def predict_table(model: Any, data: str | Path, out: str | Path, *, chunk_rows: 
             for b in decoded.bad:
                 results[b.row] = [""] * width + [f"column '{b.column}': {b.message}"]
             bad += len(decoded.bad)
-            for row in table.frame.index:
-                ident = [table.frame.at[row, idc]] if idc else []
+            for i, row in enumerate(table.rows):
+                ident = [table.columns[idc][i]] if idc else []
                 writer.writerow([row] + ident + results[row])
             rows += len(table)
             bar.update(len(table))

@@ -34,16 +34,15 @@ def _kind(values: list, n_rows: int) -> str:
 def guess_spec(table_path: str | Path) -> dict[str, Any]:
     """A spec dict for the table: inputs by column kind, the target by name (else the last column)."""
     table = read_table(table_path)
-    frame = table.frame
-    columns = list(frame.columns)
+    columns = list(table.columns)
     target = next((c for c in columns if c.lower() in TARGET_NAMES), columns[-1])
     group = next((c for c in columns if c.lower() in GROUP_NAMES), None)
     inputs: dict[str, Any] = {}
     for col in columns:
         if col in (target, group) or col.lower() in ID_NAMES:
             continue
-        values = frame[col].tolist()
-        kind = _kind(values, len(frame))
+        values = table.columns[col]
+        kind = _kind(values, len(table))
         name = col if col.isidentifier() else "".join(ch if ch.isalnum() else "_" for ch in col).strip("_") or "input"
         entry: dict[str, Any] = {"type": kind}
         if kind == "empty":
@@ -63,8 +62,8 @@ def guess_spec(table_path: str | Path) -> dict[str, Any]:
         elif kind == "text":
             entry.update(tokenizer="word", max_length=64, encoder="bigru")
         inputs[name] = entry
-    target_kind = _kind(frame[target].tolist(), len(frame))
-    n_classes = frame[target].nunique()
+    target_kind = _kind(table.columns[target], len(table))
+    n_classes = len({str(v) for v in table.columns[target] if not is_missing(v)})
     out_type = "number" if target_kind == "number" else ("binary" if n_classes == 2 else "category")
     split: dict[str, Any] = {"valid": 0.1, "seed": 0}
     if group:

@@ -21,29 +21,47 @@ TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json
 
 @dataclass
 class Table:
-    """Rows as a DataFrame plus the folder that relative file paths in it are resolved against."""
+    """Rows as columns of Python values, their row ids, and the folder relative paths start from.
 
-    frame: Any  # pandas.DataFrame; pandas is imported lazily so the runtime can skip it
+    Built from records without pandas (the torch-free runtime's path) or from a DataFrame.
+    """
+
+    columns: dict[str, list]
+    rows: list  # row ids: the table's index (0-based data row numbers for files)
     folder: Path
     name: str = "<records>"
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return len(self.rows)
+
+    @classmethod
+    def from_frame(cls, frame: Any, folder: Path, name: str) -> "Table":
+        return cls({str(c): frame[c].tolist() for c in frame.columns}, list(frame.index), folder, name)
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict], folder: Path) -> "Table":
+        names: dict[str, None] = {}
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise BadInputError(f"record {i} is a {type(record).__name__}, expected a mapping of input name to value")
+            names.update(dict.fromkeys(record))
+        columns = {n: [r.get(n) for r in records] for n in names}
+        return cls(columns, list(range(len(records))), folder, "<records>")
 
 
 def read_table(source: Any, base: Path | None = None) -> Table:
     """Read a table from a path, a DataFrame, or a list of record dicts."""
-    import pandas as pd
-
     base = base or Path.cwd()
     if isinstance(source, Table):
         return source
-    if isinstance(source, pd.DataFrame):
-        return Table(source.reset_index(drop=True), base, "<DataFrame>")
     if isinstance(source, dict):
         source = [source]
     if isinstance(source, (list, tuple)):
-        return Table(pd.DataFrame.from_records(list(source)), base, "<records>")
+        return Table.from_records(list(source), base)
+    if type(source).__name__ == "DataFrame":
+        return Table.from_frame(source, base, "<DataFrame>")
+    import pandas as pd
+
     path = Path(source)
     if not path.is_absolute():
         path = base / path
@@ -67,7 +85,7 @@ def read_table(source: Any, base: Path | None = None) -> Table:
         raise
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise BadInputError(f"table {str(path)!r} could not be read: {e}") from None
-    return Table(frame.reset_index(drop=True), path.parent, path.name)
+    return Table.from_frame(frame.reset_index(drop=True), path.parent, path.name)
 
 
 def iter_table_chunks(path: str | Path, chunk_rows: int = 1024) -> Iterator[Table]:
@@ -83,10 +101,11 @@ def iter_table_chunks(path: str | Path, chunk_rows: int = 1024) -> Iterator[Tabl
     else:
         table = read_table(path)
         for start in range(0, len(table), chunk_rows):
-            yield Table(table.frame.iloc[start : start + chunk_rows], table.folder, table.name)
+            part = slice(start, start + chunk_rows)
+            yield Table({c: v[part] for c, v in table.columns.items()}, table.rows[part], table.folder, table.name)
         return
     for chunk in reader:
-        yield Table(chunk, path.parent, path.name)
+        yield Table.from_frame(chunk, path.parent, path.name)
 
 
 def count_rows(path: str | Path) -> int | None:
@@ -101,12 +120,12 @@ def count_rows(path: str | Path) -> int | None:
 
 def require_columns(table: Table, columns: Iterable[str], what: str = "the spec") -> None:
     """Raise a clear error naming every column the table lacks."""
-    missing = [c for c in columns if c not in table.frame.columns]
+    missing = [c for c in columns if c not in table.columns]
     if missing:
         raise BadInputError(
-            f"table {table.name!r} has no column {missing[0]!r}"
+            f"{'the records have' if table.name == '<records>' else f'table {table.name!r} has'} no column {missing[0]!r}"
             + (f" (nor {missing[1:]})" if len(missing) > 1 else "")
-            + f", which {what} needs; it has {list(table.frame.columns)}. "
+            + f", which {what} needs; it has {list(table.columns)}. "
             "Rename the column or set `column:` for that input in the spec."
         )
 
@@ -149,11 +168,3 @@ def resolve_media(value: Any, folder: Path) -> bytes | Path | np.ndarray:
             raise BadInputError(f"file {text!r} not found (looked for {path}); fix the path or leave the cell empty")
         return path
     raise BadInputError(f"expected a file path or bytes, got {type(value).__name__}")
-
-
-def column_values(table: Table, column: str, rows: Sequence[int] | None = None) -> list[Any]:
-    """Values of one column as a Python list (optionally only some positional rows)."""
-    series = table.frame[column]
-    if rows is not None:
-        series = series.iloc[list(rows)]
-    return series.tolist()

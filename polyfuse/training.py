@@ -91,6 +91,24 @@ def split_rows(n: int, groups: list | None, valid: float, test: float, seed: int
     return sorted(parts[2]), sorted(parts[0]), sorted(parts[1])
 
 
+def split_decoded(spec: Spec, table: Table, full: Decoded, *, valid: bool, test: bool
+                  ) -> tuple[Decoded, Decoded | None, Decoded | None]:
+    """Train/valid/test parts of the decoded training table as ``data.split`` says (deterministic)."""
+    split = spec.data.split
+    groups = None
+    if split.group_by:
+        if split.group_by not in table.columns:
+            raise SpecError(f"data.split.group_by: column {split.group_by!r} not in {table.name} "
+                            f"(columns: {list(table.columns)})")
+        position = {row: i for i, row in enumerate(table.rows)}
+        groups = [table.columns[split.group_by][position[row]] for row in full.rows]
+    tr, va, te = split_rows(len(full), groups, split.valid if valid else 0.0, split.test if test else 0.0, split.seed)
+    if groups is not None and va:
+        log(f"split by {split.group_by!r}: valid holds {len(va)} rows ({len(va) / len(full):.0%}; asked "
+            f"{split.valid:.0%}) from {len({str(groups[i]) for i in va})} group(s)")
+    return full.subset(tr), full.subset(va) if va else None, full.subset(te) if te else None
+
+
 def batches_of(order: np.ndarray, size: int) -> list[np.ndarray]:
     """Mini-batches; a last batch of one row joins the previous one (batch norm needs two)."""
     out = [order[i : i + size] for i in range(0, len(order), size)]
@@ -183,22 +201,9 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
         bad_rows += test_dec.bad
 
     # 2. split what the spec did not give as separate tables
-    split = spec.data.split
-    groups = None
-    if split.group_by:
-        if split.group_by not in train_table.frame.columns:
-            raise SpecError(f"data.split.group_by: column {split.group_by!r} not in {train_table.name} "
-                            f"(columns: {list(train_table.frame.columns)})")
-        groups = train_table.frame.loc[full.rows, split.group_by].tolist()
-    tr, va, te = split_rows(len(full), groups, 0.0 if valid_dec else split.valid,
-                            0.0 if test_dec else split.test, split.seed)
-    train_dec = full.subset(tr)
-    valid_dec = valid_dec or (full.subset(va) if va else None)
-    test_dec = test_dec or (full.subset(te) if te else None)
+    train_dec, va_part, te_part = split_decoded(spec, train_table, full, valid=valid_dec is None, test=test_dec is None)
+    valid_dec, test_dec = valid_dec or va_part, test_dec or te_part
     sizes = {"train": len(train_dec), "valid": len(valid_dec or []), "test": len(test_dec or [])}
-    if groups is not None and va:
-        log(f"split by {split.group_by!r}: valid holds {len(va)} rows ({len(va) / len(full):.0%}; asked "
-            f"{split.valid:.0%}) from {len({str(groups[i]) for i in va})} group(s)")
 
     # 3. fit preprocessing on training rows only, then build what does not change per epoch
     pre = Preprocessor.fit(spec, train_dec)

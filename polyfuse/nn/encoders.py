@@ -27,19 +27,23 @@ def _conv2d(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class ImageCNN(nn.Module):
-    """Small VGG-style CNN: conv-pool stages of 16/32/64 channels, a 3x3 spatial summary, a projection.
+    """Small VGG-style CNN: conv-pool stages of 16/32/64 channels, a ~3x3 spatial summary, a projection.
 
-    Narrow first layers keep it cheap on CPUs (most of a CNN's cost is at full resolution).
+    Narrow first layers keep it cheap on CPUs (most of a CNN's cost is at full resolution). The
+    summary pool is sized from the (fixed) input size, so the graph has only static shapes.
     """
 
-    def __init__(self, channels: int, dim: int):
+    def __init__(self, channels: int, dim: int, size: tuple[int, int] = (28, 28)):
         super().__init__()
+        h, w = size[0] // 4, size[1] // 4
         self.features = nn.Sequential(
             _conv2d(channels, 16), nn.MaxPool2d(2),
             _conv2d(16, 32), nn.MaxPool2d(2),
-            _conv2d(32, 64), nn.AdaptiveMaxPool2d(3),
+            _conv2d(32, 64), nn.MaxPool2d((max(1, -(-h // 3)), max(1, -(-w // 3))), ceil_mode=True),
         )
-        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(64 * 9, dim), nn.ReLU(inplace=True))
+        with torch.no_grad():
+            flat = self.features(torch.zeros(2, channels, *size)).flatten(1).shape[1]
+        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(flat, dim), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
         return self.proj(self.features(x))
@@ -159,7 +163,9 @@ class CategoryEmbedding(nn.Module):
 def build_encoder(cfg: Any, state: dict) -> nn.Module:
     """The encoder a spec input asks for, sized from the fitted preprocessing state."""
     if cfg.type == "image":
-        return (ImageResNet if cfg.encoder == "resnet" else ImageCNN)(cfg.channels, cfg.dim)
+        if cfg.encoder == "resnet":
+            return ImageResNet(cfg.channels, cfg.dim)
+        return ImageCNN(cfg.channels, cfg.dim, tuple(cfg.size))
     if cfg.type == "audio":
         return AudioCNN(len(state["mean"]), cfg.dim, lstm=cfg.encoder == "cnn_lstm")
     if cfg.type == "text":

@@ -79,13 +79,12 @@ def decode_table(spec: Spec, table: Table, *, with_targets: bool, on_bad_row: st
     require_columns(table, [spec.column(n) for n in spec.inputs])
     if with_targets:
         require_columns(table, [spec.column(n) for n in spec.outputs], what="the spec's outputs")
-    frame, n = table.frame, len(table.frame)
-    row_ids = list(frame.index)
+    n, row_ids = len(table), table.rows
     bad: dict[int, BadRow] = {}
 
     def run_column(name: str, fn: Callable[[Any], Any]) -> list:
         column = spec.column(name)
-        cells = frame[column].tolist()
+        cells = table.columns[column]
 
         def one(i: int) -> Any:
             try:
@@ -163,8 +162,7 @@ class Preprocessor:
         table = read_table(records, folder)
         if isinstance(records, (dict, list, tuple)):  # a record may omit an input: it is then missing
             for name in self.spec.inputs:
-                if self.spec.column(name) not in table.frame.columns:
-                    table.frame[self.spec.column(name)] = None
+                table.columns.setdefault(self.spec.column(name), [None] * len(table))
         decoded = decode_table(self.spec, table, with_targets=False, on_bad_row="error")
         return self.collate(decoded), decoded
 
