@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -13,16 +13,19 @@ from polyfuse.errors import BadInputError
 from polyfuse.io import count_rows, iter_table_chunks
 
 
-def predict_table(model: Any, data: str | Path, out: str | Path, *, chunk_rows: int = 512,
-                  id_column: str | None = None, show_progress: bool = True) -> dict[str, int]:
-    """Write ``row, [id], <output>..., <output>_probability..., error`` for every input row."""
+def predict_table(spec: Any, pre: Any, run: Callable[[dict], dict[str, np.ndarray]], data: str | Path,
+                  out: str | Path, *, chunk_rows: int = 512, id_column: str | None = None,
+                  show_progress: bool = True) -> dict[str, int]:
+    """Write ``row, [id], <output>..., <output>_probability..., error`` for every input row.
+
+    ``run`` maps a collated batch to probabilities per output: torch (``Model.run_arrays``) or
+    ONNX Runtime (``Runtime.run_arrays``) — the rest of the job is the same code.
+    """
     from tqdm import tqdm
 
     from polyfuse.preprocess.pipeline import decode_table
-    from polyfuse.nn import heads
-    from polyfuse.nn.model import predict_arrays
+    from polyfuse.preprocess.targets import decode_outputs
 
-    spec, pre = model.spec, model.preprocessor
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     rows = bad = 0
@@ -42,9 +45,8 @@ def predict_table(model: Any, data: str | Path, out: str | Path, *, chunk_rows: 
             decoded = decode_table(spec, table, with_targets=False, on_bad_row="skip")
             results: dict[Any, list] = {}
             if len(decoded):
-                logits = predict_arrays(model.net, pre.collate(decoded))
-                probs = {n: heads.probabilities(c, logits[n]).numpy() for n, c in spec.outputs.items()}
-                labels = model.decode_predictions(probs)
+                probs = run(pre.collate(decoded))
+                labels = decode_outputs(spec, pre.state, probs)
                 for i, row in enumerate(decoded.rows):
                     values = [labels[o][i] for o in spec.outputs]
                     values += [f"{float(np.max(probs[o][i])):.6f}" for o, c in spec.outputs.items()

@@ -8,7 +8,19 @@ import polyfuse
 from polyfuse import report
 
 
-def render(model: Any) -> str:
+def _exports(exports: dict[str, Any]) -> str:
+    if not exports:
+        return "None yet (`polyfuse export DIR --to onnx`)."
+    lines = ["| file | format | precision | size | verification |", "| --- | --- | --- | --- | --- |"]
+    for name, e in exports.items():
+        v = e["verification"]
+        figures = ", ".join(f"{k} {val:.4g}" for k, val in v.items() if k != "passed" and isinstance(val, float))
+        status = "passed" if v["passed"] else "**FAILED — written with --force**"
+        lines.append(f"| `{name}` | {e['format']} | {e['precision']} | {e['bytes'] / 1e6:.2f} MB | {status}: {figures} |")
+    return "\n".join(lines)
+
+
+def render(model: Any, exports: dict[str, Any] | None = None) -> str:
     spec, m = model.spec, model.metrics
     inputs = "\n".join(f"- `{n}`: {c.type} (column `{spec.column(n)}`, encoder `{c.encoder}`)" for n, c in spec.inputs.items())
     outputs = "\n".join(f"- `{n}`: {c.type}" + (f", classes {model.preprocessor.classes(n)}" if c.type != "number" else "")
@@ -41,6 +53,9 @@ valid {sizes.get('valid', '?')}, test {sizes.get('test', '?')}
 
 ## Evaluation
 {chr(10).join(evals) or 'No held-out data was evaluated.'}
+
+## Deployment builds
+{_exports(exports or {})}
 
 ## Intended use and limits
 - Intended for data drawn like the training table: the same columns, devices, languages and populations.

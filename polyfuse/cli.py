@@ -50,12 +50,32 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from polyfuse.batch import predict_table
-    from polyfuse.estimator import load
 
-    model = load(args.model)
-    counts = predict_table(model, args.data, args.out, chunk_rows=args.chunk_rows, id_column=args.id_column,
-                           show_progress=not args.quiet)
+    if args.runtime == "torch":
+        from polyfuse.estimator import load as load_model
+
+        model = load_model(args.model)
+    else:  # torch is never imported on this path
+        from polyfuse.runtime import Runtime
+
+        model = Runtime(args.model, variant=args.variant, threads=args.threads)
+    counts = predict_table(model.spec, model.preprocessor, model.run_arrays, args.data, args.out,
+                           chunk_rows=args.chunk_rows, id_column=args.id_column, show_progress=not args.quiet)
     print(f"{counts['rows']} rows predicted, {counts['bad']} bad rows (see the 'error' column) -> {args.out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from polyfuse.export.exporter import export
+
+    entry = export(args.model, to=args.to, quantize=args.quantize, calibration=args.calibration, data=args.data,
+                   force=args.force, per_channel=not args.per_tensor)
+    print(json.dumps(entry, indent=1))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from polyfuse.bench import run_bench
+
+    run_bench(args.model, args.data, repeats=args.repeats, threads=args.threads)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -95,8 +115,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--chunk-rows", type=int, default=512)
     p.add_argument("--id-column", default=None, help="column copied into the output (default: 'id' if present)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="onnx: the torch-free ONNX Runtime path")
+    p.add_argument("--variant", default="fp32", help="with --runtime onnx: fp32, int8, int8-dynamic or int8-static")
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("export", help="write a verified ONNX / int8 / torch.export build into the model directory")
+    p.add_argument("model")
+    p.add_argument("--to", choices=["onnx", "torch-export"], default="onnx")
+    p.add_argument("--quantize", choices=["dynamic", "static"], default=None)
+    p.add_argument("--calibration", default=None, help="table of rows to calibrate static int8 on (default: training)")
+    p.add_argument("--data", default=None, help="labelled table to verify on (default: the validation split)")
+    p.add_argument("--per-tensor", action="store_true", help="int8 scales per tensor instead of per channel")
+    p.add_argument("--force", action="store_true", help="write even if verification fails (recorded in the card)")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("bench", help="every runtime side by side: size, load, cold start, latency, throughput, accuracy")
+    p.add_argument("model")
+    p.add_argument("--data", required=True, help="labelled table to measure accuracy and latency on")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("demo", help="build the embedded demo data, train, and show fusion vs single inputs")
     p.add_argument("--out", default="runs/demo")

@@ -19,6 +19,7 @@ from polyfuse.evaluate import evaluate as _evaluate
 from polyfuse.io import read_table
 from polyfuse.nn import heads
 from polyfuse.nn.model import FusionModel, predict_arrays
+from polyfuse.preprocess import targets
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, decode_table
 from polyfuse.spec import Spec, load_spec
 
@@ -33,13 +34,17 @@ class Model:
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    data_info: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ inference
+    def run_arrays(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Probabilities per output for a collated batch (the model alone)."""
+        logits = predict_arrays(self.net, batch)
+        return {n: heads.probabilities(c, logits[n]).numpy() for n, c in self.spec.outputs.items()}
+
     def _probabilities(self, records: Any, folder: Path | None = None) -> tuple[dict[str, np.ndarray], Decoded]:
         batch, decoded = self.preprocessor.transform(records, folder)
-        logits = predict_arrays(self.net, batch)
-        probs = {n: heads.probabilities(c, logits[n]).numpy() for n, c in self.spec.outputs.items()}
-        return probs, decoded
+        return self.run_arrays(batch), decoded
 
     def predict_proba(self, records: Any, folder: str | Path | None = None) -> Any:
         """Class probabilities: a DataFrame (one column per class) per classification output;
@@ -67,16 +72,7 @@ class Model:
 
     def decode_predictions(self, probs: dict[str, np.ndarray]) -> dict[str, list]:
         """Turn head outputs into labels (category/binary), label lists (multilabel) or numbers."""
-        out: dict[str, list] = {}
-        for name, cfg in self.spec.outputs.items():
-            state, p = self.preprocessor.state[name], probs[name]
-            if cfg.type == "number":
-                out[name] = (p * state["std"] + state["mean"]).tolist()
-            elif cfg.type == "multilabel":
-                out[name] = [cfg.separator.join(c for c, on in zip(state["classes"], row) if on) for row in p >= 0.5]
-            else:
-                out[name] = [state["classes"][i] for i in p.argmax(-1)]
-        return out
+        return targets.decode_outputs(self.spec, self.preprocessor.state, probs)
 
     def evaluate(self, data: Any, folder: str | Path | None = None, on_bad_row: str = "skip") -> dict[str, Any]:
         """Metrics on a labelled table (path, DataFrame or records), with per-input ablation."""
@@ -98,6 +94,8 @@ class Model:
             (tmp / "preprocess.json").write_text(self.preprocessor.to_json())
             (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=1, default=str))
             (tmp / "history.json").write_text(json.dumps(self.history, indent=1))
+            if self.data_info:
+                (tmp / "data.json").write_text(json.dumps(self.data_info, indent=1, default=str))
             for name, src in (extra_files or {}).items():
                 shutil.copyfile(src, tmp / name)
             (tmp / "MODEL_CARD.md").write_text(card.render(self))
@@ -130,7 +128,7 @@ def train(spec: Any, data: Any = None, out: str | Path | None = None, resume: bo
     metrics["train_seconds"] = round(result.train_seconds, 2)
     metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
     metrics["bad_rows"] = [str(b) for b in result.bad_rows]
-    model = Model(spec_obj, result.preprocessor, result.net, metrics, result.history)
+    model = Model(spec_obj, result.preprocessor, result.net, metrics, result.history, data_info=result.data_info)
     if out is not None:
         with report.plots(model) as files:
             model.save(out, extra_files=files)
@@ -152,7 +150,9 @@ def load(path: str | Path) -> Model:
     net.eval()
     metrics_path = path / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return Model(spec, pre, net, metrics, info={"manifest": manifest, "path": str(path)})
+    data_path = path / "data.json"
+    data_info = json.loads(data_path.read_text()) if data_path.exists() else {}
+    return Model(spec, pre, net, metrics, info={"manifest": manifest, "path": str(path)}, data_info=data_info)
 
 
 def set_threads(n: int | None) -> None:

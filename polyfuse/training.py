@@ -39,6 +39,7 @@ class TrainResult:
     bad_rows: list[BadRow] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
     train_seconds: float = 0.0
+    data_info: dict[str, Any] = field(default_factory=dict)
 
 
 def log(msg: str) -> None:
@@ -204,6 +205,9 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     train_dec, va_part, te_part = split_decoded(spec, train_table, full, valid=valid_dec is None, test=test_dec is None)
     valid_dec, test_dec = valid_dec or va_part, test_dec or te_part
     sizes = {"train": len(train_dec), "valid": len(valid_dec or []), "test": len(test_dec or [])}
+    # where the validation rows came from, so that export can verify itself on them later
+    data_info = {"base": str(Path(base).resolve()), "train": None if data is not None else spec.data.train,
+                 "valid": spec.data.valid, "valid_rows": None if spec.data.valid or not valid_dec else valid_dec.rows}
 
     # 3. fit preprocessing on training rows only, then build what does not change per epoch
     pre = Preprocessor.fit(spec, train_dec)
@@ -337,4 +341,4 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
         result_metrics["test"] = evaluate(net, pre, test_dec)
     if valid_dec is not None:
         result_metrics["valid"] = evaluate(net, pre, valid_dec, ablation=test_dec is None)
-    return TrainResult(pre, net, history, result_metrics, bad_rows, sizes, train_seconds)
+    return TrainResult(pre, net, history, result_metrics, bad_rows, sizes, train_seconds, data_info)

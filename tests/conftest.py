@@ -79,3 +79,20 @@ def need_avdigits() -> Path:
     if not (AVDIGITS / "train.csv").exists():
         pytest.skip(f"real data not present at {AVDIGITS} (see shared/data/README.md)")
     return AVDIGITS
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory):
+    """A model trained on real samples: the issue's avdigits spec when the data is present (shared
+    with the accuracy test), else the embedded demo data. Returns (artifact dir, test table, model)."""
+    import polyfuse
+
+    out = tmp_path_factory.mktemp("real") / "model"
+    if (AVDIGITS / "train.csv").exists():
+        model = polyfuse.train(Path(__file__).resolve().parents[1] / "avdigits.yaml", out=out, show_progress=False)
+        return out, AVDIGITS / "test.csv", model
+    from polyfuse.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo-data")
+    run_demo(root=root, out=out, n=600, epochs=10, show_progress=False)
+    return out, root / "test.csv", polyfuse.load(out)

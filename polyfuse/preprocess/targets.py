@@ -78,3 +78,17 @@ def check_value(value: Any, cfg: Any, state: dict) -> Any:
     if cfg.type == "number" and math.isnan(decoded):
         raise BadInputError("the target value is missing; fill it in or drop the row")
     return decoded
+
+
+def decode_outputs(spec: Any, state: dict, probs: dict[str, np.ndarray]) -> dict[str, list]:
+    """Head outputs -> labels (category/binary), 'a|b' label sets (multilabel) or numbers."""
+    out: dict[str, list] = {}
+    for name, cfg in spec.outputs.items():
+        s, p = state[name], probs[name]
+        if cfg.type == "number":
+            out[name] = (p * s["std"] + s["mean"]).tolist()
+        elif cfg.type == "multilabel":
+            out[name] = [cfg.separator.join(c for c, on in zip(s["classes"], row) if on) for row in p >= 0.5]
+        else:
+            out[name] = [s["classes"][i] for i in p.argmax(-1)]
+    return out

@@ -1,0 +1,107 @@
+"""Torch-free inference over an exported artifact: numpy + onnxruntime + pillow + soundfile/soxr
+(+ pydantic/pyyaml for the spec). It runs the very preprocessing code that training used.
+
+    from polyfuse.runtime import Runtime
+    rt = Runtime("runs/avdigits")                       # model.onnx; variant="int8" for the int8 build
+    rt.predict([{"image": open("7.png", "rb").read(), "audio": "7.wav"}])
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polyfuse.artifact import sha256, verify
+from polyfuse.errors import ArtifactError, BadInputError
+from polyfuse.preprocess.pipeline import Preprocessor
+from polyfuse.preprocess.targets import decode_outputs
+from polyfuse.spec import load_spec
+
+VARIANTS = {"fp32": "model.onnx", "int8-dynamic": "model.int8-dynamic.onnx", "int8-static": "model.int8-static.onnx"}
+
+
+def variant_file(folder: Path, variant: str) -> Path:
+    """The ONNX file of a variant; ``int8`` means the static build if present, else the dynamic one."""
+    if variant == "int8":
+        for name in ("int8-static", "int8-dynamic"):
+            if (folder / VARIANTS[name]).exists():
+                return folder / VARIANTS[name]
+        raise ArtifactError(f"{folder}: no int8 model; run `polyfuse export {folder} --to onnx --quantize dynamic` first")
+    if variant not in VARIANTS:
+        raise ArtifactError(f"unknown variant {variant!r}; expected one of {['int8', *VARIANTS]}")
+    path = folder / VARIANTS[variant]
+    if not path.exists():
+        flag = "" if variant == "fp32" else f" --quantize {variant.split('-')[1]}"
+        raise ArtifactError(f"{folder}: no {path.name}; run `polyfuse export {folder} --to onnx{flag}` first")
+    return path
+
+
+def open_session(path: Path, threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types without a common base
+        raise ArtifactError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]}); re-export it") from None
+
+
+class Runtime:
+    """A loaded, verified ONNX model with its preprocessing."""
+
+    def __init__(self, path: str | Path, variant: str = "fp32", threads: int | None = None):
+        self.path = Path(path)
+        self.manifest = verify(self.path)
+        self.spec, _ = load_spec(self.path / "spec.yaml")
+        self.preprocessor = Preprocessor.from_json(self.spec, (self.path / "preprocess.json").read_text())
+        self.model_file = variant_file(self.path, variant)
+        self.session = open_session(self.model_file, threads)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        digest = sha256(self.path / "spec.yaml")
+        if meta.get("polyfuse_spec_sha256") != digest:
+            raise ArtifactError(f"{self.model_file}: this ONNX file was exported from another spec "
+                                f"(spec digest {meta.get('polyfuse_spec_sha256', 'missing')[:12]} != {digest[:12]}); re-export it")
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.labels = json.loads(meta.get("polyfuse_labels", "{}"))
+
+    def run_arrays(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Probabilities per output for a collated batch (the model alone)."""
+        feed = {name: batch[name] for name in self.input_names}
+        return dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+
+    def predict_proba(self, records: Any, folder: str | Path | None = None) -> dict[str, np.ndarray]:
+        """Raw records -> {output: probabilities [N, classes]} (numbers: standardised values)."""
+        batch, _ = self.preprocessor.transform(self._records(records), Path(folder) if folder else None)
+        return self.run_arrays(batch)
+
+    def predict(self, records: Any, folder: str | Path | None = None) -> list[dict[str, Any]]:
+        """Raw records -> one dict per record: each output's prediction and its probability."""
+        probs = self.predict_proba(records, folder)
+        decoded = decode_outputs(self.spec, self.preprocessor.state, probs)
+        results = []
+        for i in range(len(next(iter(decoded.values())))):
+            row: dict[str, Any] = {}
+            for name, cfg in self.spec.outputs.items():
+                row[name] = decoded[name][i]
+                if cfg.type in ("category", "binary"):
+                    row[f"{name}_probability"] = float(probs[name][i].max())
+            results.append(row)
+        return results
+
+    def _records(self, records: Any) -> Any:
+        if isinstance(records, dict):
+            records = [records]
+        if isinstance(records, (list, tuple)):
+            known = {self.spec.column(n) for n in self.spec.inputs}
+            for i, record in enumerate(records):
+                if isinstance(record, dict) and not known & set(record):
+                    raise BadInputError(f"record {i} has none of the model's inputs {sorted(known)} "
+                                        f"(it has {sorted(record)[:10]}); name at least one")
+        return records

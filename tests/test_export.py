@@ -1,0 +1,193 @@
+"""ONNX / int8 / torch.export builds: verified parity, gates, the torch-free runtime, bad input."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import polyfuse
+from polyfuse.errors import ArtifactError, BadInputError
+from polyfuse.export.exporter import export
+from polyfuse.export.onnx import ExportError
+from polyfuse.preprocess.audio import write_wav
+from polyfuse.runtime import Runtime
+from tests.conftest import toy_spec
+
+
+@pytest.fixture(scope="module")
+def exported(real_run, tmp_path_factory):
+    """The real-data artifact copied and exported to fp32 ONNX, dynamic int8 and .pt2."""
+    out, test_csv, _ = real_run
+    folder = tmp_path_factory.mktemp("exp") / "model"
+    shutil.copytree(out, folder)
+    export(folder)
+    export(folder, quantize="dynamic")
+    export(folder, to="torch-export")
+    return folder, test_csv
+
+
+def _records(test_csv, n=24):
+    frame = pd.read_csv(test_csv).head(n)
+    inputs = [c for c in frame.columns if c in ("image", "audio", "transcript")]
+    return frame[inputs].to_dict("records"), frame
+
+
+def test_fp32_onnx_reproduces_torch_from_raw_records(exported):
+    folder, test_csv = exported
+    records, _ = _records(test_csv)
+    model, rt = polyfuse.load(folder), Runtime(folder)
+    ref = model.predict_proba(records, folder=test_csv.parent)
+    got = rt.predict_proba(records, folder=test_csv.parent)["label"]
+    assert np.abs(ref.to_numpy() - got).max() <= 1e-4
+    labels = [r["label"] for r in rt.predict(records, folder=test_csv.parent)]
+    assert labels == model.predict(records, folder=test_csv.parent)["label"].tolist()
+    entry = json.loads((folder / "exports.json").read_text())["model.onnx"]
+    assert entry["verification"]["passed"] and entry["verification"]["max_abs_diff"] <= 1e-4
+    assert entry["opset"] >= 17 and not list(folder.glob("*.data")) and not list(folder.glob(".*.tmp"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "model.onnx" in manifest["files"] and manifest["exports"]["model.onnx"]["passed"]
+    assert "model.onnx" in (folder / "MODEL_CARD.md").read_text()
+
+
+def test_onnx_graph_metadata_and_dynamic_batch(exported):
+    import onnx
+
+    folder, test_csv = exported
+    proto = onnx.load(str(folder / "model.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["polyfuse_version"] == polyfuse.__version__
+    assert json.loads(meta["polyfuse_labels"])["label"] == polyfuse.load(folder).preprocessor.classes("label")
+    assert set(json.loads(meta["polyfuse_inputs"])) == set(polyfuse.load(folder).spec.inputs)
+    assert proto.opset_import[0].version >= 17
+    rt = Runtime(folder)
+    for inp in rt.session.get_inputs():
+        assert isinstance(inp.shape[0], str)  # symbolic batch axis
+    records, _ = _records(test_csv, 5)
+    assert len(rt.predict(records, folder=test_csv.parent)) == 5
+    assert len(rt.predict(records[:1], folder=test_csv.parent)) == 1
+
+
+def test_missing_inputs_allowed_in_runtime(exported):
+    folder, test_csv = exported
+    records, _ = _records(test_csv, 4)
+    rt = Runtime(folder, threads=1)
+    partial = [{k: v for k, v in r.items() if k == "audio"} for r in records]
+    model = polyfuse.load(folder)
+    ref = model.predict_proba(partial, folder=test_csv.parent).to_numpy()
+    assert np.abs(rt.predict_proba(partial, folder=test_csv.parent)["label"] - ref).max() <= 1e-4
+
+
+def test_int8_dynamic_passes_gate_and_is_smaller(exported):
+    folder, test_csv = exported
+    entry = json.loads((folder / "exports.json").read_text())["model.int8-dynamic.onnx"]
+    v = entry["verification"]
+    assert v["passed"] and v["top1_agreement"] >= 0.99 and v["accuracy_drop"] <= 0.01
+    assert entry["bytes"] < entry["fp32_bytes"]
+    records, _ = _records(test_csv, 8)
+    assert len(Runtime(folder, variant="int8").predict(records, folder=test_csv.parent)) == 8
+
+
+def test_broken_calibration_is_refused(exported, tmp_path):
+    folder, _ = exported
+    model = polyfuse.load(folder)
+    rows = []
+    for i in range(24):  # blank images and one pure tone: ranges nothing like real inputs
+        row = {"label": model.preprocessor.classes("label")[i % 3]}
+        for name, cfg in model.spec.inputs.items():
+            if cfg.type == "image":
+                Image.fromarray(np.zeros(tuple(cfg.size), np.uint8)).save(tmp_path / f"{i}.png")
+                row[name] = f"{i}.png"
+            elif cfg.type == "audio":
+                t = np.arange(4000) / 16000
+                write_wav(tmp_path / f"{i}.wav", (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+                row[name] = f"{i}.wav"
+            else:
+                row[name] = "zzz"
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(tmp_path / "cal.csv", index=False)
+    with pytest.raises(ExportError) as err:
+        export(folder, quantize="static", calibration=tmp_path / "cal.csv")
+    assert "failed verification, not written" in str(err.value) and "Try --quantize dynamic" in str(err.value)
+    assert "top-1 agreement" in str(err.value)
+    assert not (folder / "model.int8-static.onnx").exists() and not list(folder.glob(".*.tmp"))
+    polyfuse.load(folder)  # the artifact is still intact
+
+
+def test_torch_export_round_trip(exported):
+    from polyfuse.export.exporter import load_pt2
+
+    folder, test_csv = exported
+    entry = json.loads((folder / "exports.json").read_text())["model.pt2"]
+    assert entry["verification"]["passed"] and entry["verification"]["max_abs_diff"] <= 1e-4
+    import torch
+
+    model = polyfuse.load(folder)
+    records, _ = _records(test_csv, 6)
+    batch, _ = model.preprocessor.transform(records, test_csv.parent)
+    out = load_pt2(folder / "model.pt2")(inputs={k: torch.from_numpy(v) for k, v in batch.items()})
+    assert np.abs(out[0].detach().numpy() - model.predict_proba(records, folder=test_csv.parent).to_numpy()).max() <= 1e-5
+
+
+def test_runtime_imports_and_predicts_without_torch(exported):
+    folder, test_csv = exported
+    code = textwrap.dedent(f"""
+        import sys, json
+        sys.modules['torch'] = None  # importing torch now raises ImportError
+        from polyfuse.runtime import Runtime
+        import pandas
+        records = pandas.read_csv({str(test_csv)!r}).head(3)
+        records = records[[c for c in records.columns if c in ('image', 'audio', 'transcript')]].to_dict('records')
+        print(json.dumps(Runtime({str(folder)!r}).predict(records, folder={str(test_csv.parent)!r})))
+        assert not any(m == 'torch' or m.startswith('torch.') for m, v in sys.modules.items() if v is not None)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    preds = json.loads(done.stdout)
+    assert len(preds) == 3 and all(0 <= p["label_probability"] <= 1 for p in preds)
+
+
+def test_bad_artifacts_and_records(exported, tmp_path, toy_csv):
+    folder, test_csv = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    data = (copy / "model.onnx").read_bytes()
+    (copy / "model.onnx").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ArtifactError, match="'model.onnx' was modified"):
+        Runtime(copy)
+    # an ONNX file from another spec, with a manifest re-written to match it
+    other = polyfuse.train(toy_spec(toy_csv, epochs=1), out=tmp_path / "other", show_progress=False)
+    export(tmp_path / "other", data=toy_csv)
+    shutil.copyfile(tmp_path / "other" / "model.onnx", copy / "model.onnx")
+    from polyfuse.artifact import write_manifest
+
+    write_manifest(copy)
+    with pytest.raises(ArtifactError, match="exported from another spec"):
+        Runtime(copy)
+    del other
+    rt = Runtime(folder)
+    with pytest.raises(BadInputError, match="record 0 has none of the model's inputs"):
+        rt.predict([{"colour": "red"}])
+    image_input = next((n for n, c in rt.spec.inputs.items() if c.type == "image"), None)
+    with pytest.raises(BadInputError, match=f"row 0, column '{image_input}'.*could not be decoded"):
+        rt.predict([{image_input: b"definitely not a png"}])
+    with pytest.raises(ArtifactError, match="no model.int8-static.onnx"):
+        Runtime(folder, variant="int8-static")
+
+
+def test_predict_cli_through_onnx_runtime(exported, tmp_path):
+    folder, test_csv = exported
+    frame = pd.read_csv(test_csv).head(12)
+    frame.to_csv(test_csv.parent / "few.csv", index=False)
+    out = tmp_path / "p.csv"
+    done = subprocess.run([sys.executable, "-m", "polyfuse.cli", "predict", str(folder), str(test_csv.parent / "few.csv"),
+                           "--out", str(out), "--runtime", "onnx", "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    preds = pd.read_csv(out)
+    model = polyfuse.load(folder)
+    ref = model.predict(frame, folder=test_csv.parent)["label"].astype(str).tolist()
+    assert preds["label"].astype(str).tolist() == ref
