@@ -78,6 +78,25 @@ def cmd_bench(args: argparse.Namespace) -> None:
     run_bench(args.model, args.data, repeats=args.repeats, threads=args.threads)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from polyfuse.serve.config import ServeConfig
+    from polyfuse.serve.server import serve
+
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise PolyfuseError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
+    cfg = ServeConfig(host=args.host, port=args.port, runtime=args.runtime, variant=args.variant, api_key=api_key,
+                      max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, queue_size=args.queue_size,
+                      timeout_s=args.timeout, max_body_bytes=args.max_body_mb << 20, max_records=args.max_records,
+                      max_pixels=args.max_pixels, max_audio_seconds=args.max_audio_seconds, drain_s=args.drain,
+                      threads=args.threads)
+    serve(args.model, cfg)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from polyfuse.demo import run_demo
 
@@ -137,6 +156,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("serve", help="HTTP server: /predict, KServe V2, /metrics, a web page at /")
+    p.add_argument("model")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
+                   help="auto: ONNX Runtime when the model is exported, else torch")
+    p.add_argument("--variant", default="fp32", help="ONNX variant: fp32, int8, int8-dynamic, int8-static")
+    p.add_argument("--api-key-env", default=None, help="require this environment variable's value as x-api-key")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-delay-ms", type=float, default=5.0)
+    p.add_argument("--queue-size", type=int, default=256, help="waiting requests before 503")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request before 504")
+    p.add_argument("--max-body-mb", type=int, default=16)
+    p.add_argument("--max-records", type=int, default=64)
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096)
+    p.add_argument("--max-audio-seconds", type=float, default=60.0)
+    p.add_argument("--drain", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("demo", help="build the embedded demo data, train, and show fusion vs single inputs")
     p.add_argument("--out", default="runs/demo")

@@ -6,6 +6,7 @@ is the cheap per-batch step that training and serving share.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,10 @@ def decode_image(source: bytes | Path | np.ndarray, size: tuple[int, int], chann
             img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             img.load()
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            name = where or ("<bytes>" if isinstance(source, bytes) else str(source))
+            name = f"image {where or str(source)!r}" if where or not isinstance(source, bytes) else "the image bytes"
+            reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>|\s*'[^']*'$", "", str(e)) or type(e).__name__
             raise BadInputError(
-                f"image {name!r} could not be decoded ({e}); re-save it as PNG/JPEG or leave the cell empty"
+                f"{name} could not be decoded ({reason}); re-save it as PNG/JPEG or leave the cell empty"
             ) from None
     img = img.convert("L" if channels == 1 else "RGB")
     if img.size != (width, height):

@@ -95,6 +95,11 @@ def decode_table(spec: Spec, table: Table, *, with_targets: bool, on_bad_row: st
                 bad.setdefault(i, BadRow(row_ids[i], column, e.reason))
                 return None
 
+        if n <= 8:  # a few records (serving): a thread pool would cost more than it saves
+            out = [one(i) for i in range(n)]
+            if progress:
+                progress(n)
+            return out
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             out = []
             for i, value in enumerate(pool.map(one, range(n), chunksize=32)):

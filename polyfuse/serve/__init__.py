@@ -1,0 +1,1 @@
+"""`polyfuse serve`: an HTTP server over a trained artifact (FastAPI + uvicorn)."""

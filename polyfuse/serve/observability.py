@@ -1,0 +1,52 @@
+"""Prometheus metrics (own registry per app) and a structured JSON access log with request ids."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    def __init__(self, model: str, digest: str, runtime: str):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("polyfuse_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.latency = Histogram("polyfuse_request_seconds", "Request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue = Histogram("polyfuse_queue_seconds", "Time a request waited for the model", buckets=LATENCY_BUCKETS, registry=r)
+        self.model = Histogram("polyfuse_model_seconds", "Model time per batch", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch = Histogram("polyfuse_batch_rows", "Rows per model batch", buckets=BATCH_BUCKETS, registry=r)
+        self.inflight = Gauge("polyfuse_inflight_requests", "Requests being handled", registry=r)
+        self.info = Info("polyfuse_model", "The served model", registry=r)
+        self.info.info({"name": model, "sha256": digest, "runtime": runtime})
+
+    def observe_batch(self, rows: int, queued: float, took: float) -> None:
+        self.queue.observe(queued)
+        self.model.observe(took)
+        self.batch.observe(rows)
+
+
+def access_logger() -> logging.Logger:
+    log = logging.getLogger("polyfuse.access")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
+def log_access(log: logging.Logger, request_id: str, method: str, path: str, status: int, seconds: float,
+               client: str | None, detail: str | None = None) -> None:
+    """One JSON line per request: ids and timings, never request contents."""
+    entry = {"ts": round(time.time(), 3), "request_id": request_id, "method": method, "path": path,
+             "status": status, "ms": round(seconds * 1e3, 2), "client": client}
+    if detail:
+        entry["error"] = detail[:200]
+    log.info(json.dumps(entry))

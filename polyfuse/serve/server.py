@@ -1,0 +1,56 @@
+"""Running the app under uvicorn with a draining shutdown: on SIGTERM/SIGINT readiness turns false
+at once, in-flight requests finish (bounded by ``drain_s``), then the process exits."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+from polyfuse.serve.app import create_app
+from polyfuse.serve.config import ServeConfig
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state, drain_s: float):
+        super().__init__(config)
+        self.state, self.drain_s, self.draining = state, drain_s, False
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self.draining:  # a second signal: stop now
+            return super().handle_exit(sig, frame)
+        self.draining = True
+        self.state.ready = False
+        print(f"polyfuse serve: signal {sig}: not ready; draining {self.state.inflight} in-flight request(s)",
+              file=sys.stderr, flush=True)
+
+        def drain() -> None:
+            deadline = time.monotonic() + self.drain_s
+            while self.state.inflight > 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            super(DrainingServer, self).handle_exit(sig, frame)
+
+        threading.Thread(target=drain, daemon=True).start()
+
+
+def serve(model_dir: str | Path, cfg: ServeConfig) -> None:
+    t0 = time.perf_counter()
+    app = create_app(model_dir, cfg)
+    state = app.server
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=int(cfg.drain_s) + 1, lifespan="on")
+    server = DrainingServer(config, state, cfg.drain_s)
+    original_startup = server.startup
+
+    async def startup(sockets=None) -> None:
+        await original_startup(sockets)
+        b = state.backend
+        note = f"; {state.batching_note}" if state.batching_note else ""
+        print(f"polyfuse serve: {b.name} ({b.platform}) on http://{cfg.host}:{cfg.port} ready in "
+              f"{time.perf_counter() - t0:.2f} s; max batch {state.batcher.max_batch}, max delay {cfg.max_delay_ms:g} ms"
+              f"{note}", file=sys.stderr, flush=True)
+
+    server.startup = startup  # type: ignore[method-assign]
+    server.run()
