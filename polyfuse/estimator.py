@@ -18,7 +18,7 @@ from polyfuse.errors import ArtifactError
 from polyfuse.evaluate import evaluate as _evaluate
 from polyfuse.io import read_table
 from polyfuse.nn import heads
-from polyfuse.nn.model import FusionModel, predict_arrays
+from polyfuse.nn.model import MODALITY_WEIGHTS, FusionModel, predict_arrays
 from polyfuse.preprocess import targets
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, decode_table
 from polyfuse.spec import Spec, load_spec
@@ -40,7 +40,10 @@ class Model:
     def run_arrays(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Probabilities per output for a collated batch (the model alone)."""
         logits = predict_arrays(self.net, batch)
-        return {n: heads.probabilities(c, logits[n]).numpy() for n, c in self.spec.outputs.items()}
+        out = {n: heads.probabilities(c, logits[n]).numpy() for n, c in self.spec.outputs.items()}
+        if MODALITY_WEIGHTS in logits:
+            out[MODALITY_WEIGHTS] = logits[MODALITY_WEIGHTS].numpy()
+        return out
 
     def _probabilities(self, records: Any, folder: Path | None = None) -> tuple[dict[str, np.ndarray], Decoded]:
         batch, decoded = self.preprocessor.transform(records, folder)
@@ -68,7 +71,11 @@ class Model:
         import pandas as pd
 
         probs, decoded = self._probabilities(records, Path(folder) if folder else None)
-        return pd.DataFrame(self.decode_predictions(probs), index=decoded.rows)
+        frame = pd.DataFrame(self.decode_predictions(probs), index=decoded.rows)
+        if MODALITY_WEIGHTS in probs:  # gated fusion: how much each input counted for each record
+            for i, name in enumerate(self.spec.inputs):
+                frame[f"weight_{name}"] = probs[MODALITY_WEIGHTS][:, i]
+        return frame
 
     def decode_predictions(self, probs: dict[str, np.ndarray]) -> dict[str, list]:
         """Turn head outputs into labels (category/binary), label lists (multilabel) or numbers."""

@@ -50,6 +50,9 @@ def compute(cfg: Any, state: dict, probs: np.ndarray, target: np.ndarray, full: 
         p, r, f, _ = skm.precision_recall_fscore_support(true, pred, labels=labels, average=avg, zero_division=0)
         out.update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
     out["log_loss"] = float(skm.log_loss(true, np.clip(probs, 1e-7, 1.0), labels=labels))
+    from polyfuse.calibration import expected_calibration_error
+
+    out["ece"] = expected_calibration_error(probs, true)
     if cfg.type == "binary":
         out["roc_auc"] = _auc(lambda: skm.roc_auc_score(true, probs[:, 1]))
     else:

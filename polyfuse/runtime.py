@@ -20,6 +20,7 @@ from polyfuse.preprocess.pipeline import Preprocessor
 from polyfuse.preprocess.targets import decode_outputs
 from polyfuse.spec import load_spec
 
+MODALITY_WEIGHTS = "_modality_weights"  # gated fusion's extra output (same name as in polyfuse.nn.model)
 VARIANTS = {"fp32": "model.onnx", "int8-dynamic": "model.int8-dynamic.onnx", "int8-static": "model.int8-static.onnx"}
 
 
@@ -92,6 +93,10 @@ class Runtime:
                 row[name] = decoded[name][i]
                 if cfg.type in ("category", "binary"):
                     row[f"{name}_probability"] = float(probs[name][i].max())
+                    if row[name] is None:
+                        row["reason"] = "low confidence"
+            if MODALITY_WEIGHTS in probs:
+                row["modality_weights"] = {n: float(w) for n, w in zip(self.spec.inputs, probs[MODALITY_WEIGHTS][i])}
             results.append(row)
         return results
 

@@ -93,6 +93,11 @@ class AudioInput(_Strict):
         return self
 
 
+class TextAugment(_Strict):
+    word_drop: float = Field(0.0, ge=0.0, lt=1.0, description="drop each token with this chance in training")
+    typo: float = Field(0.0, ge=0.0, lt=1.0, description="replace a character of each token with this chance")
+
+
 class TextInput(_Strict):
     type: Literal["text"]
     column: str | None = None
@@ -102,15 +107,22 @@ class TextInput(_Strict):
     min_count: int = Field(1, ge=1, description="tokens seen fewer times go to the unknown bucket")
     max_vocab: int = Field(20000, gt=0)
     ngrams: int = Field(2, ge=1, le=3, description="n-gram order of the bag encoder")
+    augment: TextAugment = TextAugment()
     encoder: Literal["bigru", "bilstm", "bag"] = "bigru"
     dim: int = Field(128, gt=0)
     modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+
+class NumberAugment(_Strict):
+    drop: float = Field(0.0, ge=0.0, lt=1.0, description="make the value missing with this chance in training")
+    noise: float = Field(0.0, ge=0.0, description="add Gaussian noise of this many standard deviations")
 
 
 class NumberInput(_Strict):
     type: Literal["number"]
     column: str | None = None
     impute: Literal["mean", "median", "zero"] = "mean"
+    augment: NumberAugment = NumberAugment()
     encoder: Literal["mlp", "linear"] = "mlp"
     dim: int = Field(32, gt=0)
     modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
@@ -133,7 +145,13 @@ InputSpec = Annotated[
 
 # ----------------------------------------------------------------------------- model, outputs, training
 class FusionSpec(_Strict):
-    method: Literal["concat", "mean", "max"] = "concat"
+    """How the inputs' vectors become one. concat: the default, strong when inputs are usually all
+    present; mean/max: order-free pooling over present inputs; gated: learned per-record input
+    weights (shown in predictions), good when one input is often noisy; attention: a small
+    transformer over input tokens, for many inputs with interactions; lowrank: low-rank tensor
+    fusion, multiplicative interactions between inputs at linear cost."""
+
+    method: Literal["concat", "mean", "max", "gated", "attention", "lowrank"] = "concat"
     dim: int = Field(128, gt=0, description="width of the fused representation")
     modality_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="chance of dropping each input per sample in training")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
@@ -145,6 +163,8 @@ class OutputSpec(_Strict):
     weight: float = Field(1.0, gt=0, description="weight of this output's loss")
     class_weights: Literal["balanced"] | dict[str, float] | None = None
     separator: str = Field("|", description="multilabel: separator between labels in one cell")
+    abstain_below: float | None = Field(None, gt=0.0, lt=1.0, description="answer null ('low confidence') when the "
+                                        "top calibrated probability is below this")
 
 
 class TrainSpec(_Strict):
@@ -158,6 +178,7 @@ class TrainSpec(_Strict):
     metric: str | None = Field(None, description="validation metric to select on; default: loss")
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
+    calibrate: bool = Field(True, description="fit temperature scaling on the validation split")
 
 
 class Spec(_Strict):
@@ -173,8 +194,8 @@ class Spec(_Strict):
         if not v:
             raise ValueError("at least one entry is required")
         for name in v:
-            if not name.isidentifier():
-                raise ValueError(f"name {name!r} must be an identifier (letters, digits, _)")
+            if not name.isidentifier() or name.startswith("_"):
+                raise ValueError(f"name {name!r} must be an identifier (letters, digits, _) not starting with _")
         return v
 
     @model_validator(mode="after")

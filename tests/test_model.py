@@ -25,7 +25,7 @@ def _setup(toy_csv, **patch):
     return spec, pre, FusionModel(spec, pre.state).eval(), pre.collate(decoded, list(range(8)))
 
 
-@pytest.mark.parametrize("method", ["concat", "mean", "max"])
+@pytest.mark.parametrize("method", ["concat", "mean", "max", "gated", "attention", "lowrank"])
 def test_masked_input_changes_nothing(toy_csv, method):
     spec, pre, net, batch = _setup(toy_csv, fusion__method=method)
     for name in spec.inputs:
@@ -43,7 +43,7 @@ def test_masked_input_changes_nothing(toy_csv, method):
         assert not torch.allclose(a, full), f"{method}: removing {name} changed nothing at all"
 
 
-@pytest.mark.parametrize("method", ["concat", "mean", "max"])
+@pytest.mark.parametrize("method", ["concat", "mean", "max", "gated", "attention", "lowrank"])
 def test_forward_with_every_input_missing_and_all_missing(toy_csv, method):
     spec, pre, net, batch = _setup(toy_csv, fusion__method=method)
     empty = dict(batch)

@@ -108,3 +108,17 @@ def test_missing_label_is_a_bad_row(toy_csv):
     decoded = decode_table(_spec(toy_csv), read_table(frame, toy_csv.parent), with_targets=True)
     assert [(b.row, b.column) for b in decoded.bad] == [(2, "label")]
     assert "target value is missing" in decoded.bad[0].message
+
+
+def test_all_inputs_missing_is_an_error_not_a_prior(toy_csv):
+    from polyfuse.preprocess.pipeline import Preprocessor
+
+    spec = _spec(toy_csv)
+    frame = pd.read_csv(toy_csv).head(3)
+    for col in ("photo", "sound", "note", "weight", "color"):
+        frame.loc[1, col] = None
+    decoded = decode_table(spec, read_table(frame, toy_csv.parent), with_targets=True)
+    assert [(b.row, b.column) for b in decoded.bad] == [(1, "*")] and "every input is missing" in decoded.bad[0].message
+    pre = Preprocessor.fit(spec, decode_table(spec, read_table(toy_csv), with_targets=True))
+    with pytest.raises(BadInputError, match="row 0: every input is missing"):
+        pre.transform([{"photo": None, "note": ""}])

@@ -22,6 +22,7 @@ import polyfuse
 from polyfuse.artifact import sha256
 from polyfuse.errors import PolyfuseError
 from polyfuse.nn.heads import probabilities
+from polyfuse.nn.model import MODALITY_WEIGHTS
 from polyfuse.preprocess.pipeline import Decoded
 
 OPSET = 18
@@ -43,7 +44,13 @@ class ProbabilityModel(torch.nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         out = self.net(inputs)
-        return tuple(probabilities(self.spec.outputs[n], out[n]) for n in self.spec.outputs)
+        probs = tuple(probabilities(self.spec.outputs[n], out[n]) for n in self.spec.outputs)
+        return probs + ((out[MODALITY_WEIGHTS],) if MODALITY_WEIGHTS in out else ())
+
+
+def output_names(model: Any) -> list[str]:
+    names = list(model.spec.outputs)
+    return names + [MODALITY_WEIGHTS] if model.spec.fusion.method == "gated" else names
 
 
 def example_batch(model: Any, decoded: Decoded, n: int = 4) -> dict[str, torch.Tensor]:
@@ -77,7 +84,7 @@ def write_onnx(model: Any, example: dict[str, torch.Tensor], path: Path, meta: d
             program = torch.onnx.export(
                 wrapper, (), kwargs={"inputs": example}, dynamo=True, external_data=False, opset_version=OPSET,
                 dynamic_shapes={"inputs": {k: {0: batch} for k in example}}, input_names=list(example),
-                output_names=list(model.spec.outputs), optimize=True, verbose=False)
+                output_names=output_names(model), optimize=True, verbose=False)
     proto = program.model_proto
     for key, value in meta.items():
         entry = proto.metadata_props.add()

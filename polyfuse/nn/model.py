@@ -10,6 +10,9 @@ from polyfuse.nn.heads import build_head
 from polyfuse.spec import Spec
 
 
+MODALITY_WEIGHTS = "_modality_weights"  # extra output of gated fusion: per-record input weights
+
+
 class FusionModel(nn.Module):
     """Late-fusion model.
 
@@ -29,6 +32,9 @@ class FusionModel(nn.Module):
         dims = [c.dim for c in spec.inputs.values()]
         self.fusion = build_fusion(spec.fusion.method, dims, spec.fusion.dim, spec.fusion.dropout)
         self.heads = nn.ModuleDict({n: build_head(c, state[n], spec.fusion.dim) for n, c in spec.outputs.items()})
+        # temperature scaling, fitted after training (1 until then); a buffer, so it is saved with the
+        # weights and exported into the ONNX graph
+        self.register_buffer("temperature", torch.ones(len(spec.outputs)))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         present = torch.stack([batch[f"{n}__present"].bool() for n in self.names], dim=1)
@@ -38,7 +44,11 @@ class FusionModel(nn.Module):
             present = torch.where(dropped.any(1, keepdim=True), dropped, present)
         vectors = [self.encoders[n](batch[n], batch.get(f"{n}__length")) for n in self.names]
         fused = self.fusion(vectors, present)
-        return {n: head(fused) for n, head in self.heads.items()}
+        out = {n: head(fused) / self.temperature[i] for i, (n, head) in enumerate(self.heads.items())}
+        weights = getattr(self.fusion, "last_weights", None)
+        if weights is not None:
+            out[MODALITY_WEIGHTS] = weights
+        return out
 
 
 def to_tensors(batch: dict) -> dict[str, torch.Tensor]:

@@ -36,7 +36,7 @@ MODALITIES: dict[str, Modality] = {
     "image": Modality(image.decode, image.fit, image.collate, image.augments),
     "audio": Modality(audio.decode, audio.fit, audio.collate, audio.augments),
     "text": Modality(text.decode, text.fit, text.collate, text.augments),
-    "number": Modality(tabular.decode_number, tabular.fit_number, tabular.collate_number, tabular.never_augments),
+    "number": Modality(tabular.decode_number, tabular.fit_number, tabular.collate_number, tabular.number_augments),
     "category": Modality(tabular.decode_category, tabular.fit_category, tabular.collate_category, tabular.never_augments),
 }
 
@@ -114,6 +114,13 @@ def decode_table(spec: Spec, table: Table, *, with_targets: bool, on_bad_row: st
     for name, cfg in spec.inputs.items():
         mod = MODALITIES[cfg.type]
         inputs[name] = run_column(name, lambda v, m=mod, c=cfg: _decode_cell(m, v, c, table.folder))
+    for i in range(n):  # a record with nothing to go on gets an error, not a silent prior
+        if i not in bad and all(inputs[name][i] is None for name in spec.inputs):
+            message = (f"every input is missing ({', '.join(spec.column(n_) for n_ in spec.inputs)}); "
+                       "the model needs at least one")
+            if on_bad_row == "error":
+                raise BadInputError(message, row=row_ids[i], column=None)
+            bad[i] = BadRow(row_ids[i], "*", message)
     outs = {}
     if with_targets:
         for name, cfg in spec.outputs.items():

@@ -38,8 +38,15 @@ def fit_number(values: list[float | None], cfg: Any) -> dict:
 def collate_number(values: list[float | None], cfg: Any, state: dict, train: bool, rng: Any) -> dict[str, np.ndarray]:
     present = np.asarray([v is not None and not math.isnan(v) for v in values], dtype=bool)
     raw = np.asarray([v if p else state["impute"] for v, p in zip(values, present)], dtype=np.float32)
-    x = ((raw - state["mean"]) / state["std"]).astype(np.float32)[:, None]
-    return {"": x, "present": present}
+    x = ((raw - state["mean"]) / state["std"]).astype(np.float32)
+    aug = getattr(cfg, "augment", None)
+    if train and rng is not None and aug is not None:  # training only: learn to cope with absent/noisy values
+        if aug.noise:
+            x = x + rng.normal(0.0, aug.noise, x.shape).astype(np.float32)
+        if aug.drop:
+            present = present & (rng.random(len(values)) >= aug.drop)
+            x = np.where(present, x, np.float32((state["impute"] - state["mean"]) / state["std"]))
+    return {"": x.astype(np.float32)[:, None], "present": present}
 
 
 def decode_category(value: Any, cfg: Any, folder: Path) -> str:
@@ -65,3 +72,7 @@ def collate_category(values: list[str | None], cfg: Any, state: dict, train: boo
 
 def never_augments(cfg: Any) -> bool:
     return False
+
+
+def number_augments(cfg: Any) -> bool:
+    return bool(cfg.augment.drop or cfg.augment.noise)

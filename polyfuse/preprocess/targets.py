@@ -90,5 +90,8 @@ def decode_outputs(spec: Any, state: dict, probs: dict[str, np.ndarray]) -> dict
         elif cfg.type == "multilabel":
             out[name] = [cfg.separator.join(c for c, on in zip(s["classes"], row) if on) for row in p >= 0.5]
         else:
-            out[name] = [s["classes"][i] for i in p.argmax(-1)]
+            labels = [s["classes"][i] for i in p.argmax(-1)]
+            if cfg.abstain_below is not None:  # better no answer than a confident-looking guess
+                labels = [None if top < cfg.abstain_below else label for label, top in zip(labels, p.max(-1))]
+            out[name] = labels
     return out

@@ -56,6 +56,8 @@ def collate(values: list[list[str] | None], cfg: Any, state: dict, train: bool, 
     x = np.zeros((len(values), cfg.max_length), dtype=np.int64)
     length = np.zeros(len(values), dtype=np.int64)
     for i, tokens in enumerate(values):
+        if tokens and train and rng is not None:
+            tokens = augment(tokens, cfg.augment, rng)
         if tokens:
             ids = encode(tokens, index, cfg.max_length)
             x[i, : len(ids)] = ids
@@ -63,5 +65,22 @@ def collate(values: list[list[str] | None], cfg: Any, state: dict, train: bool, 
     return {"": x, "length": length, "present": length > 0}
 
 
+def augment(tokens: list[str], aug: Any, rng: np.random.Generator) -> list[str]:
+    """Training-time corruption so the model learns not to trust text blindly: drops and typos."""
+    if aug.word_drop:
+        kept = [t for t in tokens if rng.random() >= aug.word_drop]
+        tokens = kept or tokens[:1]  # dropping every word would turn the input into 'missing'
+    if aug.typo:
+        alphabet = "abcdefghijklmnopqrstuvwxyz"
+        out = []
+        for t in tokens:
+            if len(t) > 1 and rng.random() < aug.typo:
+                k = int(rng.integers(len(t)))
+                t = t[:k] + alphabet[int(rng.integers(26))] + t[k + 1 :]
+            out.append(t)
+        tokens = out
+    return tokens
+
+
 def augments(cfg: Any) -> bool:
-    return False
+    return bool(cfg.augment.word_drop or cfg.augment.typo)

@@ -1,0 +1,102 @@
+"""Richer fusion methods end to end, calibration, abstaining, and corruption-aware training options."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import polyfuse
+from polyfuse.calibration import expected_calibration_error, fit_temperature
+from polyfuse.export.exporter import export
+from polyfuse.preprocess import tabular, text
+from polyfuse.runtime import Runtime
+from polyfuse.spec import load_spec
+from tests.conftest import toy_spec
+
+
+@pytest.mark.parametrize("method", ["gated", "attention", "lowrank"])
+def test_method_trains_exports_and_matches_onnx(method, toy_csv, tmp_path):
+    spec = toy_spec(toy_csv, epochs=4)
+    spec["fusion"] = {"method": method, "dim": 32, "modality_dropout": 0.3}
+    spec["inputs"]["note"]["encoder"] = "bigru"
+    out = tmp_path / method
+    model = polyfuse.train(spec, out=out, show_progress=False)
+    assert model.metrics["test"]["outputs"]["label"]["accuracy"] >= 0.8
+    entry = export(out, data=toy_csv)
+    assert entry["verification"]["passed"]
+    frame = pd.read_csv(toy_csv).head(6)
+    records = frame[["photo", "sound", "note", "weight", "color"]].to_dict("records")
+    records[2]["photo"] = None  # one input missing
+    got = Runtime(out).predict(records, folder=toy_csv.parent)
+    ref = polyfuse.load(out).predict(records, folder=toy_csv.parent)
+    assert [g["label"] for g in got] == ref["label"].tolist()
+    if method == "gated":  # per-record input weights are part of the answer
+        weights = got[2]["modality_weights"]
+        assert set(weights) == {"photo", "sound", "note", "weight", "color"}
+        assert weights["photo"] == 0.0 and sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
+        assert ref.loc[2, "weight_photo"] == 0.0
+
+
+def test_temperature_scaling_fixes_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    n, k = 4000, 5
+    z = rng.normal(0, 1.5, (n, k))
+    true_p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    target = np.array([rng.choice(k, p=p) for p in true_p])  # labels drawn from calibrated probabilities
+    logits = 4.0 * z  # the model's logits are four times too peaked
+    probs = torch.softmax(torch.tensor(logits), -1).numpy()
+    before = expected_calibration_error(probs, target)
+    t = fit_temperature("category", torch.tensor(logits, dtype=torch.float32), target)
+    after = expected_calibration_error(torch.softmax(torch.tensor(logits) / t, -1).numpy(), target)
+    assert t > 2.0 and before > 0.15 and after < 0.05 and after < before / 3
+
+
+def test_ece_known_values():
+    probs = np.array([[0.9, 0.1]] * 10)
+    assert expected_calibration_error(probs, np.array([0] * 9 + [1])) == pytest.approx(0.0, abs=1e-9)
+    assert expected_calibration_error(probs, np.array([0] * 5 + [1] * 5)) == pytest.approx(0.4)
+
+
+def test_calibration_is_stored_and_exported(toy_model):
+    model, out = toy_model
+    cal = model.metrics["calibration"]["label"]
+    assert cal["temperature"] > 0 and {"valid_ece_before", "valid_ece_after", "test_ece_after"} <= set(cal)
+    assert cal["valid_ece_after"] <= cal["valid_ece_before"] + 1e-9
+    loaded = polyfuse.load(out)
+    assert float(loaded.net.temperature[0]) == pytest.approx(cal["temperature"], abs=1e-4)
+    assert "ece" in json.loads((out / "metrics.json").read_text())["test"]["outputs"]["label"]
+
+
+def test_abstain_below_threshold(toy_csv, tmp_path):
+    spec = toy_spec(toy_csv, epochs=1)
+    spec["outputs"]["label"]["abstain_below"] = 0.99
+    out = tmp_path / "m"
+    model = polyfuse.train(spec, out=out, show_progress=False)
+    frame = pd.read_csv(toy_csv).head(8)
+    pred = model.predict(frame, folder=toy_csv.parent)
+    proba = model.predict_proba(frame, folder=toy_csv.parent)
+    unsure = proba.max(axis=1) < 0.99
+    assert unsure.any()
+    assert pred["label"][unsure].isna().all() and pred["label"][~unsure].notna().all()
+    export(out, data=toy_csv)
+    answers = Runtime(out).predict(frame[["photo", "note"]].to_dict("records"), folder=toy_csv.parent)
+    abstained = [a for a in answers if a["label"] is None]
+    assert abstained and all(a["reason"] == "low confidence" for a in abstained)
+
+
+def test_text_and_number_corruption_training_options():
+    spec, _ = load_spec({"inputs": {"t": {"type": "text", "augment": {"word_drop": 0.5, "typo": 0.5}},
+                                    "n": {"type": "number", "augment": {"drop": 0.5, "noise": 0.1}}},
+                         "outputs": {"y": {"type": "category"}}})
+    tokens = [["alpha", "beta", "gamma", "delta"]] * 50
+    state = text.fit(tokens, spec.inputs["t"])
+    clean = text.collate(tokens, spec.inputs["t"], state, train=False, rng=None)
+    a = text.collate(tokens, spec.inputs["t"], state, train=True, rng=np.random.default_rng(1))
+    b = text.collate(tokens, spec.inputs["t"], state, train=True, rng=np.random.default_rng(1))
+    assert np.array_equal(a[""], b[""]) and (a["length"] < clean["length"]).any() and (a["length"] >= 1).all()
+    assert (a[""] == 1).any()  # typos land in the unknown bucket
+    nstate = {"mean": 0.0, "std": 1.0, "impute": 0.0}
+    out = tabular.collate_number([1.0] * 200, spec.inputs["n"], nstate, True, np.random.default_rng(0))
+    assert 0.3 < out["present"].mean() < 0.7
+    assert tabular.collate_number([1.0] * 5, spec.inputs["n"], nstate, False, None)["present"].all()
