@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 
 from polyfuse.artifact import sha256
 from polyfuse.errors import BadInputError
+from polyfuse.preprocess.pipeline import Decoded
 from polyfuse.preprocess.targets import decode_outputs
 from polyfuse.serve import protocol
 from polyfuse.serve.batching import Batcher, batching_pays
@@ -168,7 +169,8 @@ class ServerState:
         cfg, b = self.cfg, self.backend
         max_batch = cfg.max_batch
         if cfg.check_batching and max_batch > 1:
-            empty, _ = b.preprocessor.transform([{}])
+            # one all-missing row, collated directly: transform() rejects a record with no inputs
+            empty = b.preprocessor.collate(Decoded({n: [None] for n in b.spec.inputs}, {}, [0]))
             pays, t_batch, t_single = batching_pays(b.run_arrays, empty, max_batch)
             self.batching_note = (f"one batch of {max_batch} takes {t_batch * 1e3:.2f} ms vs {t_single * 1e3:.2f} ms "
                                   f"for {max_batch} singles")
