@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
+	bash .ci/setup-browser.sh   # Debian chromium + chromedriver for the web-page test
 	touch $@
 
 setup: $(VENV)/.installed
