@@ -1,4 +1,4 @@
-"""The `polyfuse` command line: init, schema, train, evaluate, predict, demo."""
+"""The `polyfuse` command line: init, schema, train, evaluate, predict, export, bench, serve, robustness, demo."""
 from __future__ import annotations
 
 import argparse
@@ -97,6 +97,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.model, cfg)
 
 
+def cmd_robustness(args: argparse.Namespace) -> None:
+    from polyfuse import robustness
+    from polyfuse.estimator import set_threads
+
+    set_threads(args.threads)
+    result = robustness.run(args.model, args.data, seed=args.seed, rows=args.rows)
+    print(robustness.format_table(result))
+    written = robustness.write(result, args.model, out=args.out)
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from polyfuse.demo import run_demo
 
@@ -176,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drain", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("robustness", help="accuracy under corrupted and missing inputs: curves, table, JSON, PNG")
+    p.add_argument("model")
+    p.add_argument("data", help="labelled table to evaluate on")
+    p.add_argument("--seed", type=int, default=0, help="seeds the row sample and every corruption")
+    p.add_argument("--rows", type=int, default=1000, help="evaluate at most this many rows (a seeded sample)")
+    p.add_argument("--out", default=None,
+                   help="write the JSON here (and the PNG beside it) instead of into the model directory")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.set_defaults(fn=cmd_robustness)
 
     p = sub.add_parser("demo", help="build the embedded demo data, train, and show fusion vs single inputs")
     p.add_argument("--out", default="runs/demo")

@@ -1,0 +1,157 @@
+"""Robust fusion on ../shared/data/avdigits: does the fused model stay at least as good as the
+single-input model that still has clean data when the other input is noisy or missing?
+
+    .venv/bin/python benchmarks/robustness.py [--fusion gated] [--seed 0] [--out runs/bench-robust]
+
+Trains (a) the fused model of avdigits.yaml with a robust configuration (fusion method
+``--fusion``, default gated when the spec accepts it else concat; fusion.modality_dropout 0.3;
+image augment noise 0.3; audio augment noise_snr_db [-5, 20]), (b) an image-only and (c) an
+audio-only model (the same spec with one input removed), then reports on test.csv, each target
+with its measured figure and PASS/FAIL:
+
+* clean fused accuracy >= 0.98;
+* images noised (sigma 0.6) and images missing: fused accuracy >= audio-only accuracy - 1 point;
+* audio at -5 dB SNR and audio missing: fused accuracy >= image-only accuracy - 1 point;
+* expected calibration error after temperature scaling, when metrics.json has ``calibration``
+  (no target: reported for information; "n/a" when absent).
+
+Skips with a message where the data is absent.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import tempfile
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import polyfuse  # noqa: E402
+from polyfuse import robustness  # noqa: E402
+from polyfuse.spec import FusionSpec  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "avdigits"
+CLEAN_TARGET = 0.98
+MARGIN = 0.01  # "minus 1 point"
+IMAGE_SIGMA, AUDIO_SNR = 0.6, -5.0
+
+
+def fusion_methods() -> tuple[str, ...]:
+    """The fusion methods this polyfuse's spec accepts (read from the schema, not assumed)."""
+    return typing.get_args(FusionSpec.model_fields["method"].annotation)
+
+
+def base_spec(threads: int | None) -> dict[str, Any]:
+    """avdigits.yaml with its table paths made absolute (specs given as dicts resolve from the cwd)."""
+    spec = yaml.safe_load((REPO / "avdigits.yaml").read_text())
+    for key in ("train", "valid", "test"):
+        if spec["data"].get(key):
+            spec["data"][key] = str((REPO / spec["data"][key]).resolve())
+    if threads:
+        spec.setdefault("train", {})["threads"] = threads
+    return spec
+
+
+def robust_spec(spec: dict[str, Any], fusion: str) -> dict[str, Any]:
+    spec = copy.deepcopy(spec)
+    spec["fusion"] = {**spec.get("fusion", {}), "method": fusion, "modality_dropout": 0.3}
+    spec["inputs"]["image"].setdefault("augment", {})["noise"] = 0.3
+    spec["inputs"]["audio"].setdefault("augment", {})["noise_snr_db"] = [-5.0, 20.0]
+    return spec
+
+
+def without(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    spec = copy.deepcopy(spec)
+    del spec["inputs"][name]
+    return spec
+
+
+def train(spec: dict[str, Any], out: Path, what: str) -> Any:
+    t0 = time.perf_counter()
+    model = polyfuse.train(spec, out=out, show_progress=False)
+    print(f"trained {what} in {time.perf_counter() - t0:.0f} s ({len(model.history)} epochs)", flush=True)
+    return model
+
+
+def level_score(report: dict[str, Any], name: str, corruption: str, level: float) -> float:
+    curve = report["curves"][name][corruption]
+    levels = [math.inf if x is None else x for x in curve["levels"]]
+    return curve["scores"]["label"][levels.index(level)]
+
+
+def missing_score(report: dict[str, Any], name: str) -> float:
+    return next(e["scores"]["label"] for e in report["missing"]["entries"] if e["missing"] == [name])
+
+
+def ece_after(model: Any) -> float | None:
+    """Test-split ECE after temperature scaling (validation split when there is no test one)."""
+    entry = (model.metrics.get("calibration") or {}).get("label")
+    if not entry:
+        return None
+    value = entry.get("test_ece_after", entry.get("valid_ece_after"))
+    return None if value is None else float(value)
+
+
+def row(what: str, measured: float | None, target: float | None, higher: bool = True) -> str:
+    if measured is None:
+        return f"  {what:<52}{'n/a':>9}"
+    if target is None:
+        return f"  {what:<52}{measured:>9.4f}   (no target; for information)"
+    ok = measured >= target if higher else measured <= target
+    return f"  {what:<52}{measured:>9.4f}   {'>=' if higher else '<='} {target:.4f}   {'PASS' if ok else 'FAIL'}"
+
+
+def main() -> None:
+    methods = fusion_methods()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fusion", default="gated" if "gated" in methods else "concat", choices=methods)
+    parser.add_argument("--seed", type=int, default=0, help="robustness seed (corruption draws)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for training")
+    parser.add_argument("--out", default=None, help="keep the three artifacts here (default: a temporary folder)")
+    args = parser.parse_args()
+    if not (DATA / "train.csv").exists():
+        print(f"skipped: {DATA} is absent")
+        return
+    base = base_spec(args.threads)
+    fused_spec = robust_spec(base, args.fusion)
+    print(f"fusion: {args.fusion} (accepted: {', '.join(methods)}); options: "
+          f"fusion={fused_spec['fusion']}, image.augment={fused_spec['inputs']['image']['augment']}, "
+          f"audio.augment={fused_spec['inputs']['audio']['augment']}; single-input models: the same spec "
+          "minus one input", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.out) if args.out else Path(tmp)
+        fused = train(fused_spec, root / "fused", "fused")
+        image_only = train(without(fused_spec, "audio"), root / "image-only", "image-only")
+        audio_only = train(without(fused_spec, "image"), root / "audio-only", "audio-only")
+        test = DATA / "test.csv"
+        t0 = time.perf_counter()
+        report = robustness.run(fused, test, seed=args.seed)
+        robustness.write(report, root / "fused")
+        print(f"robustness of the fused model in {time.perf_counter() - t0:.1f} s "
+              f"(robustness.json/.png written into {root / 'fused'})\n")
+        print(robustness.format_table(report))
+        img_acc = image_only.evaluate(test)["outputs"]["label"]["accuracy"]
+        aud_acc = audio_only.evaluate(test)["outputs"]["label"]["accuracy"]
+    clean = report["outputs"]["label"]["clean"]
+    print(f"\nsingle-input models on test.csv: image-only {img_acc:.4f}, audio-only {aud_acc:.4f}\n")
+    print(f"targets on {test.name} ({report['rows']} rows; fusion {args.fusion}):")
+    print(row("clean fused accuracy", clean, CLEAN_TARGET))
+    print(row(f"images noised sigma={IMAGE_SIGMA}: fused vs audio-only - 1 pt",
+              level_score(report, "image", "noise", IMAGE_SIGMA), aud_acc - MARGIN))
+    print(row("images missing: fused vs audio-only - 1 pt", missing_score(report, "image"), aud_acc - MARGIN))
+    print(row(f"audio at {AUDIO_SNR:g} dB SNR: fused vs image-only - 1 pt",
+              level_score(report, "audio", "noise", AUDIO_SNR), img_acc - MARGIN))
+    print(row("audio missing: fused vs image-only - 1 pt", missing_score(report, "audio"), img_acc - MARGIN))
+    print(row("ECE after temperature scaling (fused, test)", ece_after(fused), None))
+
+
+if __name__ == "__main__":
+    main()
