@@ -40,7 +40,7 @@ class DataSpec(_Strict):
 class ImageAugment(_Strict):
     random_crop: float | None = Field(None, gt=0.0, le=1.0, description="crop this fraction of each side, then resize back")
     flip: bool = Field(False, description="random horizontal flip (not for digits or text!)")
-    noise: float | None = Field(None, ge=0.0, description="std of Gaussian pixel noise")
+    noise: float | None = Field(None, ge=0.0, description="Gaussian pixel noise, std drawn from [0, noise] per image")
 
 
 class ImageInput(_Strict):

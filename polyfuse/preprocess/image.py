@@ -86,8 +86,9 @@ def augment(img: np.ndarray, aug: Any, rng: np.random.Generator) -> np.ndarray:
         img = _random_crop(img, aug.random_crop, rng)
     if aug.flip and rng.random() < 0.5:
         img = img[:, :, ::-1]
-    if aug.noise:
-        img = np.clip(img + rng.normal(0.0, aug.noise, img.shape).astype(np.float32), 0.0, 1.0)
+    if aug.noise:  # a random strength per image, so training sees clean through heavily corrupted
+        sigma = float(rng.uniform(0.0, aug.noise))
+        img = np.clip(img + rng.normal(0.0, sigma, img.shape).astype(np.float32), 0.0, 1.0)
     return img
 
 
