@@ -151,7 +151,9 @@ def load(path: str | Path) -> Model:
         spec, _ = load_spec(path / "spec.yaml")
         pre = Preprocessor.from_json(spec, (path / "preprocess.json").read_text())
         net = FusionModel(spec, pre.state)
-        net.load_state_dict(load_file(str(path / "weights.safetensors")))
+        weights = load_file(str(path / "weights.safetensors"))
+        weights.setdefault("temperature", torch.ones(len(spec.outputs)))  # saved before calibration existed
+        net.load_state_dict(weights)
     except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path}: the artifact does not load ({e}); it may come from another polyfuse version") from None
     net.eval()

@@ -17,7 +17,7 @@ import numpy as np
 
 from polyfuse import artifact
 from polyfuse.errors import ArtifactError
-from polyfuse.export.onnx import (OPSET, Check, ExportError, check_fp32, check_int8, example_batch, metadata,
+from polyfuse.export.onnx import (OPSET, Check, ExportError, batch1_latency, check_fp32, check_int8, example_batch, metadata,
                                   onnx_probabilities, temp_path, torch_probabilities, write_onnx)
 from polyfuse.io import read_table
 from polyfuse.preprocess.pipeline import Decoded, decode_table
@@ -139,7 +139,14 @@ def export(model_dir: str | Path, to: str = "onnx", quantize: str | None = None,
             quantize_dynamic(fp32, tmp, per_channel=per_channel)
         else:
             quantize_static(fp32, tmp, calibration_batches(model, calibration), per_channel=per_channel)
-        check = check_int8(model, reference, onnx_probabilities(open_session(tmp), batch), target)
+        session = open_session(tmp)
+        check = check_int8(model, reference, onnx_probabilities(session, batch), target)
+        fp32_session = open_session(fp32)
+        speed = (batch1_latency(lambda b: onnx_probabilities(fp32_session, b), batch)
+                 / batch1_latency(lambda b: onnx_probabilities(session, b), batch))
+        if speed < 1.0:  # reported, never hidden: dynamic int8 convolutions are often slower on CPUs
+            log(f"note: this int8 build runs batch-1 at {speed:.2f}x the fp32 model's speed (slower); "
+                f"{'try --quantize static' if quantize == 'dynamic' else 'keep fp32 for latency'}")
         other = "static --calibration TABLE" if quantize == "dynamic" else "dynamic"
         _gate(check, f"ONNX int8 ({quantize})", force, f" Try --quantize {other}, or keep the fp32 model.")
         os.replace(tmp, target_file)
@@ -147,6 +154,7 @@ def export(model_dir: str | Path, to: str = "onnx", quantize: str | None = None,
         tmp.unlink(missing_ok=True)
     entry = {"format": "onnx", "opset": OPSET, "precision": f"int8-{quantize}", "per_channel": per_channel,
              "bytes": target_file.stat().st_size, "fp32_bytes": fp32.stat().st_size, "verification": check.as_dict(),
+             "batch1_speed_vs_fp32": round(speed, 3),
              "forced": not check.passed, "rows": len(rows), "seconds": round(time.perf_counter() - t0, 2)}
     if quantize == "static":
         entry["calibration"] = str(calibration or "training table")

@@ -128,6 +128,20 @@ class Check:
         return {"passed": self.passed, **self.figures}
 
 
+def batch1_latency(run: Any, batch: dict[str, np.ndarray], repeats: int = 60) -> float:
+    """Median seconds of one single-row call (a quick figure for the export log, not the bench)."""
+    import time
+
+    one = {k: v[:1] for k, v in batch.items()}
+    run(one)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run(one)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 def check_fp32(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> Check:
     delta = max(float(np.abs(ref[k] - got[k]).max()) for k in ref)
     ok = delta <= FP32_TOLERANCE
@@ -155,7 +169,8 @@ def check_int8(model: Any, ref: dict[str, np.ndarray], got: dict[str, np.ndarray
 
 
 def temp_path(folder: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    """A hidden temporary file beside ``name`` with the same extension (loaders check it)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(name).stem}.", suffix=f".tmp{Path(name).suffix}", dir=folder)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the renamed model unreadable to a serving user
     return Path(tmp)
