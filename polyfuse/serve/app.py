@@ -82,11 +82,11 @@ class Guard:
         request_id = headers.get("x-request-id") or uuid.uuid4().hex[:16]
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope["path"]
-        status_box = {"status": 500}
+        status_box = {"status": 500, "started": False}
 
         async def send_wrapper(message: dict) -> None:
             if message["type"] == "http.response.start":
-                status_box["status"] = message["status"]
+                status_box["status"], status_box["started"] = message["status"], True
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
@@ -119,14 +119,15 @@ class Guard:
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > cfg.max_body_bytes:
-                        raise BodyTooLarge()
+                        raise BodyTooLarge(cfg.max_body_bytes)
                 return message
 
             try:
                 await self.app(scope, limited_receive, send_wrapper)
-            except BodyTooLarge:
+            except BodyTooLarge as e:  # the handlers answer it themselves; this is for any that do not
                 detail = "body too large"
-                await reject(413, f"request body is over the limit of {cfg.max_body_bytes} bytes")
+                if not status_box["started"]:
+                    await reject(413, e.message)
         finally:
             st.inflight -= 1
             st.metrics.inflight.dec()
@@ -139,8 +140,12 @@ class Guard:
                            (scope.get("client") or [None])[0], detail)
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(RequestError):
+    """The body grew past the limit while being read (chunked, or a Content-Length that lied): a 413
+    that the /predict and /infer handlers answer like any other client error."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body is over the limit of {limit} bytes")
 
 
 def _endpoint(path: str) -> str:
@@ -186,12 +191,15 @@ class ServerState:
         """Preprocess off the event loop, queue for the batcher, await the model's answer."""
         loop = asyncio.get_running_loop()
         pre = self.backend.preprocessor
+        assert self.batcher is not None
+        if self.batcher.queue.full():  # shed load before spending CPU on decoding what cannot be queued
+            raise RequestError(503, "the server is at capacity; retry shortly")
         try:
             batch, _ = await loop.run_in_executor(self.prep, pre.transform, records)
         except BadInputError as e:
-            raise RequestError(400, f"record {e.row}, field '{e.column}': {e.reason}" if e.row is not None else str(e),
-                               e.row, e.column) from None
-        assert self.batcher is not None
+            where = [f"record {e.row}"] if e.row is not None else []
+            where += [f"field '{e.column}'"] if e.column is not None else []
+            raise RequestError(400, f"{', '.join(where)}: {e.reason}" if where else e.reason, e.row, e.column) from None
         try:
             future = self.batcher.submit(batch, len(records))
         except asyncio.QueueFull:
@@ -238,7 +246,7 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI
             elif ctype.startswith("application/json"):
                 try:
                     body = json.loads(await request.body())
-                except (json.JSONDecodeError, UnicodeDecodeError):
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                     raise RequestError(400, "the request body is not valid JSON") from None
                 records = json_records(body, backend.spec, cfg)
             else:
@@ -345,6 +353,8 @@ async def _form_record(request: Request) -> dict[str, Any]:
     """One record from a multipart form: files for binary inputs (empty file = missing), fields for the rest."""
     try:
         form = await request.form()
+    except RequestError:  # BodyTooLarge: 413, not a malformed body
+        raise
     except Exception as e:  # python-multipart raises several unrelated types for a malformed body
         raise RequestError(400, f"malformed multipart body ({type(e).__name__})") from None
     record: dict[str, Any] = {}

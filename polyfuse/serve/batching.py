@@ -28,11 +28,11 @@ class Job:
 
 class Batcher:
     def __init__(self, run: Callable[[Arrays], Arrays], max_batch: int, max_delay_s: float, queue_size: int,
-                 observe: Callable[[int, float, float], None] | None = None):
+                 observe: Callable[[int, list[float], float], None] | None = None):
         self.run, self.max_batch, self.max_delay_s = run, max(1, max_batch), max(0.0, max_delay_s)
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self.observe = observe  # (batch rows, queue seconds, model seconds) for metrics
+        self.observe = observe  # once per batch: (rows, each request's queue seconds, model seconds)
         self.task: asyncio.Task | None = None
         self.busy = 0  # jobs taken off the queue and not yet answered
 
@@ -98,8 +98,8 @@ class Batcher:
                 if not j.future.done():
                     j.future.set_result({k: v[offset : offset + j.rows] for k, v in out.items()})
                 offset += j.rows
-                if self.observe:
-                    self.observe(len(merged[next(iter(merged))]), started - j.enqueued, took)
+            if self.observe:  # once per batch, not once per request in it
+                self.observe(offset, [started - j.enqueued for j in jobs], took)
             self.busy = 0
 
 

@@ -25,8 +25,10 @@ class Metrics:
         self.info = Info("polyfuse_model", "The served model", registry=r)
         self.info.info({"name": model, "sha256": digest, "runtime": runtime})
 
-    def observe_batch(self, rows: int, queued: float, took: float) -> None:
-        self.queue.observe(queued)
+    def observe_batch(self, rows: int, queued: list[float], took: float) -> None:
+        """One model batch: its rows and model time once, and each request's time in the queue."""
+        for seconds in queued:
+            self.queue.observe(seconds)
         self.model.observe(took)
         self.batch.observe(rows)
 

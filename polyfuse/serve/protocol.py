@@ -51,10 +51,17 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
         head, rest = body, b""
     try:
         request = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise RequestError(400, f"the request body is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise RequestError(400, "an inference request needs an 'inputs' list of tensors")
+    if not isinstance(request.get("parameters", {}), (dict, type(None))):
+        raise RequestError(400, "'parameters' must be an object", None, "parameters")
+    outputs = request.get("outputs")
+    if outputs is not None and not (isinstance(outputs, list) and all(
+            isinstance(o, dict) and isinstance(o.get("parameters", {}), (dict, type(None))) for o in outputs)):
+        raise RequestError(400, "'outputs' must be a list of objects with a 'name' (and optional 'parameters' "
+                                "object)", None, "outputs")
     return request, rest
 
 
@@ -72,6 +79,10 @@ def _binary_elements(raw: bytes, dtype: str, count: int, name: str) -> list:
         return out
     if dtype not in NUMERIC:
         raise RequestError(400, f"input '{name}': unsupported datatype {dtype!r}", None, name)
+    itemsize = np.dtype(NUMERIC[dtype]).itemsize
+    if len(raw) % itemsize:
+        raise RequestError(400, f"input '{name}': {len(raw)} bytes of binary data is not a whole number of "
+                                f"{dtype} elements", None, name)
     arr = np.frombuffer(raw, dtype=NUMERIC[dtype])
     return arr.tolist()
 
@@ -86,6 +97,8 @@ def parse_infer(body: bytes, header_length: str | None, spec: Any, cfg: ServeCon
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise RequestError(400, "each input tensor needs a 'name', 'shape', 'datatype' and 'data'")
         name, dtype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
+        if not isinstance(tensor.get("parameters", {}), (dict, type(None))):
+            raise RequestError(400, f"input '{name}': 'parameters' must be an object", None, name)
         if name not in columns:
             raise RequestError(400, f"unknown input '{name}'; the model's inputs are {sorted(columns)}", None, name)
         if not isinstance(shape, list) or not shape or not all(isinstance(s, int) and s >= 0 for s in shape):
@@ -156,10 +169,11 @@ def build_response(model: str, version: str, request: dict, probs: dict[str, np.
                    labels: dict[str, list]) -> tuple[bytes, dict[str, str]]:
     """V2 response body (JSON, or JSON + binary tensors when asked) and extra headers."""
     tensors: dict[str, tuple[str, list[int], Any]] = {}
-    for name, p in probs.items():
-        arr = np.asarray(p, dtype=np.float32)
+    for name in labels:  # the model's outputs only: probs may hold extras (gated fusion's modality weights)
+        arr = np.asarray(probs[name], dtype=np.float32)
         tensors[name] = ("FP32", list(arr.shape), arr)
-        tensors[f"{name}_label"] = ("BYTES", [len(labels[name])], [str(v) for v in labels[name]])
+        # an abstained prediction (None) is an empty string, not the text "None"
+        tensors[f"{name}_label"] = ("BYTES", [len(labels[name])], ["" if v is None else str(v) for v in labels[name]])
     wanted = request.get("outputs")
     params = request.get("parameters") or {}
     binary_all = bool(params.get("binary_data_output"))

@@ -27,6 +27,9 @@ class RequestError(Exception):
 
 
 def _b64(value: str, record: int, field: str) -> bytes:
+    if value.startswith("data:") and ";base64," not in value:
+        raise RequestError(400, f"record {record}, field '{field}': a data: URI must be base64 (';base64,')",
+                           record, field)
     text = value.split(";base64,", 1)[1] if value.startswith("data:") else value
     try:
         return base64.b64decode(text, validate=True)
@@ -43,7 +46,10 @@ def check_media(kind: str, data: bytes, record: int, field: str, cfg: ServeConfi
         try:
             with Image.open(io.BytesIO(data)) as img:
                 w, h = img.size
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        except Image.DecompressionBombError as e:  # PIL refuses to open it at all: over 2x its own pixel limit
+            raise RequestError(413, f"record {record}, field '{field}': image is too large ({e}); resize it before "
+                                    "sending", record, field) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
             return  # the shared decoder reports undecodable images with its own message
         if w * h > cfg.max_pixels:
             raise RequestError(413, f"record {record}, field '{field}': image is {w}x{h} = {w * h} pixels, over the "
@@ -87,7 +93,7 @@ def clean_record(raw: Any, index: int, spec: Any, cfg: ServeConfig) -> dict[str,
                                         f"{type(value).__name__}", index, field)
             try:
                 value = float(value)
-            except ValueError:
+            except (ValueError, OverflowError):  # OverflowError: an integer too large for a float
                 raise RequestError(400, f"record {index}, field '{field}': expected a number, got {value!r}",
                                    index, field) from None
             if not math.isfinite(value):

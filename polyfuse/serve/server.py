@@ -30,7 +30,9 @@ class DrainingServer(uvicorn.Server):
             deadline = time.monotonic() + self.drain_s
             while self.state.inflight > 0 and time.monotonic() < deadline:
                 time.sleep(0.02)
-            super(DrainingServer, self).handle_exit(sig, frame)
+            # Not super().handle_exit(): uvicorn would record the signal and re-raise it once shut down,
+            # so a clean drain would end with death by SIGTERM (exit -15) instead of exit code 0.
+            self.should_exit = True
 
         threading.Thread(target=drain, daemon=True).start()
 
