@@ -622,3 +622,36 @@ def test_torch_runtime_answers_like_onnx(server, torch_server, reference, toy_di
     metrics = httpx.get(torch_server.url + "/metrics", timeout=10).text
     digest = hashlib.sha256((toy_dir / "weights.safetensors").read_bytes()).hexdigest()
     assert f'sha256="{digest}"' in metrics
+
+
+def test_gated_weights_and_abstaining_over_http(toy_csv, tmp_path):
+    """/predict and V2 carry gated fusion's per-input weights and abstained (null) labels."""
+    import polyfuse
+    from polyfuse.export.exporter import export
+    from tests.conftest import toy_spec
+
+    spec = toy_spec(toy_csv, epochs=2)
+    spec["fusion"] = {"method": "gated", "dim": 32}
+    spec["outputs"]["label"]["abstain_below"] = 0.999
+    out = tmp_path / "gated"
+    polyfuse.train(spec, out=out, show_progress=False)
+    export(out, data=toy_csv)
+    server = Server(out, ["--max-batch", "1"], tmp_path)
+    try:
+        records = toy_records(toy_csv, 6)
+        records[0].pop("photo")
+        records.append({"color": "red"})  # the colour says nothing about the label: low confidence
+        with server.client() as c:
+            r = c.post("/predict", json={"records": [as_json(r) for r in records]})
+            assert r.status_code == 200, r.text
+            preds = r.json()["predictions"]
+            assert preds[0]["modality_weights"]["photo"] == 0.0
+            assert all(sum(p["modality_weights"].values()) == pytest.approx(1.0, abs=1e-4) for p in preds)
+            unsure = [p for p in preds if p["label"] is None]
+            assert unsure and all(p["reason"] == "low confidence" and p["label_probability"] < 0.999 for p in unsure)
+            body = {"inputs": [{"name": "note", "shape": [1], "datatype": "BYTES", "data": ["a dogish thing"]}]}
+            r = c.post("/v2/models/gated/infer", json=body)
+            assert r.status_code == 200, r.text
+            assert {o["name"] for o in r.json()["outputs"]} == {"label", "label_label"}
+    finally:
+        server.stop()

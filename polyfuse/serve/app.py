@@ -26,6 +26,7 @@ from polyfuse.artifact import sha256
 from polyfuse.errors import BadInputError
 from polyfuse.preprocess.pipeline import Decoded
 from polyfuse.preprocess.targets import decode_outputs
+from polyfuse.runtime import MODALITY_WEIGHTS
 from polyfuse.serve import protocol
 from polyfuse.serve.batching import Batcher, batching_pays
 from polyfuse.serve.config import ServeConfig
@@ -378,9 +379,14 @@ def _predictions(backend: Backend, classes: dict[str, list], probs: dict[str, np
             row[name] = labels[name][i]
             if cfg.type in ("category", "binary"):
                 row[f"{name}_probability"] = round(float(probs[name][i].max()), 6)
+                if row[name] is None:  # below the output's abstain_below threshold
+                    row["reason"] = "low confidence"
             if cfg.type != "number":
                 dist[name] = {c: round(float(p), 6) for c, p in zip(classes[name], probs[name][i])}
         if dist:
             row["probabilities"] = dist
+        if MODALITY_WEIGHTS in probs:  # gated fusion: how much each input counted for this record
+            row["modality_weights"] = {backend.spec.column(n): round(float(w), 6)
+                                       for n, w in zip(backend.spec.inputs, probs[MODALITY_WEIGHTS][i])}
         out.append(row)
     return out

@@ -103,7 +103,7 @@ class Batcher:
             self.busy = 0
 
 
-def batching_pays(run: Callable[[Arrays], Arrays], single: Arrays, n: int, repeats: int = 5) -> tuple[bool, float, float]:
+def batching_pays(run: Callable[[Arrays], Arrays], single: Arrays, n: int, repeats: int = 3) -> tuple[bool, float, float]:
     """Is one batch of ``n`` rows cheaper than ``n`` single calls? Returns (pays, batch s, n singles s)."""
     batch = {k: np.repeat(v, n, axis=0) for k, v in single.items()}
     run(single), run(batch)  # warm-up
