@@ -96,3 +96,18 @@ def real_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-data")
     run_demo(root=root, out=out, n=600, epochs=10, show_progress=False)
     return out, root / "test.csv", polyfuse.load(out)
+
+
+@pytest.fixture(scope="session")
+def toy_dir(toy_csv, tmp_path_factory) -> Path:
+    """The toy model trained and exported to ONNX once, shared by the server and protocol tests."""
+    from tests.test_serve import trained_toy
+
+    return trained_toy(toy_csv, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def reference(toy_dir):
+    import polyfuse
+
+    return polyfuse.load(toy_dir)

@@ -149,18 +149,6 @@ def check_prediction(got: dict[str, Any], label: str, proba: pd.Series) -> None:
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def toy_dir(toy_csv, tmp_path_factory) -> Path:
-    return trained_toy(toy_csv, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def reference(toy_dir):
-    import polyfuse
-
-    return polyfuse.load(toy_dir)
-
-
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("serve-logs")

@@ -13,22 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.test_serve import Server, b64, toy_records, trained_toy
+from tests.test_serve import Server, b64, toy_records
 
 SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "specs" / "open_inference_rest.yaml"
 NAME = "toy"  # the model's name is its artifact folder's name
-
-
-@pytest.fixture(scope="session")
-def toy_dir(toy_csv, tmp_path_factory) -> Path:
-    return trained_toy(toy_csv, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def reference(toy_dir):
-    import polyfuse
-
-    return polyfuse.load(toy_dir)
 
 
 @pytest.fixture(scope="module")
