@@ -21,6 +21,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import ClientDisconnect
 
 from polyfuse.artifact import sha256
 from polyfuse.errors import BadInputError
@@ -100,7 +101,7 @@ class Guard:
 
         st.metrics.inflight.inc()
         st.inflight += 1
-        detail = None
+        detail, work = None, False
         try:
             length = headers.get("content-length")
             if cfg.api_key and not path.startswith(OPEN_PATHS) and path != "/":
@@ -112,6 +113,13 @@ class Guard:
             if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
                 detail = "body too large"
                 return await reject(413, f"request body of {length} bytes is over the limit of {cfg.max_body_bytes}")
+            work = _endpoint(path) in ("predict", "v2_infer")
+            if work and st.working >= cfg.queue_size:
+                # admission control before the body is read or decoded: preprocessing, not the model,
+                # is what saturates first, so the cap covers a request's whole stay
+                detail = "at capacity"
+                return await reject(503, "the server is at capacity; retry shortly", {"retry-after": "1"})
+            st.working += work
             received = 0
 
             async def limited_receive() -> dict:
@@ -131,6 +139,7 @@ class Guard:
                     await reject(413, e.message)
         finally:
             st.inflight -= 1
+            st.working -= work
             st.metrics.inflight.dec()
             took = time.perf_counter() - started
             endpoint = _endpoint(path)
@@ -168,6 +177,7 @@ class ServerState:
         self.batcher: Batcher | None = None
         self.ready = False
         self.inflight = 0
+        self.working = 0  # /predict and /infer requests admitted and not yet answered
         self.batching_note = ""
         self.classes = {n: backend.preprocessor.classes(n) for n in backend.spec.outputs}
 
@@ -237,6 +247,8 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI
         except asyncio.TimeoutError:
             return JSONResponse({"error": f"no answer within {cfg.timeout_s:g} s; the server is overloaded or the "
                                           "request too large", "record": None, "field": None}, status_code=504)
+        except ClientDisconnect:  # nobody is left to read an answer; not a server error
+            return JSONResponse({"error": "client disconnected", "record": None, "field": None}, status_code=400)
 
     @app.post("/predict", summary="Predict from JSON records (base64 for binary inputs) or one multipart form")
     async def predict(request: Request) -> Response:
@@ -331,6 +343,8 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI
             return _v2_error(e)
         except asyncio.TimeoutError:
             return JSONResponse({"error": f"no answer within {cfg.timeout_s:g} s"}, status_code=504)
+        except ClientDisconnect:
+            return JSONResponse({"error": "client disconnected"}, status_code=400)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:

@@ -13,12 +13,12 @@ class ServeConfig:
     api_key: str | None = None
     max_batch: int = 32
     max_delay_ms: float = 5.0
-    queue_size: int = 256  # requests waiting for the model; beyond it: 503 + Retry-After
+    queue_size: int = 256  # predict requests admitted at once; beyond it: 503 + Retry-After, before the body is read
     timeout_s: float = 10.0  # per request, from arrival to answer: 504 after
     max_body_bytes: int = 16 << 20
     max_records: int = 64
     max_pixels: int = 4096 * 4096  # decompression-bomb guard, checked from the header before decoding
     max_audio_seconds: float = 60.0
     drain_s: float = 10.0  # on SIGTERM: not ready at once, in-flight requests get this long
-    threads: int | None = None
+    threads: int | None = 1  # model threads: concurrency comes from requests, and one thread wastes least
     check_batching: bool = True  # measure at start-up whether batching is cheaper than singles
