@@ -4,7 +4,7 @@ single-input model that still has clean data when the other input is noisy or mi
     .venv/bin/python benchmarks/robustness.py [--fusion gated] [--seed 0] [--out runs/bench-robust]
 
 Trains (a) the fused model of avdigits.yaml with a robust configuration (fusion method
-``--fusion``, default gated when the spec accepts it else concat; fusion.modality_dropout 0.3;
+``--fusion``, default gated when the spec accepts it else concat; fusion.modality_dropout 0.5;
 image augment noise 0.3; audio augment noise_snr_db [-5, 20]), (b) an image-only and (c) an
 audio-only model (the same spec with one input removed), then reports on test.csv, each target
 with its measured figure and PASS/FAIL:
@@ -13,7 +13,7 @@ with its measured figure and PASS/FAIL:
 * images noised (sigma 0.6) and images missing: fused accuracy >= audio-only accuracy - 1 point;
 * audio at -5 dB SNR and audio missing: fused accuracy >= image-only accuracy - 1 point;
 * expected calibration error after temperature scaling, when metrics.json has ``calibration``
-  (no target: reported for information; "n/a" when absent).
+  (target <= 0.03; "n/a" when absent).
 
 Skips with a message where the data is absent.
 """
@@ -65,7 +65,9 @@ def base_spec(threads: int | None) -> dict[str, Any]:
 
 def robust_spec(spec: dict[str, Any], fusion: str) -> dict[str, Any]:
     spec = copy.deepcopy(spec)
-    spec["fusion"] = {**spec.get("fusion", {}), "method": fusion, "modality_dropout": 0.3}
+    # dropping each input half the time makes every branch answer well on its own, which is what
+    # the missing-input targets ask (0.3 left the audio-only path 7 points short)
+    spec["fusion"] = {**spec.get("fusion", {}), "method": fusion, "modality_dropout": 0.5}
     spec["inputs"]["image"].setdefault("augment", {})["noise"] = 0.8  # per image, sigma drawn from [0, 0.8]
     spec["inputs"]["audio"].setdefault("augment", {})["noise_snr_db"] = [-5.0, 20.0]
     return spec
@@ -153,7 +155,7 @@ def main() -> None:
     print(row(f"audio at {AUDIO_SNR:g} dB SNR: fused vs image-only - 1 pt",
               level_score(report, "audio", "noise", AUDIO_SNR), img_acc - MARGIN))
     print(row("audio missing: fused vs image-only - 1 pt", missing_score(report, "audio"), img_acc - MARGIN))
-    print(row("ECE after temperature scaling (fused, test)", ece_after(fused), None))
+    print(row("ECE after temperature scaling (fused, test)", ece_after(fused), 0.03, higher=False))
 
 
 if __name__ == "__main__":
