@@ -117,4 +117,6 @@ def batching_pays(run: Callable[[Arrays], Arrays], single: Arrays, n: int, repea
             run(single)
         t_single.append(time.perf_counter() - t)
     b, s = float(np.median(t_batch)), float(np.median(t_single))
-    return b < 0.95 * s, b, s
+    # only a clear win counts: the timing is short and noisy, and batching that does not pay adds
+    # queueing delay for nothing (measured here: a 0.95 threshold flipped between runs)
+    return b < 0.7 * s, b, s
