@@ -37,6 +37,16 @@ def write_manifest(folder: Path, extra: dict[str, Any] | None = None) -> dict[st
     return manifest
 
 
+def refresh_manifest(folder: Path, updates: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Re-hash after adding files to a saved artifact, keeping the manifest's other keys.
+
+    Callers verify first, so that a file changed behind our back is never blessed by re-hashing.
+    """
+    old = json.loads((folder / MANIFEST).read_text())
+    extra = {k: v for k, v in old.items() if k not in ("files", "format")}
+    return write_manifest(folder, {**extra, **(updates or {})})
+
+
 def verify(folder: str | Path) -> dict[str, Any]:
     """Check that the directory is a complete, unmodified artifact; returns its manifest."""
     folder = Path(folder)

@@ -472,8 +472,7 @@ def _save(folder: Path, result: dict[str, Any]) -> None:
     artifact.verify(folder)  # never bless a file changed behind our back by re-hashing over it
     artifact.atomic_write_text(folder / "bench.json", json.dumps(result, indent=1))
     _chart(result, folder / "bench.png")
-    old = json.loads((folder / artifact.MANIFEST).read_text())
-    artifact.write_manifest(folder, {k: v for k, v in old.items() if k not in ("files", "format")})
+    artifact.refresh_manifest(folder)
 
 
 # ---------------------------------------------------------------------------------- entry point

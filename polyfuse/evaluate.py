@@ -23,10 +23,12 @@ def metrics_from_logits(pre: Preprocessor, logits: dict, target: dict, full: boo
     return result
 
 
-def evaluate(net: FusionModel, pre: Preprocessor, decoded: Decoded, ablation: bool = True) -> dict[str, Any]:
+def evaluate(net: FusionModel, pre: Preprocessor, decoded: Decoded, ablation: bool = True,
+             batch: dict | None = None) -> dict[str, Any]:
     """Full metrics for every output; with ``ablation``, the headline metric with each input removed
     (``without``) and, for three or more inputs, with only one input kept (``only``)."""
-    batch, target = pre.collate(decoded), pre.targets(decoded)
+    batch = pre.collate(decoded) if batch is None else batch  # callers that already collated pass it
+    target = pre.targets(decoded)
     result: dict[str, Any] = {"outputs": output_metrics(net, pre, batch, target, full=True)}
     names = list(pre.spec.inputs)
     if ablation and len(names) > 1:

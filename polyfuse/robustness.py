@@ -358,10 +358,10 @@ def write(result: dict[str, Any], model_dir: str | Path | None = None, out: str 
         raise PolyfuseError("robustness: no model directory to write into; pass --out FILE")
     folder = Path(model_dir)
     # Re-signing blesses every file: refuse if anything changed since the model was saved.
-    manifest = artifact.verify(folder)
+    artifact.verify(folder)
     _atomic(folder / JSON_NAME, lambda p: p.write_text(text))
     _atomic(folder / PNG_NAME, lambda p: _render_png(result, p))
-    artifact.write_manifest(folder, {k: v for k, v in manifest.items() if k not in ("files", "format")})
+    artifact.refresh_manifest(folder)
     return [folder / JSON_NAME, folder / PNG_NAME]
 
 

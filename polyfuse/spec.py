@@ -215,7 +215,10 @@ class Spec(_Strict):
 
 
 def _describe(err: dict) -> str:
-    path = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _TYPE_TAGS))
+    loc = list(err["loc"])
+    if len(loc) > 2 and loc[0] == "inputs" and loc[2] in _TYPE_TAGS:
+        del loc[2]  # pydantic's discriminator tag, not part of the user's path (an input may be named "image")
+    path = ".".join(str(p) for p in loc)
     msg = err["msg"]
     ctx = err.get("ctx") or {}
     if err["type"] == "literal_error" and "expected" in ctx:

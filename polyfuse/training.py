@@ -337,17 +337,17 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     net.load_state_dict(best_state)
     net.eval()
     result_metrics: dict[str, Any] = {}
+    test_batch = pre.collate(test_dec) if test_dec is not None else None  # collated once, used twice
     if cfg.calibrate and valid_batch is not None:
         from polyfuse.calibration import calibrate
 
-        test_batch = pre.collate(test_dec) if test_dec is not None else None
         result_metrics["calibration"] = calibrate(net, spec, valid_batch, valid_target, test_batch,
                                                   pre.targets(test_dec) if test_dec is not None else None)
         for name, c in result_metrics["calibration"].items():
             log(f"calibration {name}: temperature {c['temperature']:.3f}, validation ECE "
                 f"{c['valid_ece_before']:.4f} -> {c['valid_ece_after']:.4f}")
     if test_dec is not None:
-        result_metrics["test"] = evaluate(net, pre, test_dec)
+        result_metrics["test"] = evaluate(net, pre, test_dec, batch=test_batch)
     if valid_dec is not None:
-        result_metrics["valid"] = evaluate(net, pre, valid_dec, ablation=test_dec is None)
+        result_metrics["valid"] = evaluate(net, pre, valid_dec, ablation=test_dec is None, batch=valid_batch)
     return TrainResult(pre, net, history, result_metrics, bad_rows, sizes, train_seconds, data_info)

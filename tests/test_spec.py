@@ -28,6 +28,7 @@ def test_yaml_file_resolves_relative_to_its_folder(tmp_path):
     ({"inputs": {"x": {"type": "picture"}}}, ["inputs.x", "unknown type", "'image'", "picture"]),
     ({"inputs": {"x": {"type": "image", "size": [28]}}}, ["inputs.x.size"]),
     ({"inputs": {"x": {"type": "audio", "sample_rate": "fast"}}}, ["inputs.x.sample_rate", "fast"]),
+    ({"inputs": {"image": {"type": "image", "encoder": "vgg"}}}, ["inputs.image.encoder", "'cnn'", "'vgg'"]),
     ({"train": {"epochs": 0}}, ["train.epochs", "greater than or equal to 1", "0"]),
     ({"train": {"epoch": 3}}, ["train.epoch", "unknown field"]),
     ({"outputs": {}}, ["outputs", "at least one"]),

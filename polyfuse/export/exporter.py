@@ -87,10 +87,8 @@ def _record(folder: Path, model: Any, name: str, entry: dict[str, Any]) -> None:
     exports[name] = entry
     artifact.atomic_write_text(path, json.dumps(exports, indent=1))
     artifact.atomic_write_text(folder / "MODEL_CARD.md", card.render(model, exports))
-    old = json.loads((folder / artifact.MANIFEST).read_text())
-    extra = {k: v for k, v in old.items() if k not in ("files", "format")}
-    extra["exports"] = {k: {"passed": v["verification"]["passed"], "forced": v.get("forced", False)} for k, v in exports.items()}
-    artifact.write_manifest(folder, extra)
+    summary = {k: {"passed": v["verification"]["passed"], "forced": v.get("forced", False)} for k, v in exports.items()}
+    artifact.refresh_manifest(folder, {"exports": summary})
 
 
 def export(model_dir: str | Path, to: str = "onnx", quantize: str | None = None, calibration: str | Path | None = None,

@@ -303,6 +303,13 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI
             raise RequestError(404, f"model {name!r}{f' version {version!r}' if version else ''} not found; this "
                                     f"server serves {backend.name!r} version {backend.version!r}")
 
+    def _unknown_model(name: str, version: str | None) -> JSONResponse | None:
+        try:
+            _check_model(name, version)
+        except RequestError as e:
+            return _v2_error(e)
+        return None
+
     def _v2_error(e: RequestError) -> JSONResponse:
         return JSONResponse({"error": e.message}, status_code=e.status,
                             headers={"retry-after": "1"} if e.status == 503 else None)
@@ -310,20 +317,16 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI
     @app.get("/v2/models/{name}", summary="V2 model metadata")
     @app.get("/v2/models/{name}/versions/{version}", summary="V2 model metadata (versioned)")
     async def model_metadata(name: str, version: str | None = None) -> Response:
-        try:
-            _check_model(name, version)
-        except RequestError as e:
-            return _v2_error(e)
+        if unknown := _unknown_model(name, version):
+            return unknown
         return JSONResponse(protocol.model_metadata(backend.name, backend.version, backend.platform, backend.spec,
                                                     state.classes))
 
     @app.get("/v2/models/{name}/ready", summary="V2 model readiness")
     @app.get("/v2/models/{name}/versions/{version}/ready", summary="V2 model readiness (versioned)")
     async def model_ready(name: str, version: str | None = None) -> Response:
-        try:
-            _check_model(name, version)
-        except RequestError as e:
-            return _v2_error(e)
+        if unknown := _unknown_model(name, version):
+            return unknown
         return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
 
     @app.post("/v2/models/{name}/infer", summary="V2 inference (JSON or binary tensor extension)")
