@@ -63,11 +63,11 @@ def base_spec(threads: int | None) -> dict[str, Any]:
     return spec
 
 
-def robust_spec(spec: dict[str, Any], fusion: str) -> dict[str, Any]:
+def robust_spec(spec: dict[str, Any], fusion: str, dropout: float, alone: float) -> dict[str, Any]:
     spec = copy.deepcopy(spec)
-    # dropping each input half the time makes every branch answer well on its own, which is what
-    # the missing-input targets ask (0.3 left the audio-only path 7 points short)
-    spec["fusion"] = {**spec.get("fusion", {}), "method": fusion, "modality_dropout": 0.5}
+    # the missing-input targets ask every input's branch to answer well on its own: modality dropout
+    # trains that by chance, the alone loss on every batch
+    spec["fusion"] = {**spec.get("fusion", {}), "method": fusion, "modality_dropout": dropout, "alone_loss": alone}
     spec["inputs"]["image"].setdefault("augment", {})["noise"] = 0.8  # per image, sigma drawn from [0, 0.8]
     spec["inputs"]["audio"].setdefault("augment", {})["noise_snr_db"] = [-5.0, 20.0]
     return spec
@@ -79,7 +79,10 @@ def without(spec: dict[str, Any], name: str) -> dict[str, Any]:
     return spec
 
 
-def train(spec: dict[str, Any], out: Path, what: str) -> Any:
+def train(spec: dict[str, Any], out: Path, what: str, reuse: bool = False) -> Any:
+    if reuse and (out / "manifest.json").exists():
+        print(f"reusing {what} from {out}", flush=True)
+        return polyfuse.load(out)
     t0 = time.perf_counter()
     model = polyfuse.train(spec, out=out, show_progress=False)
     print(f"trained {what} in {time.perf_counter() - t0:.0f} s ({len(model.history)} epochs)", flush=True)
@@ -118,6 +121,10 @@ def main() -> None:
     methods = fusion_methods()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fusion", default="gated" if "gated" in methods else "concat", choices=methods)
+    parser.add_argument("--modality-dropout", type=float, default=0.5)
+    parser.add_argument("--alone-loss", type=float, default=1.0, help="fusion.alone_loss (0 turns it off)")
+    parser.add_argument("--early-stopping", type=int, default=None, help="train.early_stopping (default: the spec's)")
+    parser.add_argument("--reuse-single", action="store_true", help="load the single-input models already in --out")
     parser.add_argument("--seed", type=int, default=0, help="robustness seed (corruption draws)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training")
     parser.add_argument("--out", default=None, help="keep the three artifacts here (default: a temporary folder)")
@@ -126,7 +133,9 @@ def main() -> None:
         print(f"skipped: {DATA} is absent")
         return
     base = base_spec(args.threads)
-    fused_spec = robust_spec(base, args.fusion)
+    if args.early_stopping:
+        base["train"]["early_stopping"] = args.early_stopping
+    fused_spec = robust_spec(base, args.fusion, args.modality_dropout, args.alone_loss)
     print(f"fusion: {args.fusion} (accepted: {', '.join(methods)}); options: "
           f"fusion={fused_spec['fusion']}, image.augment={fused_spec['inputs']['image']['augment']}, "
           f"audio.augment={fused_spec['inputs']['audio']['augment']}; single-input models: the same spec "
@@ -134,8 +143,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out) if args.out else Path(tmp)
         fused = train(fused_spec, root / "fused", "fused")
-        image_only = train(without(fused_spec, "audio"), root / "image-only", "image-only")
-        audio_only = train(without(fused_spec, "image"), root / "audio-only", "audio-only")
+        image_only = train(without(fused_spec, "audio"), root / "image-only", "image-only", args.reuse_single)
+        audio_only = train(without(fused_spec, "image"), root / "audio-only", "audio-only", args.reuse_single)
         test = DATA / "test.csv"
         t0 = time.perf_counter()
         report = robustness.run(fused, test, seed=args.seed)

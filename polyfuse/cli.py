@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from polyfuse.errors import PolyfuseError
+from polyfuse.threads import single_threaded_blas
 
 
 def cmd_init(args: argparse.Namespace) -> None:
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
+        single_threaded_blas()  # see polyfuse.threads
         args.fn(args)
     except PolyfuseError as e:
         print(f"error: {e}", file=sys.stderr)

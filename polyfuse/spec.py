@@ -155,6 +155,8 @@ class FusionSpec(_Strict):
     dim: int = Field(128, gt=0, description="width of the fused representation")
     modality_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="chance of dropping each input per sample in training")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    alone_loss: float = Field(0.0, ge=0.0, description="weight of an extra training loss that scores each input on "
+                              "its own (every other input absent), so each answers well when the others fail")
 
 
 class OutputSpec(_Strict):

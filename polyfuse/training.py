@@ -28,6 +28,7 @@ from polyfuse.nn import heads
 from polyfuse.nn.model import FusionModel, predict_arrays, to_tensors
 from polyfuse.preprocess.pipeline import BadRow, Decoded, Preprocessor, decode_table
 from polyfuse.spec import Spec
+from polyfuse.threads import single_threaded_blas
 
 
 @dataclass
@@ -166,6 +167,35 @@ def total_loss(spec: Spec, logits: dict, target: dict, weights: dict) -> torch.T
     return sum(cfg.weight * heads.loss(cfg, logits[n], target[n], weights[n]) for n, cfg in spec.outputs.items())
 
 
+def step_loss(spec: Spec, net: FusionModel, xb: dict, yb: dict, weights: dict) -> torch.Tensor:
+    """The training loss of one batch: the fused outputs' loss plus, with ``fusion.alone_loss``, that
+    weight times the mean loss of each input answering alone (the encoders run once for both)."""
+    if not spec.fusion.alone_loss or len(net.names) < 2:
+        return total_loss(spec, net(xb), yb, weights)
+    vectors, present = net.encode(xb)
+    loss = total_loss(spec, net.decide(vectors, net.drop_inputs(present)), yb, weights)
+    alone = [total_loss(spec, out, {n: y[rows] for n, y in yb.items()}, weights) for _, rows, out in net.alone(vectors, present)]
+    return loss + spec.fusion.alone_loss * torch.stack(alone).mean()
+
+
+@torch.inference_mode()
+def alone_losses(spec: Spec, net: FusionModel, batch: dict, target: dict, weights: dict, chunk: int = 512) -> dict[str, float]:
+    """Validation loss of each input answering alone (every other input absent), in eval mode."""
+    net.eval()
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    n = len(next(iter(target.values())))
+    for start in range(0, n, chunk):
+        xb = to_tensors({k: v[start : start + chunk] for k, v in batch.items()})
+        yb = to_tensors({k: v[start : start + chunk] for k, v in target.items()})
+        vectors, present = net.encode(xb)
+        for name, rows, out in net.alone(vectors, present):
+            k = int(rows.sum())
+            sums[name] = sums.get(name, 0.0) + float(total_loss(spec, out, {o: y[rows] for o, y in yb.items()}, weights)) * k
+            counts[name] = counts.get(name, 0) + k
+    return {k: sums[k] / counts[k] for k in sums}
+
+
 def selection(spec: Spec) -> tuple[str, str | None, bool]:
     """(metric, output, higher_is_better) that early stopping watches; default: validation loss."""
     metric = spec.train.metric or "loss"
@@ -184,6 +214,7 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     show = sys.stderr.isatty() if show_progress is None else show_progress
     cfg = spec.train
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    single_threaded_blas()  # augmentation recomputes audio features beside torch's threads
     on_bad = spec.data.on_bad_row
 
     # 1. read and decode every table once; later epochs reuse the decoded values
@@ -278,7 +309,7 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
         for xb, yb in batches:
             t_step = time.perf_counter()
             timing["wait_s"] += t_step - t_wait
-            loss = total_loss(spec, net(xb), yb, weights)
+            loss = step_loss(spec, net, xb, yb, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -296,6 +327,11 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
         if valid_batch is not None:
             logits = predict_arrays(net, valid_batch, chunk=512)
             record["valid_loss"] = float(total_loss(spec, logits, to_tensors(valid_target), weights))
+            if spec.fusion.alone_loss and len(net.names) > 1:
+                # select on the objective that was trained: an input's own answer counts too
+                alone = alone_losses(spec, net, valid_batch, valid_target, weights)
+                record.update({f"valid_alone_{k}_loss": v for k, v in alone.items()})
+                record["valid_loss"] += spec.fusion.alone_loss * float(np.mean(list(alone.values())))
             scores = metrics_from_logits(pre, logits, valid_target, full=False)
             for o, m in scores.items():
                 for k, v in m.items():

@@ -100,3 +100,49 @@ def test_text_and_number_corruption_training_options():
     out = tabular.collate_number([1.0] * 200, spec.inputs["n"], nstate, True, np.random.default_rng(0))
     assert 0.3 < out["present"].mean() < 0.7
     assert tabular.collate_number([1.0] * 5, spec.inputs["n"], nstate, False, None)["present"].all()
+
+
+
+def _alone_losses(model, toy_csv) -> dict[str, float]:
+    """Each input's loss answering alone (all others absent) over the toy table, through the trained net."""
+    from polyfuse.io import read_table
+    from polyfuse.preprocess.pipeline import decode_table
+    from polyfuse.training import alone_losses
+
+    pre, spec = model.preprocessor, model.spec
+    decoded = decode_table(spec, read_table(toy_csv), with_targets=True)
+    return alone_losses(spec, model.net, pre.collate(decoded), pre.targets(decoded), {n: None for n in spec.outputs})
+
+
+def test_alone_is_the_answer_with_every_other_input_missing(toy_model, toy_csv):
+    from polyfuse.io import read_table
+    from polyfuse.nn.model import to_tensors
+    from polyfuse.preprocess.pipeline import decode_table
+
+    model, _ = toy_model
+    net, pre = model.net.eval(), model.preprocessor
+    batch = pre.collate(decode_table(model.spec, read_table(toy_csv), with_targets=False))
+    with torch.no_grad():
+        vectors, present = net.encode(to_tensors(batch))
+        for name, rows, out in net.alone(vectors, present):
+            only = {k: v[rows.numpy()] for k, v in batch.items()}
+            for other in net.names:
+                if other != name:
+                    only[f"{other}__present"] = np.zeros_like(only[f"{other}__present"])
+            ref = net(to_tensors(only))
+            torch.testing.assert_close(out["label"], ref["label"])
+
+
+def test_alone_loss_teaches_each_input_to_answer_alone(toy_csv, tmp_path):
+    spec = toy_spec(toy_csv, epochs=6)
+    spec["fusion"] = {"method": "gated", "dim": 32, "modality_dropout": 0.0}
+    plain = polyfuse.train(spec, show_progress=False)
+    spec["fusion"]["alone_loss"] = 1.0
+    trained = polyfuse.train(spec, show_progress=False)
+    names = list(spec["inputs"])
+    assert all(f"valid_alone_{n}_loss" in trained.history[-1] for n in names)  # selection sees them too
+    assert "valid_alone_photo_loss" not in plain.history[-1]
+    before, after = _alone_losses(plain, toy_csv), _alone_losses(trained, toy_csv)
+    # the inputs that carry the label answer far better alone; the sum over inputs falls
+    assert after["photo"] < 0.1 * before["photo"] and after["note"] < 0.5 * before["note"], (before, after)
+    assert sum(after.values()) < 0.8 * sum(before.values()), (before, after)

@@ -526,7 +526,8 @@ def test_sigterm_drains_in_flight_requests(toy_dir, logs):
 
 def test_sigterm_exit_is_bounded_when_requests_outlast_the_drain(toy_dir, logs):
     """A request that cannot finish within --drain does not keep the process alive: it exits (code 0)
-    within the drain time plus uvicorn's graceful-shutdown second, and the request is not left hanging."""
+    within the drain time plus uvicorn's graceful-shutdown second, and the request is answered 503 (retry
+    elsewhere) rather than left hanging or dropped."""
     s = Server(toy_dir, ["--max-delay-ms", "60000", "--max-batch", "64", "--drain", "1"], logs)
     try:
         async def scenario() -> tuple[list, float]:
@@ -543,7 +544,9 @@ def test_sigterm_exit_is_bounded_when_requests_outlast_the_drain(toy_dir, logs):
         answer, sent = asyncio.run(scenario())
         assert s.proc.wait(20) == 0, s.log()
         assert time.monotonic() - sent < 1 + 2 + 3, "exit took longer than --drain + the graceful shutdown"
-        assert not (isinstance(answer[0], httpx.Response) and answer[0].status_code == 200)
+        assert isinstance(answer[0], httpx.Response), answer
+        assert answer[0].status_code == 503 and answer[0].headers["retry-after"] == "1", answer[0].text
+        assert "shutting down" in answer[0].json()["error"]
     finally:
         s.stop()
 

@@ -20,7 +20,8 @@ class FusionModel(nn.Module):
     ``name`` its tensor, ``name__present`` [B] (bool) and, for sequences, ``name__length`` [B].
     Returns ``{output: logits}``. In training, each present input is dropped per sample with
     its modality-dropout probability (never all of a row's inputs), so the model learns to
-    answer when a camera or microphone fails.
+    answer when a camera or microphone fails; ``alone`` scores each input on its own for the
+    optional single-input loss (``fusion.alone_loss``).
     """
 
     def __init__(self, spec: Spec, state: dict[str, dict]):
@@ -36,19 +37,44 @@ class FusionModel(nn.Module):
         # weights and exported into the ONNX graph
         self.register_buffer("temperature", torch.ones(len(spec.outputs)))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each input's vector and the [B, n_inputs] presence mask (before any modality dropout)."""
         present = torch.stack([batch[f"{n}__present"].bool() for n in self.names], dim=1)
-        if self.training and any(self.drop_p):
-            p = torch.tensor(self.drop_p, device=present.device)
-            dropped = present & (torch.rand(present.shape, device=present.device) >= p)
-            present = torch.where(dropped.any(1, keepdim=True), dropped, present)
         vectors = [self.encoders[n](batch[n], batch.get(f"{n}__length")) for n in self.names]
+        return vectors, present
+
+    def drop_inputs(self, present: torch.Tensor) -> torch.Tensor:
+        """Modality dropout: each present input dropped per sample, never all of a row's inputs."""
+        if not (self.training and any(self.drop_p)):
+            return present
+        p = torch.tensor(self.drop_p, device=present.device)
+        dropped = present & (torch.rand(present.shape, device=present.device) >= p)
+        return torch.where(dropped.any(1, keepdim=True), dropped, present)
+
+    def decide(self, vectors: list[torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fuse the present inputs' vectors and run every head."""
         fused = self.fusion(vectors, present)
         out = {n: head(fused) / self.temperature[i] for i, (n, head) in enumerate(self.heads.items())}
         weights = getattr(self.fusion, "last_weights", None)
         if weights is not None:
             out[MODALITY_WEIGHTS] = weights
         return out
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        vectors, present = self.encode(batch)
+        return self.decide(vectors, self.drop_inputs(present))
+
+    def alone(self, vectors: list[torch.Tensor], present: torch.Tensor) -> list[tuple[str, torch.Tensor, dict[str, torch.Tensor]]]:
+        """For each input, (its name, rows where it is present, outputs with only it present) --
+        what the model answers when every other input is missing."""
+        result = []
+        for i in range(len(self.names)):
+            rows = present[:, i]
+            if bool(rows.any()):
+                only = torch.zeros_like(present[rows])
+                only[:, i] = True
+                result.append((self.names[i], rows, self.decide([v[rows] for v in vectors], only)))
+        return result
 
 
 def to_tensors(batch: dict) -> dict[str, torch.Tensor]:

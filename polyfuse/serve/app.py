@@ -33,6 +33,7 @@ from polyfuse.serve.batching import Batcher, batching_pays
 from polyfuse.serve.config import ServeConfig
 from polyfuse.serve.observability import Metrics, access_logger, log_access
 from polyfuse.serve.requests import RequestError, json_records
+from polyfuse.threads import single_threaded_blas
 
 STATIC = Path(__file__).parent / "static"
 OPEN_PATHS = ("/v2/health/", "/static/", "/schema", "/favicon.ico")  # no API key: probes and the page itself
@@ -179,10 +180,14 @@ class ServerState:
         self.inflight = 0
         self.working = 0  # /predict and /infer requests admitted and not yet answered
         self.batching_note = ""
+        self.handlers: set[asyncio.Task] = set()  # /predict and /infer requests being handled
+        self.drain_expired = False
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.classes = {n: backend.preprocessor.classes(n) for n in backend.spec.outputs}
 
     def start(self) -> None:
         cfg, b = self.cfg, self.backend
+        self.loop = asyncio.get_running_loop()
         max_batch = cfg.max_batch
         if cfg.check_batching and max_batch > 1:
             # one all-missing row, collated directly: transform() rejects a record with no inputs
@@ -197,6 +202,12 @@ class ServerState:
                                self.metrics.observe_batch)
         self.batcher.start()
         self.ready = True
+
+    def expire_drain(self) -> None:
+        """The drain deadline passed: every request still being handled is answered 503 now."""
+        self.drain_expired = True
+        for task in list(self.handlers):
+            task.cancel()
 
     async def predict(self, records: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, list]]:
         """Preprocess off the event loop, queue for the batcher, await the model's answer."""
@@ -221,6 +232,7 @@ class ServerState:
 
 def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI:
     cfg = cfg or ServeConfig()
+    single_threaded_blas()  # requests preprocess in parallel threads; see polyfuse.threads
     backend = load_backend(Path(model_dir), cfg)
     state = ServerState(backend, cfg)
 
@@ -239,8 +251,17 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI
     app.state.server = state
 
     async def guarded(handler: Callable, *args: Any) -> Response:
+        task = asyncio.current_task()
+        state.handlers.add(task)
         try:
             return await asyncio.wait_for(handler(*args), timeout=cfg.timeout_s)
+        except asyncio.CancelledError:
+            if not state.drain_expired or task is None:
+                raise
+            task.uncancel()  # cancelled by the drain deadline, not by the client: answer it
+            return JSONResponse({"error": "the server is shutting down and could not finish this request in time; "
+                                          "retry (another replica will answer)", "record": None, "field": None},
+                                status_code=503, headers={"retry-after": "1"})
         except RequestError as e:
             extra = {"retry-after": "1"} if e.status == 503 else None
             return JSONResponse(e.body(), status_code=e.status, headers=extra)
@@ -249,6 +270,8 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI
                                           "request too large", "record": None, "field": None}, status_code=504)
         except ClientDisconnect:  # nobody is left to read an answer; not a server error
             return JSONResponse({"error": "client disconnected", "record": None, "field": None}, status_code=400)
+        finally:
+            state.handlers.discard(task)
 
     @app.post("/predict", summary="Predict from JSON records (base64 for binary inputs) or one multipart form")
     async def predict(request: Request) -> Response:

@@ -1,5 +1,6 @@
 """Running the app under uvicorn with a draining shutdown: on SIGTERM/SIGINT readiness turns false
-at once, in-flight requests finish (bounded by ``drain_s``), then the process exits."""
+at once, in-flight requests finish (bounded by ``drain_s``; those still running then are answered
+503 with Retry-After), then the process exits."""
 from __future__ import annotations
 
 import sys
@@ -30,6 +31,12 @@ class DrainingServer(uvicorn.Server):
             deadline = time.monotonic() + self.drain_s
             while self.state.inflight > 0 and time.monotonic() < deadline:
                 time.sleep(0.02)
+            if self.state.inflight > 0 and self.state.loop is not None:
+                # the requests that outlasted the drain get a 503 (retry elsewhere), not a dropped connection
+                self.state.loop.call_soon_threadsafe(self.state.expire_drain)
+                end = time.monotonic() + 0.5
+                while self.state.inflight > 0 and time.monotonic() < end:
+                    time.sleep(0.01)
             # Not super().handle_exit(): uvicorn would record the signal and re-raise it once shut down,
             # so a clean drain would end with death by SIGTERM (exit -15) instead of exit code 0.
             self.should_exit = True
