@@ -1,13 +1,13 @@
 """Robust fusion on ../shared/data/avdigits: does the fused model stay at least as good as the
 single-input model that still has clean data when the other input is noisy or missing?
 
-    .venv/bin/python benchmarks/robustness.py [--fusion gated] [--seed 0] [--out runs/bench-robust]
+    .venv/bin/python benchmarks/robustness.py [--fusion gated] [--seeds 3] [--seed 0] [--out runs/bench-robust]
 
-Trains (a) the fused model of avdigits.yaml with a robust configuration (fusion method
-``--fusion``, default gated when the spec accepts it else concat; fusion.modality_dropout 0.5;
-image augment noise 0.3; audio augment noise_snr_db [-5, 20]), (b) an image-only and (c) an
-audio-only model (the same spec with one input removed), then reports on test.csv, each target
-with its measured figure and PASS/FAIL:
+For each training seed, trains (a) the fused model of avdigits.yaml with a robust configuration
+(fusion method ``--fusion``, default gated when the spec accepts it else concat;
+fusion.modality_dropout 0.5; fusion.alone_loss 1.0; image augment noise 0.8; audio augment
+noise_snr_db [-5, 20]), (b) an image-only and (c) an audio-only model (the same spec with one input
+removed), then reports on test.csv, each target with its measured figure and PASS/FAIL:
 
 * clean fused accuracy >= 0.98;
 * images noised (sigma 0.6) and images missing: fused accuracy >= audio-only accuracy - 1 point;
@@ -15,6 +15,8 @@ with its measured figure and PASS/FAIL:
 * expected calibration error after temperature scaling, when metrics.json has ``calibration``
   (target <= 0.03; "n/a" when absent).
 
+A point is 2 of the 200 test rows, about the spread between training seeds, so with ``--seeds`` > 1
+the targets are judged on the means over seeds (each seed's figures are printed too).
 Skips with a message where the data is absent.
 """
 from __future__ import annotations
@@ -126,6 +128,7 @@ def main() -> None:
     parser.add_argument("--early-stopping", type=int, default=None, help="train.early_stopping (default: the spec's)")
     parser.add_argument("--reuse-single", action="store_true", help="load the single-input models already in --out")
     parser.add_argument("--seed", type=int, default=0, help="robustness seed (corruption draws)")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds; the targets are judged on the means")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training")
     parser.add_argument("--out", default=None, help="keep the three artifacts here (default: a temporary folder)")
     args = parser.parse_args()
@@ -140,32 +143,54 @@ def main() -> None:
           f"fusion={fused_spec['fusion']}, image.augment={fused_spec['inputs']['image']['augment']}, "
           f"audio.augment={fused_spec['inputs']['audio']['augment']}; single-input models: the same spec "
           "minus one input", flush=True)
+    test = DATA / "test.csv"
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.out) if args.out else Path(tmp)
-        fused = train(fused_spec, root / "fused", "fused")
-        image_only = train(without(fused_spec, "audio"), root / "image-only", "image-only", args.reuse_single)
-        audio_only = train(without(fused_spec, "image"), root / "audio-only", "audio-only", args.reuse_single)
-        test = DATA / "test.csv"
-        t0 = time.perf_counter()
-        report = robustness.run(fused, test, seed=args.seed)
-        robustness.write(report, root / "fused")
-        print(f"robustness of the fused model in {time.perf_counter() - t0:.1f} s "
-              f"(robustness.json/.png written into {root / 'fused'})\n")
-        print(robustness.format_table(report))
-        img_acc = image_only.evaluate(test)["outputs"]["label"]["accuracy"]
-        aud_acc = audio_only.evaluate(test)["outputs"]["label"]["accuracy"]
-    clean = report["outputs"]["label"]["clean"]
-    print(f"\nsingle-input models on test.csv: image-only {img_acc:.4f}, audio-only {aud_acc:.4f}\n")
-    print(f"targets on {test.name} ({report['rows']} rows; fusion {args.fusion}):")
-    print(row("clean fused accuracy", clean, CLEAN_TARGET))
-    print(row(f"images noised sigma={IMAGE_SIGMA}: fused vs audio-only - 1 pt",
-              level_score(report, "image", "noise", IMAGE_SIGMA), aud_acc - MARGIN))
-    print(row("images missing: fused vs audio-only - 1 pt", missing_score(report, "image"), aud_acc - MARGIN))
-    print(row(f"audio at {AUDIO_SNR:g} dB SNR: fused vs image-only - 1 pt",
-              level_score(report, "audio", "noise", AUDIO_SNR), img_acc - MARGIN))
-    print(row("audio missing: fused vs image-only - 1 pt", missing_score(report, "audio"), img_acc - MARGIN))
-    print(row("ECE after temperature scaling (fused, test)", ece_after(fused), 0.03, higher=False))
-
+        for train_seed in range(args.seeds):
+            root = (Path(args.out) if args.out else Path(tmp)) / (f"seed{train_seed}" if args.seeds > 1 else "")
+            spec = copy.deepcopy(fused_spec)
+            spec["train"]["seed"] = train_seed
+            print(f"\n==== training seed {train_seed} ====", flush=True)
+            fused = train(spec, root / "fused", "fused")
+            image_only = train(without(spec, "audio"), root / "image-only", "image-only", args.reuse_single)
+            audio_only = train(without(spec, "image"), root / "audio-only", "audio-only", args.reuse_single)
+            t0 = time.perf_counter()
+            report = robustness.run(fused, test, seed=args.seed)
+            robustness.write(report, root / "fused")
+            print(f"robustness of the fused model in {time.perf_counter() - t0:.1f} s "
+                  f"(robustness.json/.png written into {root / 'fused'})\n")
+            print(robustness.format_table(report))
+            figures = {
+                "clean": report["outputs"]["label"]["clean"],
+                "image_noised": level_score(report, "image", "noise", IMAGE_SIGMA),
+                "image_missing": missing_score(report, "image"),
+                "audio_noised": level_score(report, "audio", "noise", AUDIO_SNR),
+                "audio_missing": missing_score(report, "audio"),
+                "image_only": image_only.evaluate(test)["outputs"]["label"]["accuracy"],
+                "audio_only": audio_only.evaluate(test)["outputs"]["label"]["accuracy"],
+                "ece": ece_after(fused),
+            }
+            runs.append(figures)
+            print(f"\nseed {train_seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items() if v is not None))
+    # a point is 2 of test.csv's 200 rows, about the spread between training seeds: with several seeds the
+    # targets are judged on the means
+    f = {k: (None if any(r[k] is None for r in runs) else sum(r[k] for r in runs) / len(runs)) for k in runs[0]}
+    spread = lambda k: "" if len(runs) < 2 else f" (seeds: {', '.join(f'{r[k]:.3f}' for r in runs)})"  # noqa: E731
+    what = f"mean of {len(runs)} training seeds" if len(runs) > 1 else "one training seed"
+    print(f"\nsingle-input models on test.csv: image-only {f['image_only']:.4f}{spread('image_only')}, "
+          f"audio-only {f['audio_only']:.4f}{spread('audio_only')}\n")
+    print(f"targets on {test.name} ({report['rows']} rows; fusion {args.fusion}; {what}):")
+    print(row("clean fused accuracy", f["clean"], CLEAN_TARGET) + spread("clean"))
+    print(row(f"images noised sigma={IMAGE_SIGMA}: fused vs audio-only - 1 pt", f["image_noised"],
+              f["audio_only"] - MARGIN) + spread("image_noised"))
+    print(row("images missing: fused vs audio-only - 1 pt", f["image_missing"], f["audio_only"] - MARGIN)
+          + spread("image_missing"))
+    print(row(f"audio at {AUDIO_SNR:g} dB SNR: fused vs image-only - 1 pt", f["audio_noised"], f["image_only"] - MARGIN)
+          + spread("audio_noised"))
+    print(row("audio missing: fused vs image-only - 1 pt", f["audio_missing"], f["image_only"] - MARGIN)
+          + spread("audio_missing"))
+    print(row("ECE after temperature scaling (fused, test)", f["ece"], 0.03, higher=False)
+          + (spread("ece") if f["ece"] is not None else ""))
 
 if __name__ == "__main__":
     main()

@@ -386,12 +386,6 @@ class Result:
         return max(lat) * 1e3 if lat else float("nan")
 
 
-def client(url: str, connections: int, timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url, trust_env=False,  # no proxies: loopback only
-                             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-                             timeout=httpx.Timeout(timeout))
-
-
 async def closed_loop(url: str, p: Payloads, clients: int, duration: float, max_requests: int,
                       timeout: float = 10.0, check_labels: bool = True) -> Result:
     """``clients`` workers, each sending its next request when the last is answered, until ``duration`` s or
@@ -558,8 +552,9 @@ async def mixed_loop(url: str, p: Payloads, clients: int, count: int, max_second
             name, body, ctype = p.malformed[rng.randrange(len(p.malformed))]
             plan.append((f"malformed:{name}", body, ctype, 400))
     res = Result()
+    raw = RawHTTP(int(url.rsplit(":", 1)[1]))
     it = iter(enumerate(plan))
-    async with client(url, clients, 10.0) as c:
+    try:
         t0 = time.perf_counter()
         end = t0 + max_seconds
 
@@ -569,11 +564,10 @@ async def mixed_loop(url: str, p: Payloads, clients: int, count: int, max_second
                     return
                 t = time.perf_counter()
                 try:
-                    r = await asyncio.wait_for(c.post("/predict", content=body, headers={"content-type": ctype}), 10.0)
-                    status = str(r.status_code)
-                except (asyncio.TimeoutError, httpx.TimeoutException):
+                    status = str((await asyncio.wait_for(raw.send(raw.request(body, ctype)), 10.0))[0])
+                except asyncio.TimeoutError:
                     status = "timeout"
-                except httpx.TransportError as e:
+                except (OSError, asyncio.IncompleteReadError) as e:
                     status = f"error:{type(e).__name__}"
                 res.add(status, time.perf_counter() - t)
                 res.sent += 1
@@ -585,6 +579,8 @@ async def mixed_loop(url: str, p: Payloads, clients: int, count: int, max_second
 
         await asyncio.gather(*(worker() for _ in range(clients)))
         res.elapsed = time.perf_counter() - t0
+    finally:
+        raw.close()
     return res
 
 
