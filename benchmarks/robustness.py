@@ -119,6 +119,13 @@ def row(what: str, measured: float | None, target: float | None, higher: bool = 
     return f"  {what:<52}{measured:>9.4f}   {'>=' if higher else '<='} {target:.4f}   {'PASS' if ok else 'FAIL'}"
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     methods = fusion_methods()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -128,7 +135,7 @@ def main() -> None:
     parser.add_argument("--early-stopping", type=int, default=None, help="train.early_stopping (default: the spec's)")
     parser.add_argument("--reuse-single", action="store_true", help="load the single-input models already in --out")
     parser.add_argument("--seed", type=int, default=0, help="robustness seed (corruption draws)")
-    parser.add_argument("--seeds", type=int, default=3, help="training seeds; the targets are judged on the means")
+    parser.add_argument("--seeds", type=positive, default=3, help="training seeds; the targets are judged on the means")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training")
     parser.add_argument("--out", default=None, help="keep the three artifacts here (default: a temporary folder)")
     args = parser.parse_args()

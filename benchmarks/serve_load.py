@@ -86,6 +86,9 @@ def prepare_model(args: argparse.Namespace) -> tuple[Path, Path, str]:
         data = AVDIGITS / "test.csv" if (AVDIGITS / "test.csv").exists() else None
         if data is None:
             raise SystemExit("--model-dir needs ../shared/data/avdigits for its records")
+        if not _loads(Path(args.model_dir)):
+            raise SystemExit(f"--model-dir {args.model_dir}: not a loadable polyfuse model directory (train one with "
+                             "`polyfuse train avdigits.yaml --out DIR`, then `polyfuse export DIR --to onnx`)")
         return Path(args.model_dir).resolve(), data, f"avdigits (../shared/data), model given by --model-dir"
     if (AVDIGITS / "test.csv").exists():
         out, test_csv, what = REPO / "runs" / "bench-serve-av", AVDIGITS / "test.csv", "avdigits (../shared/data)"

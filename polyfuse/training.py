@@ -167,6 +167,13 @@ def total_loss(spec: Spec, logits: dict, target: dict, weights: dict) -> torch.T
     return sum(cfg.weight * heads.loss(cfg, logits[n], target[n], weights[n]) for n, cfg in spec.outputs.items())
 
 
+def alone_terms(spec: Spec, net: FusionModel, vectors: list, present: torch.Tensor, yb: dict,
+                weights: dict) -> list[tuple[str, int, torch.Tensor]]:
+    """(input, rows it is present in, loss of it answering alone) for each input."""
+    return [(name, int(rows.sum()), total_loss(spec, out, {o: y[rows] for o, y in yb.items()}, weights))
+            for name, rows, out in net.alone(vectors, present)]
+
+
 def step_loss(spec: Spec, net: FusionModel, xb: dict, yb: dict, weights: dict) -> torch.Tensor:
     """The training loss of one batch: the fused outputs' loss plus, with ``fusion.alone_loss``, that
     weight times the mean loss of each input answering alone (the encoders run once for both)."""
@@ -174,7 +181,7 @@ def step_loss(spec: Spec, net: FusionModel, xb: dict, yb: dict, weights: dict) -
         return total_loss(spec, net(xb), yb, weights)
     vectors, present = net.encode(xb)
     loss = total_loss(spec, net.decide(vectors, net.drop_inputs(present)), yb, weights)
-    alone = [total_loss(spec, out, {n: y[rows] for n, y in yb.items()}, weights) for _, rows, out in net.alone(vectors, present)]
+    alone = [term for _, _, term in alone_terms(spec, net, vectors, present, yb, weights)]
     return loss + spec.fusion.alone_loss * torch.stack(alone).mean()
 
 
@@ -189,9 +196,8 @@ def alone_losses(spec: Spec, net: FusionModel, batch: dict, target: dict, weight
         xb = to_tensors({k: v[start : start + chunk] for k, v in batch.items()})
         yb = to_tensors({k: v[start : start + chunk] for k, v in target.items()})
         vectors, present = net.encode(xb)
-        for name, rows, out in net.alone(vectors, present):
-            k = int(rows.sum())
-            sums[name] = sums.get(name, 0.0) + float(total_loss(spec, out, {o: y[rows] for o, y in yb.items()}, weights)) * k
+        for name, k, term in alone_terms(spec, net, vectors, present, yb, weights):
+            sums[name] = sums.get(name, 0.0) + float(term) * k
             counts[name] = counts.get(name, 0) + k
     return {k: sums[k] / counts[k] for k in sums}
 
