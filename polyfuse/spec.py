@@ -41,6 +41,8 @@ class ImageAugment(_Strict):
     random_crop: float | None = Field(None, gt=0.0, le=1.0, description="crop this fraction of each side, then resize back")
     flip: bool = Field(False, description="random horizontal flip (not for digits or text!)")
     noise: float | None = Field(None, ge=0.0, description="Gaussian pixel noise, std drawn from [0, noise] per image")
+    noise_p: float = Field(1.0, gt=0.0, le=1.0, description="share of training images that get the noise; the rest "
+                                                           "stay clean, so the encoder still learns clean images well")
 
 
 class ImageInput(_Strict):
@@ -67,6 +69,8 @@ class AudioAugment(_Strict):
     speed: tuple[float, float] | None = Field(None, description="random speed factor range, e.g. [0.9, 1.1]")
     random_crop: bool = False
     noise_snr_db: tuple[float, float] | None = Field(None, description="add white noise at an SNR in this range")
+    noise_p: float = Field(1.0, gt=0.0, le=1.0, description="share of training clips that get the noise; the rest "
+                                                           "stay clean, so the encoder still learns clean audio well")
 
 
 class AudioInput(_Strict):

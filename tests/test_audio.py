@@ -262,6 +262,17 @@ def test_augment_speed_crop_noise():
     assert snr == pytest.approx(20, abs=0.5)
 
 
+def test_augment_noise_p_leaves_a_share_of_clips_clean():
+    wave = _sine(440, 16000, 0.5)
+    rng = np.random.default_rng(1)
+    clean = sum(np.array_equal(augment_wave(wave, rng, sample_rate=16000, noise_snr_db=(0, 0), noise_p=0.3), wave)
+                for _ in range(400))
+    assert 230 < clean < 330  # ~70 % untouched
+    rng = np.random.default_rng(1)
+    assert not any(np.array_equal(augment_wave(wave, rng, sample_rate=16000, noise_snr_db=(0, 0)), wave)
+                   for _ in range(50))
+
+
 def test_write_wav_roundtrip_clips(tmp_path):
     path = tmp_path / "w.wav"
     write_wav(path, np.array([0.0, 0.5, 2.0, -3.0], np.float32), 8000)

@@ -56,6 +56,16 @@ def test_image_normalise_and_train_only_augmentation():
     assert np.array_equal(a[""], b[""]) and not np.allclose(a[""], plain[""])
 
 
+def test_image_noise_p_leaves_a_share_of_images_clean():
+    cfg = _cfg(x={"type": "image", "size": [8, 8], "channels": 1, "augment": {"noise": 0.5, "noise_p": 0.25}})["x"]
+    img = np.full((1, 8, 8), 0.5, np.float32)
+    rng = np.random.default_rng(0)
+    clean = sum(np.array_equal(image.augment(img, cfg.augment, rng), img) for _ in range(400))
+    assert 250 < clean < 350  # ~75 % untouched
+    with pytest.raises(Exception, match="noise_p"):
+        _cfg(x={"type": "image", "augment": {"noise": 0.5, "noise_p": 0}})
+
+
 def test_word_and_char_tokenisers():
     assert text.tokenize("Hello, World!") == ["hello", ",", "world", "!"]
     assert text.tokenize("我爱北京 天安门", "char") == ["我", "爱", "北", "京", "天", "安", "门"]

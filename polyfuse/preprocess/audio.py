@@ -297,10 +297,11 @@ def features_batch(waves: list[np.ndarray], cfg: AudioFeatureConfig) -> tuple[np
 # ----------------------------------------------------------------------------- augmentation
 def augment_wave(wave: np.ndarray, rng: np.random.Generator, *, sample_rate: int,
                  speed: tuple[float, float] | None = None, random_crop: bool = False,
-                 max_seconds: float = 1.0, noise_snr_db: tuple[float, float] | None = None) -> np.ndarray:
+                 max_seconds: float = 1.0, noise_snr_db: tuple[float, float] | None = None,
+                 noise_p: float = 1.0) -> np.ndarray:
     """Training-only augmentation: speed perturbation, random crop / offset, white noise.
 
-    Deterministic given ``rng``. Speed factor f plays the clip f times faster (length / f).
+    Deterministic given ``rng``. Noise goes on a ``noise_p`` share of clips. Speed factor f plays the clip f times faster (length / f).
     With ``random_crop`` a longer clip yields a random ``max_seconds`` window; a shorter one
     is shifted right by at most 10 % of ``max_seconds`` (never past it) so words stay in view.
     """
@@ -317,7 +318,7 @@ def augment_wave(wave: np.ndarray, rng: np.random.Generator, *, sample_rate: int
         else:
             off = int(rng.integers(0, min(max_n - len(w), max_n // 10) + 1))
             w = np.concatenate([np.zeros(off, np.float32), w])
-    if noise_snr_db is not None and len(w):
+    if noise_snr_db is not None and len(w) and (noise_p >= 1.0 or rng.random() < noise_p):
         snr = float(rng.uniform(noise_snr_db[0], noise_snr_db[1]))
         std = np.sqrt(float(np.mean(w.astype(np.float64) ** 2)) / 10.0 ** (snr / 10.0))
         w = w + (std * rng.standard_normal(len(w))).astype(np.float32)
@@ -361,7 +362,8 @@ def collate(values: list[np.ndarray | None], cfg: Any, state: dict, train: bool,
     if train and rng is not None:
         aug = cfg.augment
         waves = [augment_wave(w, rng, sample_rate=fcfg.sample_rate, speed=aug.speed, random_crop=aug.random_crop,
-                              max_seconds=fcfg.max_seconds, noise_snr_db=aug.noise_snr_db) if p else w
+                              max_seconds=fcfg.max_seconds, noise_snr_db=aug.noise_snr_db,
+                              noise_p=aug.noise_p) if p else w
                  for w, p in zip(waves, present)]
     feats, lengths = features_batch(waves, fcfg)
     mean = np.asarray(state["mean"], dtype=np.float32)

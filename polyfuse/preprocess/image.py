@@ -86,7 +86,9 @@ def augment(img: np.ndarray, aug: Any, rng: np.random.Generator) -> np.ndarray:
         img = _random_crop(img, aug.random_crop, rng)
     if aug.flip and rng.random() < 0.5:
         img = img[:, :, ::-1]
-    if aug.noise:  # a random strength per image, so training sees clean through heavily corrupted
+    # a random strength per image, so training sees clean through heavily corrupted; with noise_p < 1
+    # some images stay clean (no draw at all when noise_p is 1, so earlier seeds reproduce)
+    if aug.noise and (aug.noise_p >= 1.0 or rng.random() < aug.noise_p):
         sigma = float(rng.uniform(0.0, aug.noise))
         img = np.clip(img + rng.normal(0.0, sigma, img.shape).astype(np.float32), 0.0, 1.0)
     return img
