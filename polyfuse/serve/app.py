@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import json
 import os
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,12 +31,15 @@ from polyfuse.runtime import MODALITY_WEIGHTS
 from polyfuse.serve import protocol
 from polyfuse.serve.batching import Batcher, batching_pays
 from polyfuse.serve.config import ServeConfig
-from polyfuse.serve.observability import Metrics, access_logger, log_access
+from polyfuse.serve.observability import Metrics, access_logger, flush_access_log, log_access
 from polyfuse.serve.requests import RequestError, json_records
 from polyfuse.threads import single_threaded_blas
 
 STATIC = Path(__file__).parent / "static"
 OPEN_PATHS = ("/v2/health/", "/static/", "/schema", "/favicon.ico")  # no API key: probes and the page itself
+# request ids: a random prefix per process and a counter (uuid4 per request reads the OS's random source
+# on the event loop, a system call that gives the GIL away under load)
+_ID_PREFIX, _ID_COUNTER = os.urandom(4).hex(), itertools.count(1)
 
 
 @dataclass
@@ -82,7 +85,7 @@ class Guard:
         st, cfg = self.state, self.state.cfg
         started = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request_id = headers.get("x-request-id") or f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope["path"]
         status_box = {"status": 500, "started": False}
@@ -174,7 +177,7 @@ class ServerState:
         self.backend, self.cfg = backend, cfg
         self.metrics = Metrics(backend.name, backend.digest, backend.platform)
         self.log = access_logger()
-        self.prep = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="preprocess")
+        self.prep = ThreadPoolExecutor(max_workers=usable_cpus(), thread_name_prefix="preprocess")
         self.batcher: Batcher | None = None
         self.ready = False
         self.inflight = 0
@@ -209,15 +212,25 @@ class ServerState:
         for task in list(self.handlers):
             task.cancel()
 
-    async def predict(self, records: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, list]]:
-        """Preprocess off the event loop, queue for the batcher, await the model's answer."""
+    async def predict(self, parse: Callable[[], tuple[list[dict], Any]]) -> tuple[dict[str, np.ndarray], dict[str, list], Any]:
+        """Parse and preprocess off the event loop, queue for the batcher, await the model's answer.
+
+        ``parse`` turns the request body into (records, context) and raises RequestError; it runs in the
+        preprocessing pool with the rest, so the event loop only moves bytes (decoding base64 and reading
+        media headers there would make every other client wait). Returns (probabilities, labels, context).
+        """
         loop = asyncio.get_running_loop()
         pre = self.backend.preprocessor
         assert self.batcher is not None
         if self.batcher.queue.full():  # shed load before spending CPU on decoding what cannot be queued
             raise RequestError(503, "the server is at capacity; retry shortly")
+
+        def prepare() -> tuple[list[dict], Any, dict[str, np.ndarray]]:
+            records, context = parse()
+            return records, context, pre.transform(records)[0]
+
         try:
-            batch, _ = await loop.run_in_executor(self.prep, pre.transform, records)
+            records, context, batch = await loop.run_in_executor(self.prep, prepare)
         except BadInputError as e:
             where = [f"record {e.row}"] if e.row is not None else []
             where += [f"field '{e.column}'"] if e.column is not None else []
@@ -227,7 +240,7 @@ class ServerState:
         except asyncio.QueueFull:
             raise RequestError(503, "the server is at capacity; retry shortly") from None
         probs = await future
-        return probs, decode_outputs(self.backend.spec, pre.state, probs)
+        return probs, decode_outputs(self.backend.spec, pre.state, probs), context
 
 
 def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI:
@@ -244,6 +257,7 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI
         if state.batcher:
             await state.batcher.stop()
         state.prep.shutdown(wait=False, cancel_futures=True)
+        flush_access_log()
 
     app = FastAPI(title=f"polyfuse: {backend.name}", version="1", lifespan=lifespan,
                   description="Predictions from a polyfuse fusion model: `/predict` (JSON or multipart) and the "
@@ -278,17 +292,15 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI
         async def handle() -> Response:
             ctype = request.headers.get("content-type", "")
             if ctype.startswith("multipart/form-data"):
-                records = json_records(await _form_record(request), backend.spec, cfg)
+                form = await _form_record(request)
+                parse = lambda: (json_records(form, backend.spec, cfg), None)  # noqa: E731
             elif ctype.startswith("application/json"):
-                try:
-                    body = json.loads(await request.body())
-                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-                    raise RequestError(400, "the request body is not valid JSON") from None
-                records = json_records(body, backend.spec, cfg)
+                raw = await request.body()
+                parse = lambda: (json_records(_json_body(raw), backend.spec, cfg), None)  # noqa: E731
             else:
                 raise RequestError(415, f"unsupported content type {ctype or 'none'!r}: send application/json "
                                         "or multipart/form-data")
-            probs, labels = await state.predict(records)
+            probs, labels, _ = await state.predict(parse)
             return JSONResponse({"model": backend.name, "request_id": request.state.request_id,
                                  "predictions": _predictions(backend, state.classes, probs, labels)})
 
@@ -357,9 +369,8 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         async def handle() -> Response:
             _check_model(name, version)
-            body = await request.body()
-            records, req = protocol.parse_infer(body, request.headers.get(protocol.HEADER), backend.spec, cfg)
-            probs, labels = await state.predict(records)
+            body, header = await request.body(), request.headers.get(protocol.HEADER)
+            probs, labels, req = await state.predict(lambda: protocol.parse_infer(body, header, backend.spec, cfg))
             content, headers = protocol.build_response(backend.name, backend.version, req, probs, labels)
             return Response(content, headers=headers)
 
@@ -388,6 +399,21 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return Guard(app, state)  # type: ignore[return-value]
+
+
+def _json_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise RequestError(400, "the request body is not valid JSON") from None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, not the machine's count: a pinned server has fewer)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
 
 
 async def _form_record(request: Request) -> dict[str, Any]:

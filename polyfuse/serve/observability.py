@@ -1,8 +1,11 @@
 """Prometheus metrics (own registry per app) and a structured JSON access log with request ids."""
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 
@@ -33,15 +36,32 @@ class Metrics:
         self.batch.observe(rows)
 
 
+_listener: logging.handlers.QueueListener | None = None
+
+
 def access_logger() -> logging.Logger:
+    """The access log. Lines are written to stderr by a background thread: a write on the event loop
+    gives the GIL away, and under load getting it back waits for the preprocessing threads."""
+    global _listener
     log = logging.getLogger("polyfuse.access")
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
+        lines: queue.SimpleQueue = queue.SimpleQueue()
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(message)s"))
+        _listener = logging.handlers.QueueListener(lines, stream)
+        log.addHandler(logging.handlers.QueueHandler(lines))
         log.setLevel(logging.INFO)
         log.propagate = False
+        atexit.register(flush_access_log)
+    if _listener is not None and _listener._thread is None:  # first use, or after flush_access_log
+        _listener.start()
     return log
+
+
+def flush_access_log() -> None:
+    """Write out every queued line and stop the writer thread (at shutdown; access_logger restarts it)."""
+    if _listener is not None and _listener._thread is not None:
+        _listener.stop()
 
 
 def log_access(log: logging.Logger, request_id: str, method: str, path: str, status: int, seconds: float,
