@@ -439,8 +439,13 @@ def test_overload_answers_503_with_retry_after(toy_dir, logs, toy_csv):
             if status == 503:
                 assert headers["retry-after"] == "1"
         assert_ready(s)
+        # a second burst is refused the same way: refusals must not have opened admission slots
+        again = [status for status, _, _ in asyncio.run(_fire(s.url, 60, body, timeout=30))]
+        assert again.count(503) > 0 and again.count(200) > 0, again
         with s.client() as c:  # and it still predicts
             assert c.post("/predict", json=body).status_code == 200
+            # every admission was given back, and no refusal gave one back: the cap still holds
+            assert _samples(c.get("/metrics").text, "polyfuse_admitted_requests") == {"polyfuse_admitted_requests": 0}
     finally:
         s.stop()
 

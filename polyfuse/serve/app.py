@@ -105,7 +105,7 @@ class Guard:
 
         st.metrics.inflight.inc()
         st.inflight += 1
-        detail, work = None, False
+        detail, admitted = None, False
         try:
             length = headers.get("content-length")
             if cfg.api_key and not path.startswith(OPEN_PATHS) and path != "/":
@@ -117,13 +117,14 @@ class Guard:
             if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
                 detail = "body too large"
                 return await reject(413, f"request body of {length} bytes is over the limit of {cfg.max_body_bytes}")
-            work = _endpoint(path) in ("predict", "v2_infer")
-            if work and st.working >= cfg.queue_size:
-                # admission control before the body is read or decoded: preprocessing, not the model,
-                # is what saturates first, so the cap covers a request's whole stay
-                detail = "at capacity"
-                return await reject(503, "the server is at capacity; retry shortly", {"retry-after": "1"})
-            st.working += work
+            if _endpoint(path) in ("predict", "v2_infer"):
+                if st.working >= cfg.queue_size:
+                    # admission control before the body is read or decoded: preprocessing, not the model,
+                    # is what saturates first, so the cap covers a request's whole stay
+                    detail = "at capacity"
+                    return await reject(503, "the server is at capacity; retry shortly", {"retry-after": "1"})
+                admitted = True
+                st.working += 1
             received = 0
 
             async def limited_receive() -> dict:
@@ -143,7 +144,8 @@ class Guard:
                     await reject(413, e.message)
         finally:
             st.inflight -= 1
-            st.working -= work
+            if admitted:  # only what was counted in is counted out (a refusal must not open a slot)
+                st.working -= 1
             st.metrics.inflight.dec()
             took = time.perf_counter() - started
             endpoint = _endpoint(path)
@@ -182,6 +184,7 @@ class ServerState:
         self.ready = False
         self.inflight = 0
         self.working = 0  # /predict and /infer requests admitted and not yet answered
+        self.metrics.admitted.set_function(lambda: self.working)
         self.batching_note = ""
         self.handlers: set[asyncio.Task] = set()  # /predict and /infer requests being handled
         self.drain_expired = False

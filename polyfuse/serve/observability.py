@@ -25,6 +25,8 @@ class Metrics:
         self.model = Histogram("polyfuse_model_seconds", "Model time per batch", buckets=LATENCY_BUCKETS, registry=r)
         self.batch = Histogram("polyfuse_batch_rows", "Rows per model batch", buckets=BATCH_BUCKETS, registry=r)
         self.inflight = Gauge("polyfuse_inflight_requests", "Requests being handled", registry=r)
+        self.admitted = Gauge("polyfuse_admitted_requests", "Predict requests admitted and not yet answered "
+                              "(capped by --queue-size)", registry=r)
         self.info = Info("polyfuse_model", "The served model", registry=r)
         self.info.info({"name": model, "sha256": digest, "runtime": runtime})
 
