@@ -15,6 +15,10 @@ def single_threaded_blas() -> None:
     """Pin numpy's BLAS (OpenBLAS/MKL) to one thread for this process; torch's threads are untouched."""
     global _limiter
     if _limiter is None:
+        # numpy first: threadpoolctl limits only the libraries already loaded, and the CLI calls this
+        # before anything has imported numpy (then nothing was limited, and numpy's second OpenBLAS
+        # thread spun at 80 % of a core in the server, a third of its throughput)
+        import numpy  # noqa: F401
         from threadpoolctl import threadpool_limits
 
         _limiter = threadpool_limits(limits=1, user_api="blas")

@@ -61,3 +61,18 @@ def test_errors_are_messages_not_tracebacks(tmp_path, toy_csv):
     assert "inputs.x.size" in done.stderr and "'big'" in done.stderr
     done = polyfuse("evaluate", tmp_path / "no_model", toy_csv)
     assert done.returncode == 2 and "not found" in done.stderr
+
+
+def test_blas_is_single_threaded_even_when_pinned_before_numpy_is_imported():
+    """The CLI pins numpy's BLAS to one thread before anything imports numpy; the pin must still
+    reach numpy's OpenBLAS (it once did not, and a second BLAS thread spun in the server)."""
+    code = ("import sys; from polyfuse.threads import single_threaded_blas\n"
+            "assert 'numpy' not in sys.modules\n"
+            "single_threaded_blas()\n"
+            "import numpy  # what preprocessing imports later\n"
+            "from threadpoolctl import threadpool_info\n"
+            "import json; print(json.dumps([i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    threads = json.loads(out.stdout)
+    assert threads and all(n == 1 for n in threads), threads
