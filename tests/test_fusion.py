@@ -52,6 +52,18 @@ def test_temperature_scaling_fixes_an_overconfident_model():
     assert t > 2.0 and before > 0.15 and after < 0.05 and after < before / 3
 
 
+def test_temperature_is_left_at_one_when_validation_has_no_errors():
+    rng = np.random.default_rng(1)
+    target = rng.integers(0, 4, 300)
+    logits = rng.normal(0, 1, (300, 4))
+    logits[np.arange(300), target] += 6.0  # right on every row
+    assert fit_temperature("category", torch.tensor(logits, dtype=torch.float32), target) == 1.0
+    logits[0, target[0]] -= 12.0  # one error: the likelihood has a minimum again, and it is fitted
+    assert fit_temperature("category", torch.tensor(logits, dtype=torch.float32), target) != 1.0
+    binary_logits = torch.tensor(np.where(target[:, None] > 1, 2.0, -2.0), dtype=torch.float32)
+    assert fit_temperature("binary", binary_logits, (target > 1).astype(int)) == 1.0
+
+
 def test_ece_known_values():
     probs = np.array([[0.9, 0.1]] * 10)
     assert expected_calibration_error(probs, np.array([0] * 9 + [1])) == pytest.approx(0.0, abs=1e-9)

@@ -103,7 +103,7 @@ class Batcher:
             self.busy = 0
 
 
-def batching_pays(run: Callable[[Arrays], Arrays], single: Arrays, n: int, repeats: int = 3) -> tuple[bool, float, float]:
+def batching_pays(run: Callable[[Arrays], Arrays], single: Arrays, n: int, repeats: int = 5) -> tuple[bool, float, float]:
     """Is one batch of ``n`` rows cheaper than ``n`` single calls? Returns (pays, batch s, n singles s)."""
     batch = {k: np.repeat(v, n, axis=0) for k, v in single.items()}
     run(single), run(batch)  # warm-up
@@ -117,6 +117,8 @@ def batching_pays(run: Callable[[Arrays], Arrays], single: Arrays, n: int, repea
             run(single)
         t_single.append(time.perf_counter() - t)
     b, s = float(np.median(t_batch)), float(np.median(t_single))
-    # only a clear win counts: the timing is short and noisy, and batching that does not pay adds
-    # queueing delay for nothing (measured here: a 0.95 threshold flipped between runs)
-    return b < 0.7 * s, b, s
+    # A clear win counts: the timing is short and noisy (a 0.95 threshold flipped between runs). But this
+    # times the bare model call; in the server every call also pays a thread hop and the merging, which
+    # batching shares out, so a 0.7 threshold was too strict: avdigits measured 0.68-0.71, ran singles on
+    # the 0.71 runs, and lost the 1.3x that batching gave it under 32 clients.
+    return b < 0.85 * s, b, s
