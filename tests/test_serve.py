@@ -450,6 +450,29 @@ def test_overload_answers_503_with_retry_after(toy_dir, logs, toy_csv):
         s.stop()
 
 
+def test_access_log_has_a_line_per_request_written_out_by_shutdown(toy_dir, logs, toy_csv):
+    """Lines are written by a background thread; each carries the request id, path and status, none the
+    request's contents, and SIGTERM writes out every queued line before the process exits."""
+    s = Server(toy_dir, [], logs)
+    try:
+        record = as_json(toy_records(toy_csv, 1)[0])
+        with s.client() as c:
+            ok = c.post("/predict", json=record, headers={"x-request-id": "log-me-1"})
+            bad = c.post("/predict", json={"nope": 1}, headers={"x-request-id": "log-me-2"})
+            burst = [c.post("/predict", json=record).headers["x-request-id"] for _ in range(30)]
+        assert ok.status_code == 200 and bad.status_code == 400
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(30) == 0
+    finally:
+        s.stop()
+    text = s.log_path.read_text()
+    lines = {e["request_id"]: e for e in (json.loads(x) for x in text.splitlines() if x.startswith("{"))}
+    assert lines["log-me-1"]["status"] == 200 and lines["log-me-1"]["path"] == "/predict" and lines["log-me-1"]["ms"] > 0
+    assert lines["log-me-2"]["status"] == 400
+    assert set(burst) <= set(lines) and len(set(burst)) == 30  # server-made ids: unique, every one logged
+    assert record["photo"][:40] not in text and record["sound"][:40] not in text
+
+
 def test_request_timeout_answers_504(toy_dir, logs):
     s = Server(toy_dir, ["--timeout", "0.001", "--max-delay-ms", "50"], logs)
     try:

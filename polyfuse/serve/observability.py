@@ -39,12 +39,13 @@ class Metrics:
 
 
 _listener: logging.handlers.QueueListener | None = None
+_writing = False  # whether the listener's thread runs
 
 
 def access_logger() -> logging.Logger:
     """The access log. Lines are written to stderr by a background thread: a write on the event loop
     gives the GIL away, and under load getting it back waits for the preprocessing threads."""
-    global _listener
+    global _listener, _writing
     log = logging.getLogger("polyfuse.access")
     if not log.handlers:
         lines: queue.SimpleQueue = queue.SimpleQueue()
@@ -55,15 +56,18 @@ def access_logger() -> logging.Logger:
         log.setLevel(logging.INFO)
         log.propagate = False
         atexit.register(flush_access_log)
-    if _listener is not None and _listener._thread is None:  # first use, or after flush_access_log
+    if _listener is not None and not _writing:  # first use, or after flush_access_log
         _listener.start()
+        _writing = True
     return log
 
 
 def flush_access_log() -> None:
     """Write out every queued line and stop the writer thread (at shutdown; access_logger restarts it)."""
-    if _listener is not None and _listener._thread is not None:
+    global _writing
+    if _listener is not None and _writing:
         _listener.stop()
+        _writing = False
 
 
 def log_access(log: logging.Logger, request_id: str, method: str, path: str, status: int, seconds: float,
