@@ -29,6 +29,7 @@ import numpy as np
 from polyfuse import artifact
 from polyfuse.errors import ArtifactError, PolyfuseError
 from polyfuse.runtime import VARIANTS
+from polyfuse.threads import usable_cpus
 
 PT2 = "model.pt2"  # same name as polyfuse.export.exporter.PT2, kept here so importing bench stays torch-free
 WEIGHTS = "weights.safetensors"
@@ -535,7 +536,7 @@ def run_bench(model_dir: str | Path, data: str | Path, repeats: int = 3, threads
         raise ArtifactError(f"model directory {str(folder)!r} not found")
     if repeats < 1 or rows < 1:
         raise BenchError(f"repeats and rows must be at least 1 (got repeats={repeats}, rows={rows})")
-    threads = threads or os.cpu_count() or 1
+    threads = threads or usable_cpus()
     found = backends(folder, threads)
     if not found:
         raise BenchError(f"{folder}: no runtime to benchmark (no {WEIGHTS}, ONNX model or {PT2}); "

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from polyfuse.errors import ArtifactError, BadInputError
 from polyfuse.preprocess.pipeline import Preprocessor
 from polyfuse.preprocess.targets import decode_outputs
 from polyfuse.spec import load_spec
+from polyfuse.threads import usable_cpus
 
 MODALITY_WEIGHTS = "_modality_weights"  # gated fusion's extra output (same name as in polyfuse.nn.model)
 VARIANTS = {"fp32": "model.onnx", "int8-dynamic": "model.int8-dynamic.onnx", "int8-static": "model.int8-static.onnx"}
@@ -45,7 +45,7 @@ def open_session(path: Path, threads: int | None = None) -> Any:
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = threads or usable_cpus()
     options.inter_op_num_threads = 1
     # idle worker threads otherwise spin for milliseconds after each call, stealing the CPU that
     # preprocessing and other requests need (measured: ~10x the CPU per single-record call)

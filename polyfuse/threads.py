@@ -11,6 +11,17 @@ from __future__ import annotations
 _limiter = None
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity (taskset, a container's cpuset), not the machine's
+    count, so that a pinned process does not start more threads than it has cores."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 def single_threaded_blas() -> None:
     """Pin numpy's BLAS (OpenBLAS/MKL) to one thread for this process; torch's threads are untouched."""
     global _limiter

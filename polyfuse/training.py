@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import queue
 import sys
 import threading
@@ -28,7 +27,7 @@ from polyfuse.nn import heads
 from polyfuse.nn.model import FusionModel, predict_arrays, to_tensors
 from polyfuse.preprocess.pipeline import BadRow, Decoded, Preprocessor, decode_table
 from polyfuse.spec import Spec
-from polyfuse.threads import single_threaded_blas
+from polyfuse.threads import single_threaded_blas, usable_cpus
 
 
 @dataclass
@@ -219,7 +218,7 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     """Train a model from a validated spec. ``base`` is the folder relative data paths start from."""
     show = sys.stderr.isatty() if show_progress is None else show_progress
     cfg = spec.train
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or usable_cpus())
     single_threaded_blas()  # augmentation recomputes audio features beside torch's threads
     on_bad = spec.data.on_bad_row
 

@@ -76,3 +76,20 @@ def test_blas_is_single_threaded_even_when_pinned_before_numpy_is_imported():
     assert out.returncode == 0, out.stderr
     threads = json.loads(out.stdout)
     assert threads and all(n == 1 for n in threads), threads
+
+
+def test_thread_counts_follow_the_cpus_the_process_may_use():
+    """A process pinned to one core (taskset, a container's cpuset) sizes its pools for one core."""
+    import os
+
+    import pytest
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    code = ("from polyfuse.threads import usable_cpus; from polyfuse.serve.app import prep_threads\n"
+            "print(usable_cpus(), prep_threads())")
+    first = min(os.sched_getaffinity(0))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         preexec_fn=lambda: os.sched_setaffinity(0, {first}))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"]

@@ -8,7 +8,6 @@ training-time augmentation lives here). Fitted state (vocabularies, means) is pl
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from polyfuse.errors import BadInputError
 from polyfuse.io import Table, is_missing, read_table, require_columns
 from polyfuse.preprocess import audio, image, tabular, targets, text
 from polyfuse.spec import Spec
+from polyfuse.threads import usable_cpus
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def decode_table(spec: Spec, table: Table, *, with_targets: bool, on_bad_row: st
             if progress:
                 progress(n)
             return out
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(max_workers=workers or usable_cpus()) as pool:
             out = []
             for i, value in enumerate(pool.map(one, range(n), chunksize=32)):
                 out.append(value)

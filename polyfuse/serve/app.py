@@ -33,7 +33,7 @@ from polyfuse.serve.batching import Batcher, batching_pays
 from polyfuse.serve.config import ServeConfig
 from polyfuse.serve.observability import Metrics, access_logger, flush_access_log, log_access
 from polyfuse.serve.requests import RequestError, json_records
-from polyfuse.threads import single_threaded_blas
+from polyfuse.threads import single_threaded_blas, usable_cpus
 
 STATIC = Path(__file__).parent / "static"
 OPEN_PATHS = ("/v2/health/", "/static/", "/schema", "/favicon.ico")  # no API key: probes and the page itself
@@ -412,15 +412,11 @@ def _json_body(raw: bytes) -> Any:
 
 
 def prep_threads() -> int:
-    """Preprocessing threads: one per CPU this process may run on (its affinity, not the machine's
-    count), less one left to the event loop and the model thread. Measured on 2 cores, one thread
+    """Preprocessing threads: one per CPU this process may run on, less one left to the event loop
+    and the model thread. Measured on 2 cores, one thread
     beat two by 10-13 % in requests per second on both benchmark models (p99 73 -> 62 ms on the
     network-bound one): a second thread mostly contends for the GIL and takes the model's core."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity on this platform
-        cpus = os.cpu_count() or 1
-    return max(1, cpus - 1)
+    return max(1, usable_cpus() - 1)
 
 
 async def _form_record(request: Request) -> dict[str, Any]:
