@@ -1,4 +1,4 @@
-"""Thread settings for numpy's BLAS.
+"""Thread settings: numpy's BLAS pinned to one thread, and how many CPUs this process may use.
 
 Preprocessing multiplies small matrices (a spectrogram by a 64-band mel filterbank), where a
 multi-threaded BLAS never pays: its threads only wake, contend with the model's threads and with
