@@ -128,13 +128,20 @@ def positive(text: str) -> int:
     return value
 
 
+def share(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"needs a share in (0, 1], got {value:g}")
+    return value
+
+
 def main() -> None:
     methods = fusion_methods()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fusion", default="gated" if "gated" in methods else "concat", choices=methods)
     parser.add_argument("--modality-dropout", type=float, default=0.5)
     parser.add_argument("--alone-loss", type=float, default=1.0, help="fusion.alone_loss (0 turns it off)")
-    parser.add_argument("--noise-p", type=float, default=0.5,
+    parser.add_argument("--noise-p", type=share, default=0.5,
                         help="augment.noise_p of both inputs: the share of training examples noised (measured: with "
                              "1.0 the audio branch never saw clean audio and fell 7-12 points short on it)")
     parser.add_argument("--early-stopping", type=int, default=None, help="train.early_stopping (default: the spec's)")

@@ -8,14 +8,14 @@ requests and batches, so its entry points (training, the CLI, the server) pin BL
 """
 from __future__ import annotations
 
+import os
+
 _limiter = None
 
 
 def usable_cpus() -> int:
     """CPUs this process may run on: its affinity (taskset, a container's cpuset), not the machine's
     count, so that a pinned process does not start more threads than it has cores."""
-    import os
-
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # no affinity on this platform

@@ -301,7 +301,8 @@ def augment_wave(wave: np.ndarray, rng: np.random.Generator, *, sample_rate: int
                  noise_p: float = 1.0) -> np.ndarray:
     """Training-only augmentation: speed perturbation, random crop / offset, white noise.
 
-    Deterministic given ``rng``. Noise goes on a ``noise_p`` share of clips. Speed factor f plays the clip f times faster (length / f).
+    Deterministic given ``rng``. Noise goes on a ``noise_p`` share of clips. Speed factor f plays
+    the clip f times faster (length / f).
     With ``random_crop`` a longer clip yields a random ``max_seconds`` window; a shorter one
     is shifted right by at most 10 % of ``max_seconds`` (never past it) so words stay in view.
     """
