@@ -105,16 +105,37 @@ class TextAugment(_Strict):
 class TextInput(_Strict):
     type: Literal["text"]
     column: str | None = None
-    tokenizer: Literal["word", "char"] = "word"
+    tokenizer: Literal["word", "char", "jieba"] = Field(
+        "word", description="word: Unicode words + punctuation (space-delimited scripts); char: characters (any "
+        "script, no segmentation needed); jieba: Chinese word segmentation")
     lowercase: bool = True
-    max_length: int = Field(64, gt=0)
+    max_length: int = Field(64, gt=0, description="tokens kept per text (the rest is cut)")
     min_count: int = Field(1, ge=1, description="tokens seen fewer times go to the unknown bucket")
     max_vocab: int = Field(20000, gt=0)
-    ngrams: int = Field(2, ge=1, le=3, description="n-gram order of the bag encoder")
+    word_ngrams: int = Field(2, ge=1, le=4, description="ngram encoder: token n-grams of order 1..N")
+    char_ngrams: tuple[int, int] | None = Field(
+        (1, 4), description="ngram encoder: character n-grams [min, max] inside each token (null: none)")
+    buckets: int = Field(1 << 16, ge=1024, le=1 << 22, description="ngram encoder: hash buckets for n-grams")
+    max_ngrams: int = Field(1024, gt=0, description="ngram encoder: n-grams kept per text (token n-grams first)")
+    pooling: Literal["tfidf", "mean"] = Field("tfidf", description="ngram encoder: IDF-weighted or plain mean")
     augment: TextAugment = TextAugment()
-    encoder: Literal["bigru", "bilstm", "bag"] = "bigru"
+    encoder: Literal["ngram", "cnn", "bigru", "bilstm"] = Field(
+        "ngram", description="ngram: hashed word+char n-gram bag (fastText-style; strong without pretraining); "
+        "cnn: parallel convolutions over token embeddings; bigru/bilstm: recurrent, for long ordered text")
     dim: int = Field(128, gt=0)
     modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+    @field_validator("encoder", mode="before")
+    @classmethod
+    def _bag_is_ngram(cls, v: Any) -> Any:
+        return "ngram" if v == "bag" else v  # the old name of the n-gram bag
+
+    @field_validator("char_ngrams")
+    @classmethod
+    def _char_range(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not 1 <= v[0] <= v[1] <= 8:
+            raise ValueError(f"expected [min, max] with 1 <= min <= max <= 8, got {list(v)}")
+        return v
 
 
 class NumberAugment(_Strict):
@@ -163,6 +184,18 @@ class FusionSpec(_Strict):
                               "its own (every other input absent), so each answers well when the others fail")
 
 
+class HeadSpec(_Strict):
+    """The classifier on the fused features. softmax: trained with the network; svm, logistic and gbdt
+    (the classic heads) are fitted by scikit-learn on the trained network's fused features afterwards,
+    compared with the softmax head in metrics.json, and exported inside the same ONNX graph."""
+
+    type: Literal["softmax", "svm", "logistic", "gbdt"] = "softmax"
+    C: float = Field(1.0, gt=0, description="svm/logistic: inverse regularisation strength")
+    trees: int = Field(100, ge=1, le=2000, description="gbdt: boosting iterations (trees per class)")
+    max_depth: int = Field(4, ge=1, le=12, description="gbdt: depth of each tree")
+    learning_rate: float = Field(0.1, gt=0, le=1.0, description="gbdt: shrinkage")
+
+
 class OutputSpec(_Strict):
     type: Literal["category", "binary", "multilabel", "number"]
     column: str | None = None
@@ -171,6 +204,19 @@ class OutputSpec(_Strict):
     separator: str = Field("|", description="multilabel: separator between labels in one cell")
     abstain_below: float | None = Field(None, gt=0.0, lt=1.0, description="answer null ('low confidence') when the "
                                         "top calibrated probability is below this")
+    head: HeadSpec = HeadSpec()
+
+    @field_validator("head", mode="before")
+    @classmethod
+    def _head_shorthand(cls, v: Any) -> Any:
+        return {"type": v} if isinstance(v, str) else v  # `head: svm` for `head: {type: svm}`
+
+    @model_validator(mode="after")
+    def _head_fits_type(self) -> "OutputSpec":
+        if self.head.type != "softmax" and self.type not in ("category", "binary"):
+            raise ValueError(f"head {self.head.type!r} is for category and binary outputs, not {self.type!r}; "
+                             "use head: softmax")
+        return self
 
 
 class TrainSpec(_Strict):

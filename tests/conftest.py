@@ -50,7 +50,7 @@ def toy_spec(csv: Path, **train) -> dict:
         "inputs": {
             "photo": {"type": "image", "size": [16, 16], "channels": 1, "dim": 32},
             "sound": {"type": "audio", "sample_rate": 8000, "n_mfcc": 13, "n_mels": 26, "max_seconds": 0.5, "dim": 32},
-            "note": {"type": "text", "max_length": 8, "encoder": "bag", "dim": 32},
+            "note": {"type": "text", "max_length": 8, "buckets": 4096, "max_ngrams": 64, "dim": 32},
             "weight": {"type": "number", "dim": 8},
             "color": {"type": "category", "dim": 8},
         },

@@ -98,7 +98,7 @@ def test_abstain_below_threshold(toy_csv, tmp_path):
 
 
 def test_text_and_number_corruption_training_options():
-    spec, _ = load_spec({"inputs": {"t": {"type": "text", "augment": {"word_drop": 0.5, "typo": 0.5}},
+    spec, _ = load_spec({"inputs": {"t": {"type": "text", "encoder": "bigru", "augment": {"word_drop": 0.5, "typo": 0.5}},
                                     "n": {"type": "number", "augment": {"drop": 0.5, "noise": 0.1}}},
                          "outputs": {"y": {"type": "category"}}})
     tokens = [["alpha", "beta", "gamma", "delta"]] * 50

@@ -73,7 +73,7 @@ def test_word_and_char_tokenisers():
 
 
 def test_vocab_min_count_max_size_unknown_and_padding():
-    cfg = _cfg(t={"type": "text", "min_count": 2, "max_vocab": 4, "max_length": 3})["t"]
+    cfg = _cfg(t={"type": "text", "min_count": 2, "max_vocab": 4, "max_length": 3, "encoder": "bigru"})["t"]
     docs = [text.decode(s, cfg, None) for s in ["a b c", "a b", "a d", "b"]]
     state = text.fit(docs, cfg)
     assert state["vocab"] == ["<pad>", "<unk>", "a", "b"]

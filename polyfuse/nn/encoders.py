@@ -112,34 +112,50 @@ class TextRNN(nn.Module):
         return self.proj(masked_pool(h, length))
 
 
-class TextBag(nn.Module):
-    """Bag of n-grams (fastText-style): mean of unigram and hashed n-gram embeddings.
+class TextNgram(nn.Module):
+    """Hashed word + char n-gram embedding bag (fastText-style): an IDF-weighted (or plain) mean of
+    the n-grams' embeddings. Few operations per token and no recurrence, which is why it is strong
+    on small data and fast to serve; the n-grams are hashed in the shared numpy preprocessing."""
 
-    Few parameters to fit and no recurrence, which is why it is strong on small data.
-    """
-
-    BUCKETS = 1 << 15
-
-    def __init__(self, vocab: int, dim: int, ngrams: int = 2):
+    def __init__(self, buckets: int, dim: int, idf: Any = None):
         super().__init__()
-        self.ngrams = ngrams
-        self.unigram = nn.Embedding(vocab, dim, padding_idx=0)
-        self.hashed = nn.Embedding(self.BUCKETS, dim) if ngrams > 1 else None
+        self.embed = nn.Embedding(buckets, dim, padding_idx=0)
+        nn.init.uniform_(self.embed.weight, -1.0 / dim, 1.0 / dim)
+        with torch.no_grad():
+            self.embed.weight[0].zero_()
+        weights = torch.ones(buckets) if idf is None else torch.as_tensor(idf, dtype=torch.float32)
+        weights[0] = 0.0  # padding
+        self.register_buffer("idf", weights)
         self.proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
-        valid = (x > 0).float()
-        total = self.unigram(x).sum(1)
-        count = valid.sum(1, keepdim=True)
-        for n in range(2, self.ngrams + 1):
-            ids = x[:, : x.shape[1] - n + 1]
-            ok = valid[:, : x.shape[1] - n + 1]
-            for k in range(1, n):
-                ids = ids * 1000003 + x[:, k : x.shape[1] - n + 1 + k]
-                ok = ok * valid[:, k : x.shape[1] - n + 1 + k]
-            total = total + (self.hashed(torch.remainder(ids, self.BUCKETS)) * ok.unsqueeze(-1)).sum(1)
-            count = count + ok.sum(1, keepdim=True)
-        return self.proj(total / count.clamp(min=1.0))
+        w = self.idf[x].unsqueeze(-1)  # [B, N, 1]; 0 on padding
+        total = (self.embed(x) * w).sum(1)
+        return self.proj(total / w.sum(1).clamp(min=1e-6))
+
+
+class TextCNN(nn.Module):
+    """Parallel convolutions (widths 2, 3, 4, 5) over token embeddings, each max-pooled over the
+    valid steps (Kim 2014): order-aware phrases without recurrence."""
+
+    WIDTHS = (2, 3, 4, 5)
+
+    def __init__(self, vocab: int, dim: int, embed: int = 96):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed, padding_idx=0)
+        channels = max(16, dim // 2)
+        self.convs = nn.ModuleList(nn.Conv1d(embed, channels, k, padding=k // 2) for k in self.WIDTHS)
+        self.proj = nn.Sequential(nn.Dropout(0.2), nn.Linear(channels * len(self.WIDTHS), dim), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
+        e = self.embed(x).transpose(1, 2)  # [B, E, T]
+        steps = torch.arange(x.shape[1], device=x.device)[None, :]
+        n = x.shape[1] if length is None else length.clamp(min=1)[:, None]
+        pooled = []
+        for conv in self.convs:
+            h = torch.relu(conv(e))[:, :, : x.shape[1]]  # even widths pad one step more
+            pooled.append(h.masked_fill(~(steps < n).unsqueeze(1), 0.0).amax(-1))
+        return self.proj(torch.cat(pooled, dim=-1))
 
 
 class NumberMLP(nn.Module):
@@ -169,8 +185,14 @@ def build_encoder(cfg: Any, state: dict) -> nn.Module:
     if cfg.type == "audio":
         return AudioCNN(len(state["mean"]), cfg.dim, lstm=cfg.encoder == "cnn_lstm")
     if cfg.type == "text":
+        if cfg.encoder == "ngram":
+            from polyfuse.preprocess.ngrams import idf_table
+
+            return TextNgram(cfg.buckets, cfg.dim, idf_table(state, cfg.buckets) if cfg.pooling == "tfidf" else None)
         vocab = len(state["vocab"])
-        return TextBag(vocab, cfg.dim, cfg.ngrams) if cfg.encoder == "bag" else TextRNN(vocab, cfg.dim, "gru" if cfg.encoder == "bigru" else "lstm")
+        if cfg.encoder == "cnn":
+            return TextCNN(vocab, cfg.dim)
+        return TextRNN(vocab, cfg.dim, "gru" if cfg.encoder == "bigru" else "lstm")
     if cfg.type == "number":
         return NumberMLP(cfg.dim, linear=cfg.encoder == "linear")
     if cfg.type == "category":

@@ -1,10 +1,13 @@
-"""Text inputs: word or char tokenisation, a fitted vocabulary with an unknown bucket, pad/truncate.
+"""Text inputs: tokenisation (word, char or jieba), then either hashed n-grams (the ``ngram``
+encoder) or ids from a fitted vocabulary with an unknown bucket (``cnn``, ``bigru``, ``bilstm``).
 
 The char tokeniser needs no word boundaries, so it covers Chinese, Japanese, Thai and other
-unsegmented scripts; the word tokeniser splits on Unicode word characters and punctuation.
+unsegmented scripts; ``jieba`` segments Chinese into words; ``word`` splits on Unicode word
+characters and punctuation. N-gram hashing lives in :mod:`polyfuse.preprocess.ngrams`.
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -13,17 +16,34 @@ from typing import Any
 import numpy as np
 
 from polyfuse.errors import BadInputError
+from polyfuse.preprocess import ngrams
 
 PAD, UNK = "<pad>", "<unk>"
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+_jieba = None
+
+
+def _segmenter() -> Any:
+    global _jieba
+    if _jieba is None:
+        try:
+            import jieba
+        except ImportError:
+            raise BadInputError("tokenizer 'jieba' needs the jieba package: pip install jieba") from None
+        jieba.setLogLevel(logging.WARNING)  # it logs its dictionary loading at INFO on every start
+        _jieba = jieba
+    return _jieba
 
 
 def tokenize(text: str, tokenizer: str = "word", lowercase: bool = True) -> list[str]:
-    """Split text into tokens: ``word`` (Unicode words + punctuation) or ``char`` (no whitespace)."""
+    """Split text into tokens: ``word`` (Unicode words + punctuation), ``char`` (every non-space
+    character) or ``jieba`` (Chinese word segmentation; non-Chinese runs stay whole words)."""
     if lowercase:
         text = text.lower()
     if tokenizer == "char":
         return [c for c in text if not c.isspace()]
+    if tokenizer == "jieba":
+        return [t for t in _segmenter().lcut(text) if not t.isspace()]
     return _WORD.findall(text)
 
 
@@ -33,11 +53,14 @@ def decode(value: Any, cfg: Any, folder: Path) -> list[str]:
         value = str(value)
     if not isinstance(value, str):
         raise BadInputError(f"expected text, got {type(value).__name__}")
-    return tokenize(value, cfg.tokenizer, cfg.lowercase)
+    return tokenize(value, cfg.tokenizer, cfg.lowercase)[: cfg.max_length]
 
 
 def fit(values: list[list[str] | None], cfg: Any) -> dict:
-    """Vocabulary: tokens seen at least ``min_count`` times, most frequent first, at most ``max_vocab``."""
+    """The ngram encoder's document frequencies, or a vocabulary: tokens seen at least
+    ``min_count`` times, most frequent first, at most ``max_vocab``."""
+    if cfg.encoder == "ngram":
+        return ngrams.fit_idf([ngrams.ids(t, cfg) for t in values if t], cfg.buckets)
     counts = Counter(t for tokens in values if tokens is not None for t in tokens)
     kept = sorted((t for t, c in counts.items() if c >= cfg.min_count), key=lambda t: (-counts[t], t))
     return {"vocab": [PAD, UNK] + kept[: max(0, cfg.max_vocab - 2)]}
@@ -49,15 +72,23 @@ def encode(tokens: list[str], index: dict[str, int], max_length: int) -> np.ndar
 
 
 def collate(values: list[list[str] | None], cfg: Any, state: dict, train: bool, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-    """Pad token ids to ``max_length`` with lengths and a presence mask (empty text = missing)."""
+    """Padded ids with a presence mask (empty text = missing): hashed n-gram ids [B, max_ngrams]
+    for the ngram encoder, else vocabulary ids [B, max_length] with lengths."""
+    if train and rng is not None:
+        values = [augment(t, cfg.augment, rng) if t else t for t in values]
+    if cfg.encoder == "ngram":
+        x = np.zeros((len(values), cfg.max_ngrams), dtype=np.int64)
+        for i, tokens in enumerate(values):
+            if tokens:
+                ids = ngrams.ids(tokens, cfg)
+                x[i, : len(ids)] = ids
+        return {"": x, "present": x[:, 0] > 0}
     index = state.get("_index")
     if index is None:  # built once per state; not saved (the vocab list is)
         index = state["_index"] = {t: i for i, t in enumerate(state["vocab"])}
     x = np.zeros((len(values), cfg.max_length), dtype=np.int64)
     length = np.zeros(len(values), dtype=np.int64)
     for i, tokens in enumerate(values):
-        if tokens and train and rng is not None:
-            tokens = augment(tokens, cfg.augment, rng)
         if tokens:
             ids = encode(tokens, index, cfg.max_length)
             x[i, : len(ids)] = ids
