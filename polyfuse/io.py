@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -70,7 +71,14 @@ def read_table(source: Any, base: Path | None = None) -> Table:
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=True)
+            sep = "\t" if suffix == ".tsv" else ","
+            try:
+                frame = pd.read_csv(path, sep=sep, keep_default_na=True)
+            except UnicodeDecodeError:
+                encoding, how = detect_encoding(path.read_bytes())
+                warnings.warn(f"table {path.name!r} is not UTF-8: read it as {encoding} ({how})", UnicodeWarning,
+                              stacklevel=2)
+                frame = pd.read_csv(path, sep=sep, keep_default_na=True, encoding=encoding)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         elif suffix in (".jsonl", ".ndjson"):
@@ -86,6 +94,42 @@ def read_table(source: Any, base: Path | None = None) -> Table:
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise BadInputError(f"table {str(path)!r} could not be read: {e}") from None
     return Table.from_frame(frame.reset_index(drop=True), path.parent, path.name)
+
+
+# Legacy encodings to try when the detector is absent or finds nothing, most distinctive first:
+# cp1252 decodes almost any byte string, so it goes last; gb18030 is a superset of GBK/GB2312,
+# cp932 of Shift-JIS. UTF-16 is only tried with a byte-order mark.
+FALLBACK_ENCODINGS = ("gb18030", "big5", "cp932", "euc_kr", "cp1252")
+_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "shift_jis": "cp932", "big5": "big5hkscs"}
+
+
+def detect_encoding(data: bytes) -> tuple[str, str]:
+    """(encoding, how it was found) for bytes that are not UTF-8; the encoding decodes every byte."""
+    candidates: list[tuple[str, str]] = []
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        candidates.append(("utf-16", "byte-order mark"))
+    try:
+        from charset_normalizer import from_bytes
+    except ImportError:
+        pass
+    else:
+        matches = from_bytes(data)
+        best = matches.best()
+        if best is not None:
+            # Single-byte Latin code pages often tie on a sample; then prefer the most widespread one.
+            tied = {best.encoding, *best.could_be_from_charset,
+                    *(m.encoding for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence))}
+            found = "cp1252" if "cp1252" in tied else best.encoding.lower().replace("-", "_")
+            candidates.append((_SUPERSETS.get(found, found), "detected by charset_normalizer"))
+    tried = "the first of " + ", ".join(FALLBACK_ENCODINGS) + " that decodes every byte"
+    candidates += [(enc, tried) for enc in FALLBACK_ENCODINGS]
+    for encoding, how in candidates:
+        try:
+            data.decode(encoding)
+        except (UnicodeDecodeError, LookupError):
+            continue
+        return encoding, how
+    return "latin-1", "nothing else decoded every byte; latin-1 maps each byte to one character"
 
 
 def iter_table_chunks(path: str | Path, chunk_rows: int = 1024) -> Iterator[Table]:
