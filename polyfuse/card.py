@@ -20,6 +20,38 @@ def _exports(exports: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _baseline(metrics: dict[str, Any], spec: Any) -> str:
+    """Markdown: network vs linear baseline per output and split, with the warnings in bold."""
+    tables = report.baseline_tables(metrics, spec)
+    if not tables:
+        reason = (metrics.get("baseline") or {}).get("skipped")
+        return f"No baseline was fitted ({reason})." if reason else "No baseline was fitted."
+    base = metrics["baseline"]
+    parts = [f"Linear models on cheap features of the same training rows, scored on the same rows "
+             f"({base['method']}; fitted in {base['seconds']:.1f} s). A network that does not beat them is not "
+             "earning its complexity."]
+    parts += [f"**⚠ {w}**" for w in metrics.get("baseline_warnings", [])]
+    for out, columns, rows in tables:
+        table = [f"| `{out}` | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+        parts.append("\n".join(table + [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]))
+    return "\n\n".join(parts)
+
+
+def _heads_and_wide(metrics: dict[str, Any]) -> str:
+    """Markdown: classic heads against the softmax head, and the wide half's blend, when present."""
+    lines = []
+    for out, entry in (metrics.get("heads") or {}).items():
+        for head, scores in entry.items():
+            if isinstance(scores, dict):
+                figures = "; ".join(f"{part} " + ", ".join(f"{k} {v:.4f}" for k, v in s.items()) for part, s in scores.items())
+                lines.append(f"- `{out}` head `{head}`: {figures}")
+    for out, b in ((metrics.get("wide") or {}).get("blend") or {}).items():
+        if isinstance(b, dict) and "weight" in b:
+            lines.append(f"- `{out}`: wide (linear n-gram) half added with weight {b['weight']}; validation accuracy "
+                         f"deep {b['valid_accuracy_deep']}, wide {b['valid_accuracy_wide']}, both {b['valid_accuracy_blend']}")
+    return "\n".join(lines) or "Softmax heads on the fused features; no wide half."
+
+
 def render(model: Any, exports: dict[str, Any] | None = None) -> str:
     spec, m = model.spec, model.metrics
     inputs = "\n".join(f"- `{n}`: {c.type} (column `{spec.column(n)}`, encoder `{c.encoder}`)" for n, c in spec.inputs.items())
@@ -53,6 +85,12 @@ valid {sizes.get('valid', '?')}, test {sizes.get('test', '?')}
 
 ## Evaluation
 {chr(10).join(evals) or 'No held-out data was evaluated.'}
+
+## Heads
+{_heads_and_wide(m)}
+
+## Baseline
+{_baseline(m, spec)}
 
 ## Deployment builds
 {_exports(exports or {})}

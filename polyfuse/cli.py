@@ -1,4 +1,4 @@
-"""The `polyfuse` command line: init, schema, train, evaluate, predict, export, bench, serve, robustness, demo."""
+"""The `polyfuse` command line: init, schema, train, evaluate, predict, embed, export, bench, serve, robustness, demo."""
 from __future__ import annotations
 
 import argparse
@@ -10,12 +10,16 @@ from polyfuse.errors import PolyfuseError
 from polyfuse.threads import single_threaded_blas
 
 
+def bars(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: a log file or pipe gets one line per epoch or step instead
+    of thousands of carriage-return updates."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def cmd_init(args: argparse.Namespace) -> None:
-    import yaml
+    from polyfuse.infer_spec import init_yaml
 
-    from polyfuse.infer_spec import guess_spec
-
-    print(yaml.safe_dump(guess_spec(args.table), sort_keys=False), end="")
+    print(init_yaml(args.table, target=args.target), end="")
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -28,11 +32,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from polyfuse import report
     from polyfuse.estimator import train
 
-    model = train(args.spec, out=args.out, resume=args.resume, show_progress=not args.quiet)
+    model = train(args.spec, out=args.out, resume=args.resume, show_progress=bars(args))
     for split in ("test", "valid"):
         if split in model.metrics:
             print(report.summary(model.metrics[split], model.spec, title=f"{split} split"))
             break
+    table = report.baseline_table(model.metrics, model.spec)
+    if table:
+        print(table)
     print(f"trained in {model.metrics['train_seconds']:.1f} s; model saved to {args.out}")
 
 
@@ -61,8 +68,19 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
         model = Runtime(args.model, variant=args.variant, threads=args.threads)
     counts = predict_table(model.spec, model.preprocessor, model.run_arrays, args.data, args.out,
-                           chunk_rows=args.chunk_rows, id_column=args.id_column, show_progress=not args.quiet)
+                           chunk_rows=args.chunk_rows, id_column=args.id_column, show_progress=bars(args))
     print(f"{counts['rows']} rows predicted, {counts['bad']} bad rows (see the 'error' column) -> {args.out}")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from polyfuse.embed import embed_table
+    from polyfuse.estimator import load
+
+    model = load(args.model)
+    counts = embed_table(model, args.data, args.out, chunk_rows=args.chunk_rows, id_column=args.id_column,
+                         show_progress=bars(args))
+    print(f"{counts['rows']} rows embedded (fused: {model.spec.fusion.dim} values; per input: "
+          f"{', '.join(f'{n} {c.dim}' for n, c in model.spec.inputs.items())}), {counts['bad']} bad rows -> {args.out}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -112,15 +130,18 @@ def cmd_robustness(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from polyfuse.demo import run_demo
 
-    run_demo(root=args.data_dir, out=Path(args.out), epochs=args.epochs, show_progress=not args.quiet)
+    run_demo(root=args.data_dir, out=Path(args.out), epochs=args.epochs, show_progress=bars(args))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="polyfuse", description="Multimodal fusion models from raw tables.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("init", help="guess a spec from a table's columns (prints YAML)")
+    p = sub.add_parser("init", help="write a spec by reading a sample of the table's values and files "
+                       "(prints YAML with a comment on each choice)")
     p.add_argument("table")
+    p.add_argument("--target", default=None, help="column to predict (default: one named label/target/class/..., "
+                   "else the last column)")
     p.set_defaults(fn=cmd_init)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the spec")
@@ -151,6 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("embed", help="fused and per-input embeddings of every row of a table, as Parquet")
+    p.add_argument("model")
+    p.add_argument("data")
+    p.add_argument("--out", required=True, help="Parquet file to write")
+    p.add_argument("--chunk-rows", type=int, default=512)
+    p.add_argument("--id-column", default=None, help="column copied into the output (default: 'id' if present)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_embed)
 
     p = sub.add_parser("export", help="write a verified ONNX / int8 / torch.export build into the model directory")
     p.add_argument("model")

@@ -76,3 +76,51 @@ def summary(result: dict[str, Any], spec: Any, title: str = "") -> str:
                 for name, scores in ablation["without"].items():
                     lines.append(f"  {'without ' + name:<28}{head} {scores[out]:.4f}")
     return "\n".join(lines)
+
+
+def baseline_tables(metrics: dict[str, Any], spec: Any) -> list[tuple[str, list[str], list[tuple[str, list[str]]]]]:
+    """(output, column names, rows of (label, cells)): network vs baseline per output; [] without a baseline."""
+    outputs = (metrics.get("baseline") or {}).get("outputs") or {}
+    return [(out, *_baseline_rows(metrics, out)) for out in spec.outputs if out in outputs]
+
+
+def _baseline_rows(metrics: dict[str, Any], out: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    entry = metrics["baseline"]["outputs"][out]
+    splits = [s for s in ("valid", "test") if s in entry["prior"]]  # the splits the baseline was scored on
+    keys = [entry["metric"]] + (["f1_macro"] if entry["metric"] == "accuracy" else [])
+    columns = [f"{s} {k}" for s in splits for k in keys]
+
+    def cells(scores: dict[str, dict]) -> list[str]:
+        return [f"{v:.4f}" if (v := (scores.get(s) or {}).get(k)) is not None else "-" for s in splits for k in keys]
+
+    def network(name: str | None) -> dict[str, dict]:
+        if name is None:
+            return {s: metrics[s]["outputs"][out] for s in splits if s in metrics}
+        return {s: {entry["metric"]: metrics[s]["ablation"]["only"][name][out]} for s in splits
+                if name in ((metrics.get(s) or {}).get("ablation") or {}).get("only", {})}
+
+    def baseline(label: str, scores: dict) -> tuple[str, list[str]]:
+        return (f"{label} (skipped: {scores['skipped']})", ["-"] * len(columns)) if "skipped" in scores \
+            else (label, cells(scores))
+
+    rows = [("network, all inputs", cells(network(None))), baseline("baseline, all inputs", entry["all"])]
+    if len(entry["only"]) > 1:
+        for name, scores in entry["only"].items():
+            rows += [(f"network, only {name}", cells(network(name))), baseline(f"baseline, only {name}", scores)]
+    rows.append(("baseline, no input (prior)", cells(entry["prior"])))
+    return columns, rows
+
+
+def baseline_table(metrics: dict[str, Any], spec: Any) -> str:
+    """Plain-text network vs linear baseline per output and split, then the warnings; '' without one."""
+    tables = baseline_tables(metrics, spec)
+    if not tables:
+        return ""
+    base = metrics["baseline"]
+    lines = [f"network vs linear baseline (fitted in {base['seconds']:.1f} s: {base['method']})"]
+    for out, columns, rows in tables:
+        width = max(len(label) for label, _ in rows) + 2
+        lines.append(f"{out:<{width}}" + "".join(f"{c:>16}" for c in columns))
+        lines += [f"  {label:<{width - 2}}" + "".join(f"{c:>16}" for c in cells) for label, cells in rows]
+    lines += [f"!! {w}" for w in metrics.get("baseline_warnings", [])]
+    return "\n".join(lines)

@@ -118,6 +118,9 @@ class TextInput(_Strict):
     buckets: int = Field(1 << 16, ge=1024, le=1 << 22, description="ngram encoder: hash buckets for n-grams")
     max_ngrams: int = Field(1024, gt=0, description="ngram encoder: n-grams kept per text (token n-grams first)")
     pooling: Literal["tfidf", "mean"] = Field("tfidf", description="ngram encoder: IDF-weighted or plain mean")
+    wide: bool = Field(True, description="ngram encoder: also a linear path from the n-grams to each class output "
+                       "(wide and deep), started from a logistic regression fitted on the training rows and kept "
+                       "frozen, so the network learns what the linear model misses")
     augment: TextAugment = TextAugment()
     encoder: Literal["ngram", "cnn", "bigru", "bilstm"] = Field(
         "ngram", description="ngram: hashed word+char n-gram bag (fastText-style; strong without pretraining); "

@@ -1,5 +1,6 @@
-"""The training recipe, top to bottom: read, decode once, split, fit preprocessing, train with
-early stopping and per-epoch checkpoints, restore the best weights, evaluate.
+"""The training recipe, top to bottom: read and decode once (:mod:`polyfuse.trainset`), fit
+preprocessing, train with early stopping and per-epoch checkpoints, restore the best weights,
+then the finishing stages: calibration, classic heads, evaluation and the linear baseline.
 
 Determinism: data order, augmentation and dropout are seeded per epoch from ``train.seed``,
 so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
@@ -8,26 +9,26 @@ from __future__ import annotations
 
 import copy
 import math
-import queue
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from polyfuse import checkpoint, metrics
-from polyfuse.errors import BadInputError, SpecError
+from polyfuse import checkpoint, metrics, optim
+from polyfuse.errors import SpecError
 from polyfuse.evaluate import evaluate, metrics_from_logits
-from polyfuse.io import Table, read_table
 from polyfuse.nn import heads
 from polyfuse.nn.model import FusionModel, predict_arrays, to_tensors
-from polyfuse.preprocess.pipeline import BadRow, Decoded, Preprocessor, decode_table
+from polyfuse.preprocess.pipeline import BadRow, Decoded, Preprocessor
 from polyfuse.spec import Spec
 from polyfuse.threads import single_threaded_blas, usable_cpus
+from polyfuse.wide import fit_wide
+from polyfuse.trainset import (Splits, batches_of, check_rows, log, prefetch, read_splits, slice_batch,  # noqa: F401 (re-exported)
+                               split_decoded, split_rows)
 
 
 @dataclass
@@ -40,105 +41,6 @@ class TrainResult:
     sizes: dict[str, int] = field(default_factory=dict)
     train_seconds: float = 0.0
     data_info: dict[str, Any] = field(default_factory=dict)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- data
-def decode_with_progress(spec: Spec, table: Table, what: str, on_bad_row: str, show: bool) -> Decoded:
-    from tqdm import tqdm
-
-    total = len(table) * (len(spec.inputs) + len(spec.outputs))
-    with tqdm(total=total, desc=f"decode {what}", unit="cell", disable=not show, leave=False) as bar:
-        decoded = decode_table(spec, table, with_targets=True, on_bad_row=on_bad_row, progress=bar.update)
-    if decoded.bad:
-        log(f"{what}: skipped {len(decoded.bad)} bad row(s) of {len(table)} in {table.name}:")
-        for bad in decoded.bad[:20]:
-            log(f"  {bad}")
-        if len(decoded.bad) > 20:
-            log(f"  ... and {len(decoded.bad) - 20} more (all are listed in metrics.json)")
-    if len(decoded) == 0:
-        raise BadInputError(f"{what}: no usable rows in {table.name} ({len(decoded.bad)} bad)")
-    return decoded
-
-
-def split_rows(n: int, groups: list | None, valid: float, test: float, seed: int) -> tuple[list[int], list[int], list[int]]:
-    """Random (or grouped: a group never straddles two parts) train/valid/test positions."""
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        order = rng.permutation(n)
-        n_valid, n_test = int(round(n * valid)), int(round(n * test))
-        if valid > 0:
-            n_valid = max(1, n_valid)
-        return sorted(order[n_valid + n_test :]), sorted(order[:n_valid]), sorted(order[n_valid : n_valid + n_test])
-    keys = sorted({str(g) for g in groups})
-    rng.shuffle(keys)
-    by_key: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_key.setdefault(str(g), []).append(i)
-    parts: list[list[int]] = [[], [], []]
-    quota = [n * valid, n * test]
-    for key in keys:  # fill valid, then test, with whole groups; the rest trains
-        for p in (0, 1):
-            if quota[p] > 0 and len(parts[p]) < quota[p] and len(keys) > 1:
-                parts[p].extend(by_key[key])
-                break
-        else:
-            parts[2].extend(by_key[key])
-    if not parts[2]:
-        raise SpecError(f"data.split.group_by: only {len(keys)} group(s); cannot keep any for training")
-    return sorted(parts[2]), sorted(parts[0]), sorted(parts[1])
-
-
-def split_decoded(spec: Spec, table: Table, full: Decoded, *, valid: bool, test: bool
-                  ) -> tuple[Decoded, Decoded | None, Decoded | None]:
-    """Train/valid/test parts of the decoded training table as ``data.split`` says (deterministic)."""
-    split = spec.data.split
-    groups = None
-    if split.group_by:
-        if split.group_by not in table.columns:
-            raise SpecError(f"data.split.group_by: column {split.group_by!r} not in {table.name} "
-                            f"(columns: {list(table.columns)})")
-        position = {row: i for i, row in enumerate(table.rows)}
-        groups = [table.columns[split.group_by][position[row]] for row in full.rows]
-    tr, va, te = split_rows(len(full), groups, split.valid if valid else 0.0, split.test if test else 0.0, split.seed)
-    if groups is not None and va:
-        log(f"split by {split.group_by!r}: valid holds {len(va)} rows ({len(va) / len(full):.0%}; asked "
-            f"{split.valid:.0%}) from {len({str(groups[i]) for i in va})} group(s)")
-    return full.subset(tr), full.subset(va) if va else None, full.subset(te) if te else None
-
-
-def batches_of(order: np.ndarray, size: int) -> list[np.ndarray]:
-    """Mini-batches; a last batch of one row joins the previous one (batch norm needs two)."""
-    out = [order[i : i + size] for i in range(0, len(order), size)]
-    if len(out) > 1 and len(out[-1]) < 2:
-        out[-2] = np.concatenate([out[-2], out.pop()])
-    return out
-
-
-def prefetch(items: list, make: Callable[[Any], Any], depth: int = 3) -> Iterator[Any]:
-    """Build batches in a background thread while the model trains on the previous one."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-
-    def work() -> None:
-        try:
-            for item in items:
-                q.put(make(item))
-        except BaseException as e:  # hand any failure to the consumer instead of hanging it
-            q.put(e)
-        q.put(StopIteration)
-
-    threading.Thread(target=work, daemon=True).start()
-    while (got := q.get()) is not StopIteration:
-        if isinstance(got, BaseException):
-            raise got
-        yield got
-
-
-def slice_batch(batch: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: v[idx] for k, v in batch.items()}
 
 
 # ----------------------------------------------------------------------------- training
@@ -166,11 +68,11 @@ def total_loss(spec: Spec, logits: dict, target: dict, weights: dict) -> torch.T
     return sum(cfg.weight * heads.loss(cfg, logits[n], target[n], weights[n]) for n, cfg in spec.outputs.items())
 
 
-def alone_terms(spec: Spec, net: FusionModel, vectors: list, present: torch.Tensor, yb: dict,
+def alone_terms(spec: Spec, net: FusionModel, vectors: list, present: torch.Tensor, wide: list, yb: dict,
                 weights: dict) -> list[tuple[str, int, torch.Tensor]]:
     """(input, rows it is present in, loss of it answering alone) for each input."""
     return [(name, int(rows.sum()), total_loss(spec, out, {o: y[rows] for o, y in yb.items()}, weights))
-            for name, rows, out in net.alone(vectors, present)]
+            for name, rows, out in net.alone(vectors, present, wide)]
 
 
 def step_loss(spec: Spec, net: FusionModel, xb: dict, yb: dict, weights: dict) -> torch.Tensor:
@@ -178,9 +80,9 @@ def step_loss(spec: Spec, net: FusionModel, xb: dict, yb: dict, weights: dict) -
     weight times the mean loss of each input answering alone (the encoders run once for both)."""
     if not spec.fusion.alone_loss or len(net.names) < 2:
         return total_loss(spec, net(xb), yb, weights)
-    vectors, present = net.encode(xb)
-    loss = total_loss(spec, net.decide(vectors, net.drop_inputs(present)), yb, weights)
-    alone = [term for _, _, term in alone_terms(spec, net, vectors, present, yb, weights)]
+    vectors, present, wide = net.encode(xb)
+    loss = total_loss(spec, net.decide(vectors, net.drop_inputs(present), wide), yb, weights)
+    alone = [term for _, _, term in alone_terms(spec, net, vectors, present, wide, yb, weights)]
     return loss + spec.fusion.alone_loss * torch.stack(alone).mean()
 
 
@@ -194,8 +96,8 @@ def alone_losses(spec: Spec, net: FusionModel, batch: dict, target: dict, weight
     for start in range(0, n, chunk):
         xb = to_tensors({k: v[start : start + chunk] for k, v in batch.items()})
         yb = to_tensors({k: v[start : start + chunk] for k, v in target.items()})
-        vectors, present = net.encode(xb)
-        for name, k, term in alone_terms(spec, net, vectors, present, yb, weights):
+        vectors, present, wide = net.encode(xb)
+        for name, k, term in alone_terms(spec, net, vectors, present, wide, yb, weights):
             sums[name] = sums.get(name, 0.0) + float(term) * k
             counts[name] = counts.get(name, 0) + k
     return {k: sums[k] / counts[k] for k in sums}
@@ -213,182 +115,207 @@ def selection(spec: Spec) -> tuple[str, str | None, bool]:
     return name, output, metrics.higher_is_better(name)
 
 
-def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, resume: bool = False,
-        show_progress: bool | None = None, callback: Callable[[int, dict], None] | None = None) -> TrainResult:
-    """Train a model from a validated spec. ``base`` is the folder relative data paths start from."""
-    show = sys.stderr.isatty() if show_progress is None else show_progress
-    cfg = spec.train
-    torch.set_num_threads(cfg.threads or usable_cpus())
-    single_threaded_blas()  # augmentation recomputes audio features beside torch's threads
-    on_bad = spec.data.on_bad_row
+@dataclass
+class Loop:
+    """What the epoch loop carries from one epoch to the next (and a checkpoint restores)."""
 
-    # 1. read and decode every table once; later epochs reuse the decoded values
-    source = data if data is not None else spec.data.train
-    if source is None:
-        raise SpecError("data.train: no training table given (set data.train in the spec or pass data=)")
-    train_table = read_table(source, base)
-    full = decode_with_progress(spec, train_table, "train", on_bad, show)
-    bad_rows = list(full.bad)
-    test_dec = valid_dec = None
-    if spec.data.valid:
-        valid_dec = decode_with_progress(spec, read_table(spec.data.valid, base), "valid", on_bad, show)
-        bad_rows += valid_dec.bad
-    if spec.data.test:
-        test_dec = decode_with_progress(spec, read_table(spec.data.test, base), "test", on_bad, show)
-        bad_rows += test_dec.bad
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None
+    best_score: float = -math.inf
+    stale: int = 0
+    start: int = 0
 
-    # 2. split what the spec did not give as separate tables
-    train_dec, va_part, te_part = split_decoded(spec, train_table, full, valid=valid_dec is None, test=test_dec is None)
-    valid_dec, test_dec = valid_dec or va_part, test_dec or te_part
-    sizes = {"train": len(train_dec), "valid": len(valid_dec or []), "test": len(test_dec or [])}
-    # where the validation rows came from, so that export can verify itself on them later
-    data_info = {"base": str(Path(base).resolve()), "train": None if data is not None else spec.data.train,
-                 "valid": spec.data.valid, "valid_rows": None if spec.data.valid or not valid_dec else valid_dec.rows}
 
-    # 3. fit preprocessing on training rows only, then build what does not change per epoch
-    pre = Preprocessor.fit(spec, train_dec)
-    train_target = pre.targets(train_dec)
-    fixed_train = None if pre.augments() else pre.collate(train_dec)
-    valid_batch = pre.collate(valid_dec) if valid_dec else None
-    valid_target = pre.targets(valid_dec) if valid_dec else None
+def restore(ckpt_dir: Path | None, spec: Spec, net: FusionModel, optimizer: Any, scheduler: Any) -> Loop:
+    """The loop state of ``--resume``: weights, optimiser, schedule and history from the checkpoint."""
+    if not ckpt_dir or not (ckpt_dir / "state.json").exists():
+        raise SpecError(f"--resume: no checkpoint at {ckpt_dir}; train without --resume first")
+    model_state, best_state, opt_state, info = checkpoint.load(ckpt_dir)
+    if info["spec"] != spec.to_dict():
+        raise SpecError(f"--resume: the checkpoint in {ckpt_dir} was made with a different spec")
+    net.load_state_dict(model_state)
+    optimizer.load_state_dict(opt_state)
+    if scheduler is not None and info["scheduler"] is not None:
+        scheduler.load_state_dict(info["scheduler"])
+    log(f"resuming after epoch {info['epoch'] + 1} from {ckpt_dir}")
+    return Loop(info["history"], best_state, float(info["best_score"]), info["stale"], info["epoch"] + 1)
 
-    # 4. model, optimiser, schedule
-    torch.manual_seed(cfg.seed)
-    net = FusionModel(spec, pre.state)
-    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "cosine":
-        scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    elif cfg.schedule == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
-    else:
-        scheduler = None
-    weights = class_weights(spec, pre, train_target)
-    metric, metric_output, higher = selection(spec)
 
-    history: list[dict] = []
-    best_state = copy.deepcopy(net.state_dict())
-    best_score, stale, start = -math.inf, 0, 0
-    ckpt_dir = Path(str(out) + ".checkpoint") if out else None
-    if resume:
-        if not ckpt_dir or not (ckpt_dir / "state.json").exists():
-            raise SpecError(f"--resume: no checkpoint at {ckpt_dir}; train without --resume first")
-        model_state, best_state, opt_state, info = checkpoint.load(ckpt_dir)
-        if info["spec"] != spec.to_dict():
-            raise SpecError(f"--resume: the checkpoint in {ckpt_dir} was made with a different spec")
-        net.load_state_dict(model_state)
-        optimizer.load_state_dict(opt_state)
-        if scheduler is not None and info["scheduler"] is not None:
-            scheduler.load_state_dict(info["scheduler"])
-        history, stale, start = info["history"], info["stale"], info["epoch"] + 1
-        best_score = float(info["best_score"])
-        log(f"resuming after epoch {start} from {ckpt_dir}")
-
-    # 5. train
+def train_epoch(spec: Spec, net: FusionModel, pre: Preprocessor, train: Decoded, fixed: dict | None,
+                target: dict, weights: dict, optimizer: Any, epoch: int, show: bool) -> dict[str, Any]:
+    """One pass over the training rows; returns the epoch's record (loss, lr, timings)."""
     from tqdm import tqdm
 
+    cfg = spec.train
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    rng = np.random.default_rng([cfg.seed, epoch])
+    order = rng.permutation(len(train))
+    timing = {"data_s": 0.0, "step_s": 0.0, "wait_s": 0.0}
+
+    def make(idx: np.ndarray) -> tuple[dict, dict]:
+        t = time.perf_counter()
+        b = slice_batch(fixed, idx) if fixed is not None else pre.collate(train, idx, train=True, rng=rng)
+        y = slice_batch(target, idx)
+        timing["data_s"] += time.perf_counter() - t
+        return to_tensors(b), to_tensors(y)
+
+    net.train()
+    t_epoch, seen, loss_sum = time.perf_counter(), 0, 0.0
+    bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="row", disable=not show, leave=False)
+    chunks = batches_of(order, cfg.batch_size)
+    # cached batches are a slice away: a helper thread would only add GIL hand-offs
+    batches = (make(idx) for idx in chunks) if fixed is not None else prefetch(chunks, make)
+    t_wait = time.perf_counter()
+    for xb, yb in batches:
+        t_step = time.perf_counter()
+        timing["wait_s"] += t_step - t_wait
+        loss = step_loss(spec, net, xb, yb, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(next(iter(yb.values())))
+        seen += n
+        loss_sum += float(loss.detach()) * n
+        t_wait = time.perf_counter()
+        timing["step_s"] += t_wait - t_step
+        bar.update(n)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", rows_per_s=f"{seen / (t_wait - t_epoch):.0f}")
+    bar.close()
+    return {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+            "rows_per_s": seen / max(time.perf_counter() - t_epoch, 1e-9), **{k: round(v, 4) for k, v in timing.items()}}
+
+
+def validate(spec: Spec, net: FusionModel, pre: Preprocessor, batch: dict, target: dict, weights: dict,
+             record: dict) -> float:
+    """Validation loss and metrics into ``record``; returns the score early stopping maximises."""
+    metric, output, higher = selection(spec)
+    logits = predict_arrays(net, batch, chunk=512)
+    record["valid_loss"] = float(total_loss(spec, logits, to_tensors(target), weights))
+    if spec.fusion.alone_loss and len(net.names) > 1:
+        # select on the objective that was trained: an input's own answer counts too
+        alone = alone_losses(spec, net, batch, target, weights)
+        record.update({f"valid_alone_{k}_loss": v for k, v in alone.items()})
+        record["valid_loss"] += spec.fusion.alone_loss * float(np.mean(list(alone.values())))
+    scores = metrics_from_logits(pre, logits, target, full=False)
+    record.update({f"valid_{o}_{k}": v for o, m in scores.items() for k, v in m.items() if k != "n"})
+    if metric == "loss":
+        return -record["valid_loss"]
+    return scores[output][metric] if higher else -scores[output][metric]
+
+
+def epoch_line(record: dict, epochs: int, improved: bool) -> str:
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items()
+                      if isinstance(v, float) and (k.endswith("loss") or k.endswith("accuracy") or k.endswith("r2")))
+    return (f"epoch {record['epoch']:>3}/{epochs}  {shown}  {record['rows_per_s']:.0f} rows/s"
+            f"{'  *best' if improved else ''}")
+
+
+def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel, *, out: Path | None, resume: bool,
+                show: bool, callback: Callable[[int, dict], None] | None) -> tuple[list[dict], float]:
+    """The epoch loop with early stopping and per-epoch checkpoints; leaves the best weights in ``net``."""
+    cfg = spec.train
+    target = pre.targets(splits.train)
+    fixed = None if pre.augments() else pre.collate(splits.train)
+    valid_batch = pre.collate(splits.valid) if splits.valid else None
+    valid_target = pre.targets(splits.valid) if splits.valid else None
+    optimizer, scheduler = optim.build(spec, net)
+    weights = class_weights(spec, pre, target)
+    ckpt_dir = Path(str(out) + ".checkpoint") if out else None
+    loop = restore(ckpt_dir, spec, net, optimizer, scheduler) if resume else Loop(best_state=copy.deepcopy(net.state_dict()))
     started = time.perf_counter()
-    stopped_early = bool(history and history[-1].get("stop"))
-    for epoch in range(start, cfg.epochs):
+    stopped_early = bool(loop.history and loop.history[-1].get("stop"))
+    for epoch in range(loop.start, cfg.epochs):
         if stopped_early:
             break
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        rng = np.random.default_rng([cfg.seed, epoch])
-        order = rng.permutation(len(train_dec))
-        chunks = batches_of(order, cfg.batch_size)
-        timing = {"data_s": 0.0, "step_s": 0.0, "wait_s": 0.0}
-
-        def make(idx: np.ndarray) -> tuple[dict, dict]:
-            t = time.perf_counter()
-            b = slice_batch(fixed_train, idx) if fixed_train is not None else pre.collate(train_dec, idx, train=True, rng=rng)
-            y = slice_batch(train_target, idx)
-            timing["data_s"] += time.perf_counter() - t
-            return to_tensors(b), to_tensors(y)
-
-        net.train()
-        t_epoch, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="row", disable=not show, leave=False)
-        t_wait = time.perf_counter()
-        # cached batches are a slice away: a helper thread would only add GIL hand-offs
-        batches = (make(idx) for idx in chunks) if fixed_train is not None else prefetch(chunks, make)
-        for xb, yb in batches:
-            t_step = time.perf_counter()
-            timing["wait_s"] += t_step - t_wait
-            loss = step_loss(spec, net, xb, yb, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = len(next(iter(yb.values())))
-            seen += n
-            loss_sum += float(loss.detach()) * n
-            t_wait = time.perf_counter()
-            timing["step_s"] += t_wait - t_step
-            bar.update(n)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", rows_per_s=f"{seen / (t_wait - t_epoch):.0f}")
-        bar.close()
-
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
-                                  "lr": optimizer.param_groups[0]["lr"], **{k: round(v, 4) for k, v in timing.items()}}
+        t_epoch = time.perf_counter()
+        record = train_epoch(spec, net, pre, splits.train, fixed, target, weights, optimizer, epoch, show)
         if valid_batch is not None:
-            logits = predict_arrays(net, valid_batch, chunk=512)
-            record["valid_loss"] = float(total_loss(spec, logits, to_tensors(valid_target), weights))
-            if spec.fusion.alone_loss and len(net.names) > 1:
-                # select on the objective that was trained: an input's own answer counts too
-                alone = alone_losses(spec, net, valid_batch, valid_target, weights)
-                record.update({f"valid_alone_{k}_loss": v for k, v in alone.items()})
-                record["valid_loss"] += spec.fusion.alone_loss * float(np.mean(list(alone.values())))
-            scores = metrics_from_logits(pre, logits, valid_target, full=False)
-            for o, m in scores.items():
-                for k, v in m.items():
-                    if k != "n":
-                        record[f"valid_{o}_{k}"] = v
-            score = -record["valid_loss"] if metric == "loss" else scores[metric_output][metric]
-            if metric != "loss" and not higher:
-                score = -score
+            score = validate(spec, net, pre, valid_batch, valid_target, weights, record)
         else:
             score = -record["train_loss"]
         if scheduler is not None:
-            scheduler.step(record.get("valid_loss", record["train_loss"])) if cfg.schedule == "plateau" else scheduler.step()
+            scheduler.step(record.get("valid_loss", record["train_loss"]))
         record["seconds"] = round(time.perf_counter() - t_epoch, 3)
-        improved = score > best_score + 1e-6
+        improved = score > loop.best_score + 1e-6
         if improved:
-            best_score, stale = score, 0
-            best_state = copy.deepcopy(net.state_dict())
+            loop.best_score, loop.stale, loop.best_state = score, 0, copy.deepcopy(net.state_dict())
         else:
-            stale += 1
+            loop.stale += 1
         record["best"] = improved
-        record["stop"] = bool(cfg.early_stopping and stale >= cfg.early_stopping)
-        history.append(record)
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items()
-                          if isinstance(v, float) and (k.endswith("loss") or k.endswith("accuracy") or k.endswith("r2")))
-        log(f"epoch {epoch + 1:>3}/{cfg.epochs}  {shown}  {seen / max(record['seconds'], 1e-9):.0f} rows/s"
-            f"{'  *best' if improved else ''}")
+        record["stop"] = bool(cfg.early_stopping and loop.stale >= cfg.early_stopping)
+        loop.history.append(record)
+        log(epoch_line(record, cfg.epochs, improved))
         if ckpt_dir:
-            checkpoint.save(ckpt_dir, model=net, best=best_state, optimizer=optimizer, scheduler=scheduler,
-                            info={"epoch": epoch, "history": history, "stale": stale, "best_score": best_score,
-                                  "spec": spec.to_dict()})
+            checkpoint.save(ckpt_dir, model=net, best=loop.best_state, optimizer=optimizer, scheduler=scheduler,
+                            info={"epoch": epoch, "history": loop.history, "stale": loop.stale,
+                                  "best_score": loop.best_score, "spec": spec.to_dict()})
         if callback:
             callback(epoch, record)
         if record["stop"]:
             log(f"early stopping: no improvement in {cfg.early_stopping} epochs")
             break
-    train_seconds = time.perf_counter() - started
-
-    # 6. best weights, final evaluation (test split if any, else validation)
-    net.load_state_dict(best_state)
+    net.load_state_dict(loop.best_state)
     net.eval()
-    result_metrics: dict[str, Any] = {}
-    test_batch = pre.collate(test_dec) if test_dec is not None else None  # collated once, used twice
-    if cfg.calibrate and valid_batch is not None:
+    return loop.history, time.perf_counter() - started
+
+
+def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, wide: dict) -> dict[str, Any]:
+    """After training: the wide half's weight, classic heads, temperature scaling, evaluation (test
+    split if any, and validation) and the linear baseline the network is compared with."""
+    from polyfuse import baseline, classic_heads
+    from polyfuse.wide import blend
+
+    result: dict[str, Any] = {}
+    valid_batch = pre.collate(splits.valid) if splits.valid else None
+    test_batch = pre.collate(splits.test) if splits.test is not None else None  # collated once, used thrice
+    if net.wide_slices:
+        result["wide"] = {**wide, "blend": blend(spec, net, valid_batch, pre.targets(splits.valid) if splits.valid else None)}
+    if any(c.head.type != "softmax" for c in spec.outputs.values()):
+        result["heads"] = classic_heads.fit_and_install(spec, pre, net, splits, valid_batch, test_batch)
+    if spec.train.calibrate and valid_batch is not None:
         from polyfuse.calibration import calibrate
 
-        result_metrics["calibration"] = calibrate(net, spec, valid_batch, valid_target, test_batch,
-                                                  pre.targets(test_dec) if test_dec is not None else None)
-        for name, c in result_metrics["calibration"].items():
+        result["calibration"] = calibrate(net, spec, valid_batch, pre.targets(splits.valid), test_batch,
+                                          pre.targets(splits.test) if splits.test is not None else None)
+        for name, c in result["calibration"].items():
             log(f"calibration {name}: temperature {c['temperature']:.3f}, validation ECE "
                 f"{c['valid_ece_before']:.4f} -> {c['valid_ece_after']:.4f}")
-    if test_dec is not None:
-        result_metrics["test"] = evaluate(net, pre, test_dec, batch=test_batch)
-    if valid_dec is not None:
-        result_metrics["valid"] = evaluate(net, pre, valid_dec, ablation=test_dec is None, batch=valid_batch)
-    return TrainResult(pre, net, history, result_metrics, bad_rows, sizes, train_seconds, data_info)
+    if splits.test is not None:
+        result["test"] = evaluate(net, pre, splits.test, batch=test_batch)
+    if splits.valid is not None:
+        result["valid"] = evaluate(net, pre, splits.valid, ablation=splits.test is None, batch=valid_batch)
+    result["baseline"] = baseline.fit_baselines(spec, pre, splits.train, splits.valid, splits.test)
+    return result
+
+
+def warn_if_beaten(spec: Spec, result: dict[str, Any], history: list[dict]) -> None:
+    """Say loudly, with the likely causes, when the linear baseline beats the network on validation."""
+    from polyfuse import baseline
+
+    if "valid" in result:
+        result["baseline_warnings"] = baseline.compare(result["valid"], result["baseline"], spec, history)
+        for warning in result["baseline_warnings"]:
+            log(f"WARNING: {warning}")
+
+
+def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, resume: bool = False,
+        show_progress: bool | None = None, callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train a model from a validated spec. ``base`` is the folder relative data paths start from.
+    Progress bars only on a terminal (``show_progress=None``); one line per epoch otherwise."""
+    show = sys.stderr.isatty() if show_progress is None else show_progress
+    torch.set_num_threads(spec.train.threads or usable_cpus())
+    single_threaded_blas()  # augmentation recomputes audio features beside torch's threads
+
+    splits = read_splits(spec, base, data, show)                     # 1. decode once, split
+    data_warnings = check_rows(spec, splits)
+    pre = Preprocessor.fit(spec, splits.train)                       # 2. fit on training rows only
+    torch.manual_seed(spec.train.seed)
+    net = FusionModel(spec, pre.state)                               # 3. the network
+    wide = {} if resume else fit_wide(spec, pre, net, splits.train, splits.valid)  # 3b. its linear half
+    history, seconds = fit_network(spec, pre, splits, net, out=out, resume=resume, show=show,
+                                   callback=callback)                # 4. train, keep the best epoch
+    result = finish(spec, pre, net, splits, wide)                    # 5. blend, heads, calibrate, evaluate
+    warn_if_beaten(spec, result, history)                            # 6. the baseline floor
+    if data_warnings:
+        result["data_warnings"] = data_warnings
+    return TrainResult(pre, net, history, result, splits.bad_rows, splits.sizes(), seconds, splits.info)

@@ -31,9 +31,10 @@ def test_train_evaluate_predict(toy_csv, tmp_path):
     spec_dir.mkdir(exist_ok=True)
     (spec_dir / "toy.yaml").write_text(yaml.safe_dump(spec))
     out = tmp_path / "run"
-    done = polyfuse("train", spec_dir / "toy.yaml", "--out", out, "--quiet")
+    done = polyfuse("train", spec_dir / "toy.yaml", "--out", out)  # no --quiet, but stderr is a pipe
     assert done.returncode == 0, done.stderr
     assert "epoch   3/3" in done.stderr and "only photo" in done.stdout and (out / "weights.safetensors").exists()
+    assert "\r" not in done.stderr and sum(line.startswith("epoch ") for line in done.stderr.splitlines()) == 3
 
     done = polyfuse("evaluate", out, toy_csv, "--out", tmp_path / "m.json")
     assert done.returncode == 0, done.stderr
@@ -50,7 +51,18 @@ def test_train_evaluate_predict(toy_csv, tmp_path):
     assert preds["row"].tolist() == list(range(25)) and preds["id"].tolist() == frame["id"].tolist()
     assert "gone.png" in preds.loc[4, "error"] and preds.loc[4, "label"] == ""
     assert preds.loc[7, "error"] == "" and preds.loc[7, "label"] in {"cat", "dog", "owl"}
-    assert "1 bad rows" in done.stdout
+    assert "1 bad rows" in done.stdout and "\r" not in done.stderr
+
+    done = polyfuse("embed", out, toy_csv.parent / "some.csv", "--out", tmp_path / "emb.parquet", "--chunk-rows", 10)
+    assert done.returncode == 0, done.stderr
+    emb = pd.read_parquet(tmp_path / "emb.parquet")
+    inputs = list(yaml.safe_load((out / "spec.yaml").read_text())["inputs"])
+    assert sorted(inputs) == ["color", "note", "photo", "sound", "weight"]
+    assert list(emb.columns) == ["row", "id", "fused", *inputs, "error"]
+    assert emb["row"].tolist() == [str(i) for i in range(25)] and emb["id"].astype(int).tolist() == frame["id"].tolist()
+    assert len(emb.loc[0, "fused"]) == spec["fusion"]["dim"] and len(emb.loc[0, "photo"]) == spec["inputs"]["photo"]["dim"]
+    assert emb.loc[4, "fused"] is None and "gone.png" in emb.loc[4, "error"]  # a bad row: no vectors, its error
+    assert emb.loc[7, "sound"] is None and emb.loc[7, "fused"] is not None  # a missing input: null, the rest fused
 
 
 def test_errors_are_messages_not_tracebacks(tmp_path, toy_csv):

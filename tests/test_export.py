@@ -182,9 +182,13 @@ def test_bad_artifacts_and_records(exported, tmp_path, toy_csv):
 def test_predict_cli_through_onnx_runtime(exported, tmp_path):
     folder, test_csv = exported
     frame = pd.read_csv(test_csv).head(12)
-    frame.to_csv(test_csv.parent / "few.csv", index=False)
+    few = frame.copy()  # written to the temp dir (shared data is read-only), so its file paths become absolute
+    for column in ("image", "audio"):
+        if column in few:
+            few[column] = [str(test_csv.parent / v) for v in few[column]]
+    few.to_csv(tmp_path / "few.csv", index=False)
     out = tmp_path / "p.csv"
-    done = subprocess.run([sys.executable, "-m", "polyfuse.cli", "predict", str(folder), str(test_csv.parent / "few.csv"),
+    done = subprocess.run([sys.executable, "-m", "polyfuse.cli", "predict", str(folder), str(tmp_path / "few.csv"),
                            "--out", str(out), "--runtime", "onnx", "--quiet"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     preds = pd.read_csv(out)

@@ -135,8 +135,8 @@ def test_alone_is_the_answer_with_every_other_input_missing(toy_model, toy_csv):
     net, pre = model.net.eval(), model.preprocessor
     batch = pre.collate(decode_table(model.spec, read_table(toy_csv), with_targets=False))
     with torch.no_grad():
-        vectors, present = net.encode(to_tensors(batch))
-        for name, rows, out in net.alone(vectors, present):
+        vectors, present, wide = net.encode(to_tensors(batch))
+        for name, rows, out in net.alone(vectors, present, wide):
             only = {k: v[rows.numpy()] for k, v in batch.items()}
             for other in net.names:
                 if other != name:

@@ -134,3 +134,21 @@ def test_too_few_groups_and_bad_metric_are_spec_errors(toy_csv):
     spec["data"]["split"]["group_by"] = "nope"
     with pytest.raises(SpecError, match="group_by: column 'nope'"):
         polyfuse.train(spec, show_progress=False)
+
+
+def test_unlearnable_training_rows_get_a_clear_error_or_warning():
+    import pandas as pd
+
+    from polyfuse.errors import SpecError
+
+    spec = {"inputs": {"t": {"type": "text", "buckets": 1024}, "n": {"type": "number"}},
+            "outputs": {"y": {"type": "category"}}, "train": {"epochs": 1, "threads": 1}}
+    one_class = pd.DataFrame({"t": ["a b", "c d"] * 10, "n": [1.0] * 20, "y": ["x"] * 20})
+    with pytest.raises(SpecError, match="every training row has the class 'x'.*at least two classes"):
+        polyfuse.train(spec, data=one_class, show_progress=False)
+    odd = pd.DataFrame({"t": [None] * 41, "n": [float(i % 2) for i in range(41)], "y": ["x", "z"] * 20 + ["w"]})
+    spec["data"] = {"split": {"valid": 0.1, "seed": 1}}
+    model = polyfuse.train(spec, data=odd, show_progress=False)
+    warnings = " ".join(model.metrics["data_warnings"])
+    assert "column 't' is empty in every training row" in warnings
+    assert "single training row (w)" in warnings or "w" not in model.preprocessor.classes("y")

@@ -117,19 +117,24 @@ class TextNgram(nn.Module):
     the n-grams' embeddings. Few operations per token and no recurrence, which is why it is strong
     on small data and fast to serve; the n-grams are hashed in the shared numpy preprocessing."""
 
-    def __init__(self, buckets: int, dim: int, idf: Any = None):
+    def __init__(self, buckets: int, dim: int, idf: Any = None, drop: float = 0.0, width: int | None = None):
         super().__init__()
-        self.embed = nn.Embedding(buckets, dim, padding_idx=0)
-        nn.init.uniform_(self.embed.weight, -1.0 / dim, 1.0 / dim)
+        self.drop = drop
+        width = width or dim
+        # sparse gradients: a batch touches a few thousand of the table's rows (see polyfuse.optim)
+        self.embed = nn.Embedding(buckets, width, padding_idx=0, sparse=True)
+        nn.init.uniform_(self.embed.weight, -1.0 / width, 1.0 / width)
         with torch.no_grad():
             self.embed.weight[0].zero_()
         weights = torch.ones(buckets) if idf is None else torch.as_tensor(idf, dtype=torch.float32)
         weights[0] = 0.0  # padding
         self.register_buffer("idf", weights)
-        self.proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.ReLU(inplace=True))
+        self.proj = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
         w = self.idf[x].unsqueeze(-1)  # [B, N, 1]; 0 on padding
+        if self.training and self.drop:  # n-gram dropout: no single rare n-gram can carry a label
+            w = w * (torch.rand_like(w) >= self.drop)
         total = (self.embed(x) * w).sum(1)
         return self.proj(total / w.sum(1).clamp(min=1e-6))
 

@@ -9,6 +9,13 @@ from torch.nn import functional as F
 
 
 def build_head(cfg: Any, state: dict, dim: int) -> nn.Module:
+    """A linear layer to logits (softmax, and the svm/logistic classic heads, which are linear too),
+    or the fitted tree ensemble of a gbdt head (its shape is recorded in the output's state)."""
+    trees = state.get("head")
+    if trees and trees["type"] == "gbdt":
+        from polyfuse.nn.trees import TreeEnsemble
+
+        return TreeEnsemble(trees["nodes"], trees["trees"], trees["outputs"], trees["depth"])
     if cfg.type == "category":
         return nn.Linear(dim, len(state["classes"]))
     if cfg.type == "multilabel":

@@ -1,12 +1,14 @@
 """The fusion model: a dict of encoders, a fusion module and a dict of heads, composed in forward."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from polyfuse.nn.encoders import build_encoder
 from polyfuse.nn.fusion import build_fusion
 from polyfuse.nn.heads import build_head
+from polyfuse.nn.wide import WideText, wide_inputs, wide_outputs
 from polyfuse.spec import Spec
 
 
@@ -33,15 +35,27 @@ class FusionModel(nn.Module):
         dims = [c.dim for c in spec.inputs.values()]
         self.fusion = build_fusion(spec.fusion.method, dims, spec.fusion.dim, spec.fusion.dropout)
         self.heads = nn.ModuleDict({n: build_head(c, state[n], spec.fusion.dim) for n, c in spec.outputs.items()})
+        self.wide = build_wide(spec, state)
+        self.wide_slices = {}
+        start = 0
+        for name, k in wide_outputs(spec, state) if len(self.wide) else []:
+            self.wide_slices[name] = (start, start + k)
+            start += k
+        self.register_buffer("wide_bias", torch.zeros(start))
+        # how much of the wide logits is added: 0 while the deep half trains (it learns the task on its
+        # own, not the linear model's training-set residuals), then fitted on validation (polyfuse.wide)
+        self.register_buffer("wide_weight", torch.zeros(len(spec.outputs)))
         # temperature scaling, fitted after training (1 until then); a buffer, so it is saved with the
         # weights and exported into the ONNX graph
         self.register_buffer("temperature", torch.ones(len(spec.outputs)))
 
-    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Each input's vector and the [B, n_inputs] presence mask (before any modality dropout)."""
+    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, list]:
+        """Each input's vector, the [B, n_inputs] presence mask (before any modality dropout) and
+        each input's wide logits (None for inputs without a wide path)."""
         present = torch.stack([batch[f"{n}__present"].bool() for n in self.names], dim=1)
         vectors = [self.encoders[n](batch[n], batch.get(f"{n}__length")) for n in self.names]
-        return vectors, present
+        wide = [self.wide[n](batch[n]) if n in self.wide else None for n in self.names]
+        return vectors, present, wide
 
     def drop_inputs(self, present: torch.Tensor) -> torch.Tensor:
         """Modality dropout: each present input dropped per sample, never all of a row's inputs."""
@@ -51,20 +65,35 @@ class FusionModel(nn.Module):
         dropped = present & (torch.rand(present.shape, device=present.device) >= p)
         return torch.where(dropped.any(1, keepdim=True), dropped, present)
 
-    def decide(self, vectors: list[torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Fuse the present inputs' vectors and run every head."""
+    def decide(self, vectors: list[torch.Tensor], present: torch.Tensor, wide: list | None = None) -> dict[str, torch.Tensor]:
+        """Fuse the present inputs' vectors, run every head, add the present inputs' wide logits."""
         fused = self.fusion(vectors, present)
-        out = {n: head(fused) / self.temperature[i] for i, (n, head) in enumerate(self.heads.items())}
+        linear = None
+        if wide is not None and self.wide_slices:
+            linear = self.wide_bias + sum(present[:, i : i + 1] * w for i, w in enumerate(wide) if w is not None)
+        out = {}
+        for i, (n, head) in enumerate(self.heads.items()):
+            logits = head(fused)
+            if linear is not None and n in self.wide_slices:
+                logits = logits + self.wide_weight[i] * linear[:, slice(*self.wide_slices[n])]
+            out[n] = logits / self.temperature[i]
         weights = getattr(self.fusion, "last_weights", None)
         if weights is not None:
             out[MODALITY_WEIGHTS] = weights
         return out
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        vectors, present = self.encode(batch)
-        return self.decide(vectors, self.drop_inputs(present))
+        vectors, present, wide = self.encode(batch)
+        return self.decide(vectors, self.drop_inputs(present), wide)
 
-    def alone(self, vectors: list[torch.Tensor], present: torch.Tensor) -> list[tuple[str, torch.Tensor, dict[str, torch.Tensor]]]:
+    def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """(fused vector [B, fusion.dim], each input's vector, presence [B, n_inputs]): the features
+        the heads see, for classic heads and ``polyfuse embed``."""
+        vectors, present, _ = self.encode(batch)
+        return self.fusion(vectors, present), vectors, present
+
+    def alone(self, vectors: list[torch.Tensor], present: torch.Tensor, wide: list | None = None
+              ) -> list[tuple[str, torch.Tensor, dict[str, torch.Tensor]]]:
         """For each input, (its name, rows where it is present, outputs with only it present) --
         what the model answers when every other input is missing."""
         result = []
@@ -73,12 +102,36 @@ class FusionModel(nn.Module):
             if bool(rows.any()):
                 only = torch.zeros_like(present[rows])
                 only[:, i] = True
-                result.append((self.names[i], rows, self.decide([v[rows] for v in vectors], only)))
+                sub = None if wide is None else [None if w is None else w[rows] for w in wide]
+                result.append((self.names[i], rows, self.decide([v[rows] for v in vectors], only, sub)))
         return result
+
+
+def build_wide(spec: Spec, state: dict[str, dict]) -> nn.ModuleDict:
+    """A frozen wide path per ngram text input with ``wide`` (filled by polyfuse.wide before training)."""
+    from polyfuse.preprocess.ngrams import idf_table
+
+    width = sum(k for _, k in wide_outputs(spec, state))
+    if not width:
+        return nn.ModuleDict()
+    return nn.ModuleDict({n: WideText(spec.inputs[n].buckets, width,
+                                      torch.from_numpy(idf_table(state[n], spec.inputs[n].buckets)))
+                          for n in wide_inputs(spec)})
 
 
 def to_tensors(batch: dict) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def embed_arrays(net: FusionModel, batch: dict, chunk: int = 256) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Fused vectors, per-input vectors and presence for a collated numpy batch, in eval mode."""
+    net.eval()
+    n = len(next(iter(batch.values())))
+    parts = [net.embed(to_tensors({k: v[s : s + chunk] for k, v in batch.items()})) for s in range(0, n, chunk)]
+    fused = torch.cat([p[0] for p in parts]).numpy()
+    vectors = [torch.cat([p[1][i] for p in parts]).numpy() for i in range(len(net.names))]
+    return fused, vectors, torch.cat([p[2] for p in parts]).numpy()
 
 
 @torch.inference_mode()
