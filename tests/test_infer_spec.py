@@ -145,14 +145,15 @@ def _wavs(folder: Path, seconds: list[float], rates: list[int]) -> list[str]:
     return names
 
 
-def test_audio_max_seconds_from_p95_duration_and_low_rate_kept(tmp_path):
+def test_audio_max_seconds_from_p95_duration_low_rate_resampled_and_augmented(tmp_path):
     seconds = list(np.linspace(0.5, 1.5, 21))
     names = _wavs(tmp_path, seconds, [8000] * 21)
     spec, text = init(write(tmp_path, pd.DataFrame({"clip": names, "label": labels(21)})))
     entry = spec["inputs"]["clip"]
     p95 = np.percentile(seconds, 95)
-    assert entry["sample_rate"] == 8000 and p95 <= entry["max_seconds"] <= p95 + 0.1
+    assert entry["sample_rate"] == 16000 and p95 <= entry["max_seconds"] <= p95 + 0.1
     assert f"p95 {p95:.2f} s" in line_of(text, "max_seconds") and "8000 Hz x21" in line_of(text, "sample_rate")
+    assert entry["augment"] == {"speed": [0.9, 1.1], "random_crop": True}
 
 
 def test_audio_at_mixed_rates_is_resampled_to_16k(tmp_path):
