@@ -39,11 +39,13 @@ class DecodeBudget:
             raise DeadlineExceeded("decoding stopped: the request ran out of time or was cancelled")
 
     def check_image(self, width: int, height: int, label: str) -> None:
+        """Raise MediaTooLarge for an image whose header declares more pixels than allowed."""
         if self.max_pixels is not None and width * height > self.max_pixels:
             raise MediaTooLarge(f"{label} is {width}x{height} = {width * height} pixels, over the limit of "
                                 f"{self.max_pixels}; resize it before sending")
 
     def check_audio(self, frames: int, sample_rate: int, channels: int, label: str) -> None:
+        """Raise MediaTooLarge for a clip whose header declares too many samples per second or seconds."""
         if sample_rate <= 0 or channels <= 0:
             return  # the decoder reports a header this broken with its own message
         rate = sample_rate * channels

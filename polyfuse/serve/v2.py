@@ -14,6 +14,7 @@ from polyfuse.serve.state import ServerState
 
 
 def v2_error(e: RequestError) -> JSONResponse:
+    """A client error in V2's format (the message only; 503 with Retry-After)."""
     return JSONResponse({"error": e.message}, status_code=e.status,
                         headers={"retry-after": "1"} if e.status == 503 else None)
 
