@@ -162,7 +162,8 @@ def normal(toy_csv) -> dict:
 def under_attack(server: Server, normal: dict, attack: Callable[[], Any], max_growth_mb: float,
                  normal_within_s: float = 3.0) -> Any:
     """Run ``attack`` while a normal request is sent; assert that one is answered 200 within
-    ``normal_within_s`` and that the server's peak RSS grew by less than ``max_growth_mb``."""
+    ``normal_within_s``, that the server's peak RSS grew by less than ``max_growth_mb`` and that its
+    RSS afterwards is back within 30 MB of where it was."""
     pid = server.proc.pid
     reset_peak(pid)
     before = rss_mb(pid)
@@ -177,6 +178,8 @@ def under_attack(server: Server, normal: dict, attack: Callable[[], Any], max_gr
     assert took < normal_within_s, f"a normal request took {took:.1f} s under this attack"
     growth = peak_mb(pid) - before
     assert growth < max_growth_mb, f"peak RSS grew {growth:.0f} MB"
+    kept = rss_mb(pid) - before
+    assert kept < 30, f"RSS stayed {kept:.0f} MB up after the attack"  # what it took went back to the OS
     assert_ready(server)
     return result
 
