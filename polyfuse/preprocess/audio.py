@@ -75,9 +75,9 @@ def _read(opener, label: str, budget: DecodeBudget) -> tuple[np.ndarray, int]:
                 expected, sr = snd.frames, snd.samplerate
                 budget.check_audio(expected, sr, snd.channels, label)
                 cap, parts, got = budget.max_audio_frames(sr), [], 0
-                while True:
+                while got < expected:  # soundfile reads no further than the header's count
                     budget.check()
-                    block = snd.read(AUDIO_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                    block = snd.read(min(AUDIO_BLOCK_FRAMES, expected - got), dtype="float32", always_2d=True)
                     if not len(block):
                         break
                     got += len(block)
@@ -94,7 +94,7 @@ def _read(opener, label: str, budget: DecodeBudget) -> tuple[np.ndarray, int]:
     if got < expected:
         raise BadInputError(f"{label} is truncated (header declares {expected} frames, only {got} "
                             "could be decoded); re-copy or re-export the file, or drop the row")
-    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), sr
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.float32)), sr
 
 
 def decode_audio(source: str | Path | bytes | np.ndarray, sample_rate: int, where: str = "",

@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 
 from polyfuse.runtime import MODALITY_WEIGHTS
 from polyfuse.serve.config import ServeConfig
-from polyfuse.serve.guard import Guard
+from polyfuse.serve.guard import Guard, within
 from polyfuse.serve.observability import flush_access_log
 from polyfuse.serve.requests import RequestError, json_records, parse_json
 from polyfuse.serve.state import Backend, ServerState, load_backend
@@ -33,16 +33,6 @@ STATIC = Path(__file__).parent / "static"
 def _error(status: int, message: str, v2: bool, headers: dict | None = None) -> JSONResponse:
     body = {"error": message} if v2 else {"error": message, "record": None, "field": None}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-async def _within(work: Awaitable[Response], seconds: float) -> Response:
-    """``work`` with a deadline, raising asyncio.TimeoutError past it. Python 3.11+ runs it in this task:
-    wait_for wraps it in a task of its own, whose stored exception and traceback form a reference cycle
-    that kept a refused 16 MB body (and its copies) alive until a full garbage collection."""
-    if hasattr(asyncio, "timeout"):
-        async with asyncio.timeout(max(seconds, 0.0)):
-            return await work
-    return await asyncio.wait_for(work, max(seconds, 0.0))
 
 
 def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI:
@@ -69,7 +59,7 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI
         task = asyncio.current_task()
         state.handlers.add(task)
         try:
-            return await _within(handler(), request.scope["state"]["deadline"] - time.monotonic())
+            return await within(handler(), request.scope["state"]["deadline"] - time.monotonic())
         except asyncio.CancelledError:
             if not state.drain_expired or task is None:
                 raise
