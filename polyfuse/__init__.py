@@ -5,7 +5,13 @@ the torch-free runtime) can be imported where torch is not installed.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# No network at run time unless asked: ONNX Runtime's official builds carry a telemetry uploader (1DS)
+# that this variable, read when ONNX Runtime initialises, turns off for the process. Set before any
+# submodule can import onnxruntime; a user who wants telemetry sets it to 0 themselves.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __version__ = "0.1.0"
 __all__ = ["train", "load", "__version__"]

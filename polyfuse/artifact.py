@@ -59,14 +59,24 @@ def verify(folder: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{folder}: no {MANIFEST}; this is not a polyfuse model directory (or it was not saved completely)") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ArtifactError(f"{folder / MANIFEST} is corrupt ({e}); re-save the model") from None
+    if not isinstance(listed, dict):
+        raise ArtifactError(f"{folder / MANIFEST} is corrupt ('files' is not an object); re-save the model")
     for name in REQUIRED:
         if name not in listed:
             raise ArtifactError(f"{folder}: {MANIFEST} does not list {name}; the artifact is incomplete")
+    root = folder.resolve()
     for name, info in listed.items():
+        digest = info.get("sha256") if isinstance(info, dict) else None
+        if not isinstance(digest, str):
+            raise ArtifactError(f"{folder / MANIFEST} is corrupt (entry {name!r} has no sha256); re-save the model")
         path = folder / name
+        # a manifest names files inside the artifact only: never an absolute path, '..' or a link out of it
+        if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(root):
+            raise ArtifactError(f"{folder}: {MANIFEST} lists {name!r}, which is outside the model directory; "
+                                "the manifest was tampered with")
         if not path.is_file():
             raise ArtifactError(f"{folder}: file {name!r} listed in {MANIFEST} is missing")
-        if sha256(path) != info["sha256"]:
+        if sha256(path) != digest:
             raise ArtifactError(
                 f"{folder}: file {name!r} was modified after the model was saved (sha256 mismatch); "
                 "restore it or re-export the model")

@@ -111,8 +111,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     cfg = ServeConfig(host=args.host, port=args.port, runtime=args.runtime, variant=args.variant, api_key=api_key,
                       max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, queue_size=args.queue_size,
                       timeout_s=args.timeout, max_body_bytes=args.max_body_mb << 20, max_records=args.max_records,
-                      max_pixels=args.max_pixels, max_audio_seconds=args.max_audio_seconds, drain_s=args.drain,
-                      threads=args.threads)
+                      max_pixels=args.max_pixels, max_audio_seconds=args.max_audio_seconds,
+                      max_audio_rate=args.max_audio_rate, max_decode_mb=args.max_decode_mb,
+                      max_header_bytes=args.max_header_kb << 10, header_timeout_s=args.header_timeout,
+                      drain_s=args.drain, threads=args.threads)
     serve(args.model, cfg)
 
 
@@ -210,11 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=5.0)
     p.add_argument("--queue-size", type=int, default=256, help="predict requests admitted at once (being preprocessed, queued or run); more get 503")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request before 504")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds per request before 504 (408 while its body is still arriving)")
     p.add_argument("--max-body-mb", type=int, default=16)
     p.add_argument("--max-records", type=int, default=64)
     p.add_argument("--max-pixels", type=int, default=4096 * 4096)
     p.add_argument("--max-audio-seconds", type=float, default=60.0)
+    p.add_argument("--max-audio-rate", type=int, default=384_000,
+                   help="sample rate x channels of one clip, from its header (default: 8 ch at 48 kHz)")
+    p.add_argument("--max-decode-mb", type=int, default=256,
+                   help="decoded size of one request's images and audio, summed from their headers")
+    p.add_argument("--max-header-kb", type=int, default=64, help="request line + headers; more gets 431")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds to receive a request's headers before the connection is closed")
     p.add_argument("--drain", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM")
     p.add_argument("--threads", type=int, default=1, help="model threads (requests already run concurrently)")
     p.set_defaults(fn=cmd_serve)

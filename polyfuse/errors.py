@@ -31,3 +31,12 @@ class BadInputError(PolyfuseError, ValueError):
 
 class ArtifactError(PolyfuseError):
     """A saved model directory is missing, corrupt or was modified after saving."""
+
+
+class MediaTooLarge(BadInputError):
+    """An image or audio value whose header promises more than the decode budget allows: refused
+    before it is decoded (the server answers 413)."""
+
+
+class DeadlineExceeded(PolyfuseError):
+    """Decoding stopped because the request it serves ran out of time or was cancelled."""

@@ -43,6 +43,7 @@ def variant_file(folder: Path, variant: str) -> Path:
 def open_session(path: Path, threads: int | None = None) -> Any:
     import onnxruntime as ort
 
+    ort.disable_telemetry_events()  # the API switch too, for builds that ignore ORT_DISABLE_TELEMETRY
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or usable_cpus()

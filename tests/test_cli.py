@@ -98,7 +98,7 @@ def test_thread_counts_follow_the_cpus_the_process_may_use():
 
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("no CPU affinity on this platform")
-    code = ("from polyfuse.threads import usable_cpus; from polyfuse.serve.app import prep_threads\n"
+    code = ("from polyfuse.threads import usable_cpus; from polyfuse.serve.state import prep_threads\n"
             "print(usable_cpus(), prep_threads())")
     first = min(os.sched_getaffinity(0))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

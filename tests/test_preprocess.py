@@ -42,6 +42,71 @@ def test_corrupt_image_is_named(tmp_path):
         image.decode("missing.png", cfg, tmp_path)
 
 
+def _saved(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def _mode_images() -> dict[str, tuple[bytes, float]]:
+    """name -> (file bytes, the grey level in [0, 1] its left half should decode to)."""
+    grey = np.zeros((6, 8), np.uint8)
+    grey[:, :4] = 200
+    rgb = np.stack([grey] * 3, axis=-1)
+    rgba = np.concatenate([rgb, np.full((6, 8, 1), 128, np.uint8)], axis=-1)
+    pal = Image.fromarray(grey).convert("P")
+    pal_transparent = pal.copy()
+    pal_transparent.info["transparency"] = 0
+    wide = (grey.astype(np.uint16) * 257)  # 200/255 of the 16-bit range
+    return {
+        "RGBA": (_saved(Image.fromarray(rgba), "PNG"), 200 / 255),
+        "P": (_saved(pal, "PNG"), 200 / 255),
+        "P with transparency": (_saved(pal_transparent, "PNG"), 200 / 255),
+        "L": (_saved(Image.fromarray(grey), "PNG"), 200 / 255),
+        "LA": (_saved(Image.fromarray(rgba).convert("LA"), "PNG"), 200 / 255),
+        "1": (_saved(Image.fromarray(grey > 100), "PNG"), 1.0),
+        "CMYK": (_saved(Image.fromarray(rgb).convert("CMYK"), "TIFF"), 200 / 255),
+        "LAB": (_saved(_lab(grey), "TIFF"), None),
+        "I;16": (_saved(Image.fromarray(wide), "PNG"), 200 / 255),
+        "I;16 TIFF": (_saved(Image.fromarray(wide), "TIFF"), 200 / 255),
+        "I": (_saved(Image.fromarray(wide.astype(np.int32)), "TIFF"), 200 / 255),
+        "F": (_saved(Image.fromarray(grey.astype(np.float32) / 255), "TIFF"), 200 / 255),
+    }
+
+
+def _lab(grey: np.ndarray) -> Image.Image:
+    """A LAB image whose lightness is high on the left (Pillow cannot convert RGB to LAB itself)."""
+    lab = np.zeros(grey.shape + (3,), np.uint8)
+    lab[..., 0] = grey
+    lab[..., 1:] = 128  # a = b = 0: no colour
+    return Image.frombytes("LAB", (grey.shape[1], grey.shape[0]), lab.tobytes())
+
+
+@pytest.mark.parametrize("mode", list(_mode_images()))
+def test_images_in_every_mode_decode_to_the_inputs_channels(mode):
+    data, level = _mode_images()[mode]
+    for channels in (1, 3):
+        out = image.decode_image(data, (6, 8), channels)
+        assert out.shape == (channels, 6, 8) and out.dtype == np.float32
+        assert np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0
+        left, right = out[:, :, :4].mean(), out[:, :, 4:].mean()
+        assert left > right + 0.3, (mode, channels, left, right)  # the bright half stays the bright half
+        if level is not None:
+            assert left == pytest.approx(level, abs=0.02), (mode, channels)
+
+
+def test_images_outside_the_allowed_formats_are_refused_before_decoding():
+    ico = _saved(Image.new("RGBA", (16, 16)), "ICO")
+    with pytest.raises(BadInputError, match="could not be decoded"):
+        image.decode_image(ico, (8, 8), 1)
+    from polyfuse.errors import MediaTooLarge
+    from polyfuse.preprocess.budget import DecodeBudget
+
+    png = _saved(Image.new("L", (300, 200)), "PNG")
+    with pytest.raises(MediaTooLarge, match="300x200 = 60000 pixels, over the limit of 1000"):
+        image.decode_image(png, (8, 8), 1, budget=DecodeBudget(max_pixels=1000))
+
+
 def test_image_normalise_and_train_only_augmentation():
     cfg = _cfg(x={"type": "image", "size": [8, 8], "channels": 1,
                   "augment": {"random_crop": 0.75, "flip": True, "noise": 0.1}})["x"]

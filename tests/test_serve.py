@@ -405,7 +405,9 @@ def test_api_key(key_server, toy_csv):
             for path in ("/v2/models/toy", "/metrics", "/v2"):
                 assert c.get(path, headers=headers).status_code == 401
             assert c.post("/v2/models/toy/infer", json={"inputs": []}, headers=headers).status_code == 401
-        for headers in ({"x-api-key": API_KEY}, {"authorization": f"Bearer {API_KEY}"}):
+        # auth scheme names are case-insensitive (RFC 9110 section 11.1)
+        for headers in ({"x-api-key": API_KEY}, {"authorization": f"Bearer {API_KEY}"},
+                        {"authorization": f"bearer {API_KEY}"}, {"authorization": f"BEARER  {API_KEY}"}):
             r = c.post("/predict", json={"records": [record]}, headers=headers)
             assert r.status_code == 200 and r.json()["predictions"][0]["label"] in ("cat", "dog", "owl"), r.text
             assert c.get("/v2/models/toy", headers=headers).status_code == 200
@@ -555,26 +557,30 @@ def test_sigterm_drains_in_flight_requests(toy_dir, logs):
 def test_sigterm_exit_is_bounded_when_requests_outlast_the_drain(toy_dir, logs):
     """A request that cannot finish within --drain does not keep the process alive: it exits (code 0)
     within the drain time plus uvicorn's graceful-shutdown second, and the request is answered 503 (retry
-    elsewhere) rather than left hanging or dropped."""
+    elsewhere) rather than left hanging or dropped -- on /predict and on V2 /infer alike."""
     s = Server(toy_dir, ["--max-delay-ms", "60000", "--max-batch", "64", "--drain", "1"], logs)
+    v2 = {"inputs": [{"name": "weight", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
     try:
         async def scenario() -> tuple[list, float]:
             async with httpx.AsyncClient(base_url=s.url, timeout=30) as c:
-                task = asyncio.create_task(c.post("/predict", json={"records": [GOOD]}))
+                tasks = [asyncio.create_task(c.post("/predict", json={"records": [GOOD]})),
+                         asyncio.create_task(c.post("/v2/models/toy/infer", json=v2))]
                 deadline = time.monotonic() + 20
-                while await _inflight(c) < 2 and time.monotonic() < deadline:
+                while await _inflight(c) < 3 and time.monotonic() < deadline:
                     await asyncio.sleep(0.02)
                 s.proc.send_signal(signal.SIGTERM)
                 sent = time.monotonic()
-                answer = await asyncio.gather(task, return_exceptions=True)
-                return answer, sent
+                answers = await asyncio.gather(*tasks, return_exceptions=True)
+                return answers, sent
 
-        answer, sent = asyncio.run(scenario())
+        answers, sent = asyncio.run(scenario())
         assert s.proc.wait(20) == 0, s.log()
         assert time.monotonic() - sent < 1 + 2 + 3, "exit took longer than --drain + the graceful shutdown"
-        assert isinstance(answer[0], httpx.Response), answer
-        assert answer[0].status_code == 503 and answer[0].headers["retry-after"] == "1", answer[0].text
-        assert "shutting down" in answer[0].json()["error"]
+        for answer in answers:
+            assert isinstance(answer, httpx.Response), answer
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
+            assert "shutting down" in answer.json()["error"]
+        assert set(answers[1].json()) == {"error"}  # in V2's error format
     finally:
         s.stop()
 

@@ -18,7 +18,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from polyfuse.errors import BadInputError, SpecError
+from polyfuse.errors import BadInputError, MediaTooLarge, SpecError
+from polyfuse.preprocess.budget import AUDIO_BLOCK_FRAMES, UNLIMITED, DecodeBudget
 
 SILENCE_PEAK = 1e-4
 _AMIN, _TOP_DB, _DELTA_WIDTH = 1e-10, 80.0, 9
@@ -48,7 +49,21 @@ def _riff_truncation(f) -> tuple[int, int] | None:
     return None
 
 
-def _read(opener, label: str) -> tuple[np.ndarray, int]:
+def probe_audio(data: bytes, budget: DecodeBudget, label: str) -> int | None:
+    """Check a clip's header against ``budget``; returns the samples (frames x channels) it declares,
+    or None when the header cannot be read (decoding then reports why)."""
+    try:
+        info = sf.info(io.BytesIO(data))
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError):
+        return None
+    budget.check_audio(info.frames, info.samplerate, info.channels, label)
+    return int(info.frames) * int(info.channels)
+
+
+def _read(opener, label: str, budget: DecodeBudget) -> tuple[np.ndarray, int]:
+    """(mono float32, sample rate). Read in blocks that are mixed down at once, so memory is one
+    channel's worth whatever the channel count, and the budget (header, frames really read, deadline)
+    is checked before and between blocks."""
     try:
         with opener() as fh:
             cut = _riff_truncation(fh)
@@ -58,24 +73,37 @@ def _read(opener, label: str) -> tuple[np.ndarray, int]:
             fh.seek(0)
             with sf.SoundFile(fh) as snd:
                 expected, sr = snd.frames, snd.samplerate
-                data = snd.read(dtype="float32", always_2d=True)
+                budget.check_audio(expected, sr, snd.channels, label)
+                cap, parts, got = budget.max_audio_frames(sr), [], 0
+                while got < expected:  # soundfile reads no further than the header's count
+                    budget.check()
+                    block = snd.read(min(AUDIO_BLOCK_FRAMES, expected - got), dtype="float32", always_2d=True)
+                    if not len(block):
+                        break
+                    got += len(block)
+                    if cap is not None and got > cap:  # the header understated the length
+                        raise MediaTooLarge(f"{label} holds more than the {budget.max_audio_seconds:g} s allowed; "
+                                            "send a shorter clip")
+                    parts.append(block.mean(axis=1, dtype=np.float32))
     except (sf.SoundFileError, RuntimeError, ValueError, EOFError) as e:
         if isinstance(e, BadInputError):
             raise
         reason = getattr(e, "error_string", None) or str(e)
         raise BadInputError(f"{label} could not be decoded ({reason.strip()}); "
                             "check it is a valid wav/flac/ogg file, or drop the row") from None
-    if len(data) < expected:
-        raise BadInputError(f"{label} is truncated (header declares {expected} frames, only {len(data)} "
+    if got < expected:
+        raise BadInputError(f"{label} is truncated (header declares {expected} frames, only {got} "
                             "could be decoded); re-copy or re-export the file, or drop the row")
-    return data, sr
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.float32)), sr
 
 
-def decode_audio(source: str | Path | bytes | np.ndarray, sample_rate: int, where: str = "") -> np.ndarray:
+def decode_audio(source: str | Path | bytes | np.ndarray, sample_rate: int, where: str = "",
+                 budget: DecodeBudget = UNLIMITED) -> np.ndarray:
     """Decode a path / file bytes / array to mono float32 at ``sample_rate``, peak-normalised to 1.
 
     Arrays are taken to be at ``sample_rate`` already; 2-D arrays are [frames, channels]
     (as soundfile returns) unless the first axis is clearly the channel axis (<= 8 and shorter).
+    Files are checked against ``budget`` from their header before decoding.
     Raises BadInputError for missing, undecodable, truncated, empty or silent audio.
     """
     if isinstance(source, (str, Path)):
@@ -84,10 +112,10 @@ def decode_audio(source: str | Path | bytes | np.ndarray, sample_rate: int, wher
         if not path.is_file():
             what = "is a directory, not a file" if path.is_dir() else "does not exist"
             raise BadInputError(f"{label} {what}; check the path in the table")
-        data, sr = _read(lambda: open(path, "rb"), label)
+        mono, sr = _read(lambda: open(path, "rb"), label, budget)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         label = f"audio data '{where}'" if where else "audio data (bytes)"
-        data, sr = _read(lambda: io.BytesIO(bytes(source)), label)
+        mono, sr = _read(lambda: io.BytesIO(bytes(source)), label, budget)
     elif isinstance(source, np.ndarray):
         label = f"audio array '{where}'" if where else "audio array"
         data, sr = np.asarray(source, dtype=np.float32), sample_rate
@@ -98,18 +126,19 @@ def decode_audio(source: str | Path | bytes | np.ndarray, sample_rate: int, wher
                 data = data.T
         else:
             raise BadInputError(f"{label} has shape {source.shape}; expected [samples] or [samples, channels]")
+        mono = data.mean(axis=1, dtype=np.float32)
     else:
         raise BadInputError(f"audio value {where + ' ' if where else ''}has unsupported type "
                             f"{type(source).__name__}; expected a file path, file bytes or a numpy array")
-    if data.size == 0:
+    if mono.size == 0:
         raise BadInputError(f"{label} contains no audio samples; check the recording or drop the row")
-    if not np.isfinite(data).all():
+    if not np.isfinite(mono).all():  # a NaN or infinity in any channel carries into the mix
         raise BadInputError(f"{label} contains NaN or infinite samples; re-export it or drop the row")
-    mono = data.mean(axis=1, dtype=np.float32)
     peak = float(np.abs(mono).max())
     if peak < SILENCE_PEAK:
         raise BadInputError(f"{label} is silent (peak amplitude {peak:.3g}); check the recording or drop the row")
     if sr != sample_rate:
+        budget.check()
         mono = soxr.resample(mono, sr, sample_rate, quality="HQ")
     return (mono / np.abs(mono).max()).astype(np.float32)
 
@@ -327,12 +356,12 @@ def augment_wave(wave: np.ndarray, rng: np.random.Generator, *, sample_rate: int
 
 
 # ----------------------------------------------------------------------------- pipeline hooks
-def decode(value: Any, cfg: Any, folder: Path) -> np.ndarray:
+def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED) -> np.ndarray:
     """Decode one table cell (path, bytes or array) of an audio input to a normalised waveform."""
     from polyfuse.io import resolve_media  # local: keeps this module's import light for the runtime
 
     source = resolve_media(value, folder)
-    return decode_audio(source, cfg.sample_rate, where=str(value) if isinstance(value, str) else "")
+    return decode_audio(source, cfg.sample_rate, where=str(value) if isinstance(value, str) else "", budget=budget)
 
 
 def fit(values: list[np.ndarray | None], cfg: Any) -> dict:

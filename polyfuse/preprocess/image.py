@@ -12,13 +12,69 @@ from typing import Any
 
 import numpy as np
 
-from polyfuse.errors import BadInputError
+from polyfuse.errors import BadInputError, MediaTooLarge
 from polyfuse.io import resolve_media
+from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
 
 
-def decode_image(source: bytes | Path | np.ndarray, size: tuple[int, int], channels: int, where: str = "") -> np.ndarray:
-    """Decode to float32 [channels, height, width] in [0, 1], resized to ``size`` = (height, width)."""
+# Formats a request or a table may hold. Each is opened from its header alone, so its size is known
+# before decoding; ICO (and others) are left out: Pillow decodes an ICO's embedded PNG inside open().
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+# 16- and 32-bit greys: Pillow's convert("L") clips them at 255, so their range is scaled instead
+_WIDE_GREY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+
+
+def _label(source: Any, where: str) -> str:
+    return f"image {where or str(source)!r}" if where or not isinstance(source, bytes) else "the image bytes"
+
+
+def open_image(source: bytes | Path, where: str = "", budget: DecodeBudget = UNLIMITED) -> Any:
+    """Open an image from its header only (nothing decoded yet) and check its size against ``budget``."""
     from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS)
+    except Image.DecompressionBombError as e:  # Pillow's own guard: over twice its pixel limit
+        raise MediaTooLarge(f"{_label(source, where)} is too large ({e}); resize it") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise _undecodable(source, where, e) from None
+    budget.check_image(*img.size, _label(source, where))
+    return img
+
+
+def _undecodable(source: Any, where: str, e: Exception) -> BadInputError:
+    reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>|\s*'[^']*'$", "", str(e)) or type(e).__name__
+    return BadInputError(f"{_label(source, where)} could not be decoded ({reason}); re-save it as PNG/JPEG "
+                         "or leave the cell empty")
+
+
+def to_channels(img: Any, channels: int) -> Any:
+    """Any Pillow mode -> "L" (channels 1) or "RGB" (3); alpha is dropped, wide greys are rescaled."""
+    from PIL import Image
+
+    target = "L" if channels == 1 else "RGB"
+    if img.mode in _WIDE_GREY or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        top = _WIDE_GREY.get(img.mode) or (1.0 if arr.max(initial=0.0) <= 1.0 else 255.0)  # F: [0, 1] or 0-255
+        img = Image.fromarray((np.clip(arr / top, 0.0, 1.0) * 255).round().astype(np.uint8), "L")
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # what Pillow asks for palette transparency (else it warns)
+    if img.mode == target:
+        return img
+    try:
+        return img.convert(target)
+    except ValueError:  # no direct path for some modes (LAB -> L): go through RGB
+        return img.convert("RGB").convert(target)
+
+
+def decode_image(source: bytes | Path | np.ndarray, size: tuple[int, int], channels: int, where: str = "",
+                 budget: DecodeBudget = UNLIMITED) -> np.ndarray:
+    """Decode to float32 [channels, height, width] in [0, 1], resized to ``size`` = (height, width).
+
+    The size is checked against ``budget`` from the header, before the pixels are decoded; the
+    deadline is checked between stages.
+    """
+    from PIL import Image
 
     height, width = size
     if isinstance(source, np.ndarray):
@@ -30,26 +86,28 @@ def decode_image(source: bytes | Path | np.ndarray, size: tuple[int, int], chann
             arr = arr.transpose(1, 2, 0)  # CHW -> HWC
         img = Image.fromarray((arr.squeeze() * 255).round().astype(np.uint8))
     else:
-        try:
-            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            img.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            name = f"image {where or str(source)!r}" if where or not isinstance(source, bytes) else "the image bytes"
-            reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>|\s*'[^']*'$", "", str(e)) or type(e).__name__
-            raise BadInputError(
-                f"{name} could not be decoded ({reason}); re-save it as PNG/JPEG or leave the cell empty"
-            ) from None
-    img = img.convert("L" if channels == 1 else "RGB")
+        img = open_image(source, where, budget)
+    budget.check()
+    try:
+        # decoding and mode conversion both fail on bad data (a truncated stream, a mode with no
+        # conversion): either is this value's problem, never the caller's
+        img.load()
+        budget.check()
+        img = to_channels(img, channels)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise _undecodable(source, where, e) from None
     if img.size != (width, height):
+        budget.check()
         img = img.resize((width, height), Image.Resampling.BILINEAR)
     out = np.asarray(img, dtype=np.float32) / 255.0
     return out[None] if channels == 1 else out.transpose(2, 0, 1).copy()
 
 
-def decode(value: Any, cfg: Any, folder: Path) -> np.ndarray:
+def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED) -> np.ndarray:
     """Decode one table cell (path, bytes or array) of an image input."""
     source = resolve_media(value, folder)
-    return decode_image(source, tuple(cfg.size), cfg.channels, where=str(value) if isinstance(value, str) else "")
+    return decode_image(source, tuple(cfg.size), cfg.channels, where=str(value) if isinstance(value, str) else "",
+                        budget=budget)
 
 
 def fit(values: list[np.ndarray | None], cfg: Any) -> dict:

@@ -18,6 +18,7 @@ import numpy as np
 from polyfuse.errors import BadInputError
 from polyfuse.io import Table, is_missing, read_table, require_columns
 from polyfuse.preprocess import audio, image, tabular, targets, text
+from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
 from polyfuse.spec import Spec
 from polyfuse.threads import usable_cpus
 
@@ -26,7 +27,7 @@ from polyfuse.threads import usable_cpus
 class Modality:
     """The four plain functions that make up one modality's preprocessing."""
 
-    decode: Callable[[Any, Any, Path], Any]
+    decode: Callable[[Any, Any, Path, DecodeBudget], Any]  # (value, input config, folder, budget)
     fit: Callable[[list, Any], dict]
     collate: Callable[..., dict[str, np.ndarray]]
     augments: Callable[[Any], bool]
@@ -69,13 +70,18 @@ class Decoded:
                        pick(self.rows), self.bad)
 
 
-def _decode_cell(mod: Modality, value: Any, cfg: Any, folder: Path) -> Any:
-    return None if is_missing(value) else mod.decode(value, cfg, folder)
+def _decode_cell(mod: Modality, value: Any, cfg: Any, folder: Path, budget: DecodeBudget) -> Any:
+    return None if is_missing(value) else mod.decode(value, cfg, folder, budget)
 
 
 def decode_table(spec: Spec, table: Table, *, with_targets: bool, on_bad_row: str = "skip",
-                 progress: Callable[[int], None] | None = None, workers: int | None = None) -> Decoded:
-    """Decode every input (and target) cell of a table; bad rows are skipped and listed, or raised."""
+                 progress: Callable[[int], None] | None = None, workers: int | None = None,
+                 budget: DecodeBudget = UNLIMITED) -> Decoded:
+    """Decode every input (and target) cell of a table; bad rows are skipped and listed, or raised.
+
+    ``budget`` limits each media value (from its header, before decoding) and carries the deadline,
+    checked before every cell: work for a request that has been answered stops there.
+    """
     require_columns(table, [spec.column(n) for n in spec.inputs])
     if with_targets:
         require_columns(table, [spec.column(n) for n in spec.outputs], what="the spec's outputs")
@@ -87,11 +93,12 @@ def decode_table(spec: Spec, table: Table, *, with_targets: bool, on_bad_row: st
         cells = table.columns[column]
 
         def one(i: int) -> Any:
+            budget.check()
             try:
                 return fn(cells[i])
             except BadInputError as e:
                 if on_bad_row == "error":
-                    raise BadInputError(e.reason, row=row_ids[i], column=column) from None
+                    raise type(e)(e.reason, row=row_ids[i], column=column) from None  # keeps MediaTooLarge
                 bad.setdefault(i, BadRow(row_ids[i], column, e.reason))
                 return None
 
@@ -113,7 +120,7 @@ def decode_table(spec: Spec, table: Table, *, with_targets: bool, on_bad_row: st
     inputs = {}
     for name, cfg in spec.inputs.items():
         mod = MODALITIES[cfg.type]
-        inputs[name] = run_column(name, lambda v, m=mod, c=cfg: _decode_cell(m, v, c, table.folder))
+        inputs[name] = run_column(name, lambda v, m=mod, c=cfg: _decode_cell(m, v, c, table.folder, budget))
     for i in range(n):  # a record with nothing to go on gets an error, not a silent prior
         if i not in bad and all(inputs[name][i] is None for name in spec.inputs):
             message = (f"every input is missing ({', '.join(spec.column(n_) for n_ in spec.inputs)}); "
@@ -169,13 +176,15 @@ class Preprocessor:
             out[name] = targets.encode(values, cfg, self.state[name])
         return out
 
-    def transform(self, records: Any, folder: Path | None = None) -> tuple[dict[str, np.ndarray], Decoded]:
+    def transform(self, records: Any, folder: Path | None = None,
+                  budget: DecodeBudget = UNLIMITED) -> tuple[dict[str, np.ndarray], Decoded]:
         """Decode and collate records for inference; a bad value raises with its row and column."""
         table = read_table(records, folder)
         if isinstance(records, (dict, list, tuple)):  # a record may omit an input: it is then missing
             for name in self.spec.inputs:
                 table.columns.setdefault(self.spec.column(name), [None] * len(table))
-        decoded = decode_table(self.spec, table, with_targets=False, on_bad_row="error")
+        decoded = decode_table(self.spec, table, with_targets=False, on_bad_row="error", budget=budget)
+        budget.check()
         return self.collate(decoded), decoded
 
     def to_json(self) -> str:

@@ -13,7 +13,7 @@ from polyfuse.errors import BadInputError
 UNKNOWN = "<unk>"
 
 
-def decode_number(value: Any, cfg: Any, folder: Path) -> float:
+def decode_number(value: Any, cfg: Any, folder: Path, budget: Any = None) -> float:
     """Parse one numeric cell; text that is not a number is a bad value."""
     if isinstance(value, bool):
         return float(value)
@@ -49,7 +49,7 @@ def collate_number(values: list[float | None], cfg: Any, state: dict, train: boo
     return {"": x.astype(np.float32)[:, None], "present": present}
 
 
-def decode_category(value: Any, cfg: Any, folder: Path) -> str:
+def decode_category(value: Any, cfg: Any, folder: Path, budget: Any = None) -> str:
     """Categories are compared as strings, so 3 and "3" are the same level."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)

@@ -47,7 +47,7 @@ def tokenize(text: str, tokenizer: str = "word", lowercase: bool = True) -> list
     return _WORD.findall(text)
 
 
-def decode(value: Any, cfg: Any, folder: Path) -> list[str]:
+def decode(value: Any, cfg: Any, folder: Path, budget: Any = None) -> list[str]:
     """Tokenise one cell; numbers are accepted as text, other types are an error."""
     if isinstance(value, (int, float, np.integer, np.floating)):
         value = str(value)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from polyfuse.preprocess.budget import DecodeBudget
+
 
 @dataclass
 class ServeConfig:
@@ -13,12 +15,22 @@ class ServeConfig:
     api_key: str | None = None
     max_batch: int = 32
     max_delay_ms: float = 5.0
-    queue_size: int = 256  # predict requests admitted at once; beyond it: 503 + Retry-After, before the body is read
-    timeout_s: float = 10.0  # per request, from arrival to answer: 504 after
+    queue_size: int = 256  # predict requests admitted at once (after their body arrived); beyond it: 503 + Retry-After
+    timeout_s: float = 10.0  # per request, from arrival to answer: 504 after (408 if the body is still arriving)
     max_body_bytes: int = 16 << 20
     max_records: int = 64
     max_pixels: int = 4096 * 4096  # decompression-bomb guard, checked from the header before decoding
     max_audio_seconds: float = 60.0
+    max_audio_rate: int = 384_000  # samples/s over all channels (8 ch at 48 kHz, 2 ch at 192 kHz), from the header
+    max_decode_mb: int = 256  # decoded size of one request's media, summed from the headers
+    max_header_bytes: int = 64 << 10  # request line + headers; beyond it: 431 and the connection closed
+    header_timeout_s: float = 10.0  # to receive the request line and headers; beyond it the connection is closed
     drain_s: float = 10.0  # on SIGTERM: not ready at once, in-flight requests get this long
     threads: int | None = 1  # model threads: concurrency comes from requests, and one thread wastes least
     check_batching: bool = True  # measure at start-up whether batching is cheaper than singles
+
+    def budget(self, deadline: float | None = None) -> DecodeBudget:
+        """A fresh decode budget for one request with these limits."""
+        return DecodeBudget(max_pixels=self.max_pixels, max_audio_seconds=self.max_audio_seconds,
+                            max_audio_rate=self.max_audio_rate, max_total_bytes=self.max_decode_mb << 20,
+                            deadline=deadline)

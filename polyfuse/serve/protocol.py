@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from polyfuse.preprocess.budget import DecodeBudget
 from polyfuse.serve.config import ServeConfig
-from polyfuse.serve.requests import RequestError, clean_record
+from polyfuse.serve.requests import RequestError, clean_record, parse_json
 
 NUMERIC = {"FP32": "<f4", "FP64": "<f8", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "INT16": "<i2", "INT8": "i1",
            "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "BOOL": "?"}
@@ -38,7 +39,7 @@ def model_metadata(name: str, version: str, platform: str, spec: Any, classes: d
             "properties": {"classes": json.dumps(classes)}}
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+def _split_body(body: bytes, header_length: str | None, spec: Any, cfg: ServeConfig) -> tuple[dict, bytes]:
     if header_length is not None:
         try:
             n = int(header_length)
@@ -49,10 +50,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
         head, rest = body[:n], body[n:]
     else:
         head, rest = body, b""
-    try:
-        request = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise RequestError(400, f"the request body is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    request = parse_json(head, spec, cfg)
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise RequestError(400, "an inference request needs an 'inputs' list of tensors")
     if not isinstance(request.get("parameters", {}), (dict, type(None))):
@@ -71,6 +69,9 @@ def _binary_elements(raw: bytes, dtype: str, count: int, name: str) -> list:
         while pos < len(raw):
             if pos + 4 > len(raw):
                 raise RequestError(400, f"input '{name}': truncated BYTES element length", None, name)
+            if len(out) == count:  # more elements than the shape says: refused before they are all built
+                raise RequestError(400, f"input '{name}': the binary data holds more than the {count} elements its "
+                                        "shape says", None, name)
             (size,) = struct.unpack_from("<I", raw, pos)
             out.append(raw[pos + 4 : pos + 4 + size])
             pos += 4 + size
@@ -83,13 +84,18 @@ def _binary_elements(raw: bytes, dtype: str, count: int, name: str) -> list:
     if len(raw) % itemsize:
         raise RequestError(400, f"input '{name}': {len(raw)} bytes of binary data is not a whole number of "
                                 f"{dtype} elements", None, name)
+    if len(raw) // itemsize != count:
+        raise RequestError(400, f"input '{name}': {len(raw) // itemsize} {dtype} elements of binary data, but its "
+                                f"shape says {count}", None, name)
     arr = np.frombuffer(raw, dtype=NUMERIC[dtype])
     return arr.tolist()
 
 
-def parse_infer(body: bytes, header_length: str | None, spec: Any, cfg: ServeConfig) -> tuple[list[dict], dict]:
-    """V2 request -> (records, request JSON). Each record maps an input column to its value."""
-    request, binary = _split_body(body, header_length)
+def parse_infer(body: bytes, header_length: str | None, spec: Any, cfg: ServeConfig,
+                budget: DecodeBudget) -> tuple[list[dict], dict]:
+    """V2 request -> (records, request JSON). Each record maps an input column to its value; media
+    headers are checked against ``budget``."""
+    request, binary = _split_body(body, header_length, spec, cfg)
     columns = {spec.column(n): c for n, c in spec.inputs.items()}
     values: dict[str, list] = {}
     offset, n_rows = 0, None
@@ -105,6 +111,8 @@ def parse_infer(body: bytes, header_length: str | None, spec: Any, cfg: ServeCon
             raise RequestError(400, f"input '{name}': 'shape' must be a list of non-negative integers", None, name)
         if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
             raise RequestError(400, f"input '{name}': shape must be [N] or [N, 1], got {shape}", None, name)
+        if shape[0] > cfg.max_records:  # before any of its data is read
+            raise RequestError(413, f"batch of {shape[0]} records over the limit of {cfg.max_records}; split the request")
         expected = datatype(columns[name].type)
         allowed = {"BYTES"} if expected == "BYTES" else set(NUMERIC) - {"BOOL"}
         if columns[name].type == "category":
@@ -153,7 +161,7 @@ def parse_infer(body: bytes, header_length: str | None, spec: Any, cfg: ServeCon
             elif v == "" and kind != "number":
                 continue
             raw[name] = v
-        records.append(clean_record(raw, i, spec, cfg))
+        records.append(clean_record(raw, i, spec, budget))
     return records, request
 
 

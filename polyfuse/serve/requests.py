@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
+import json
 import math
+import re
 from typing import Any
 
+from polyfuse.errors import BadInputError, MediaTooLarge
+from polyfuse.preprocess.budget import DecodeBudget
 from polyfuse.serve.config import ServeConfig
 
 
@@ -38,35 +41,27 @@ def _b64(value: str, record: int, field: str) -> bytes:
                                 "base64 strings in JSON, or as files in multipart)", record, field) from None
 
 
-def check_media(kind: str, data: bytes, record: int, field: str, cfg: ServeConfig) -> None:
-    """Size limits read from the file header, before anything is decoded."""
-    if kind == "image":
-        from PIL import Image, UnidentifiedImageError
+def check_media(kind: str, data: bytes, record: int, field: str, budget: DecodeBudget) -> None:
+    """Size limits read from the file header before anything is decoded: the record's own (pixels,
+    seconds, samples per second) and the request's total decoded size, both in ``budget``."""
+    from polyfuse.preprocess.audio import probe_audio
+    from polyfuse.preprocess.image import open_image
 
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-        except Image.DecompressionBombError as e:  # PIL refuses to open it at all: over 2x its own pixel limit
-            raise RequestError(413, f"record {record}, field '{field}': image is too large ({e}); resize it before "
-                                    "sending", record, field) from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            return  # the shared decoder reports undecodable images with its own message
-        if w * h > cfg.max_pixels:
-            raise RequestError(413, f"record {record}, field '{field}': image is {w}x{h} = {w * h} pixels, over the "
-                                    f"server's limit of {cfg.max_pixels}; resize it before sending", record, field)
-    elif kind == "audio":
-        import soundfile as sf
-
-        try:
-            info = sf.info(io.BytesIO(data))
-        except (RuntimeError, sf.LibsndfileError, TypeError, ValueError):
-            return
-        if info.samplerate and info.frames / info.samplerate > cfg.max_audio_seconds:
-            raise RequestError(413, f"record {record}, field '{field}': audio lasts {info.frames / info.samplerate:.1f} s,"
-                                    f" over the server's limit of {cfg.max_audio_seconds:g} s", record, field)
+    label = "image" if kind == "image" else "audio"
+    try:
+        if kind == "image":
+            with open_image(data, budget=budget) as img:
+                declared = img.size[0] * img.size[1] * len(img.getbands())
+        else:
+            declared = 4 * (probe_audio(data, budget, label) or 0)  # decoded as float32
+        budget.charge(declared, label)
+    except MediaTooLarge as e:
+        raise RequestError(413, f"record {record}, field '{field}': {e.reason}", record, field) from None
+    except BadInputError as e:
+        raise RequestError(400, f"record {record}, field '{field}': {e.reason}", record, field) from None
 
 
-def clean_record(raw: Any, index: int, spec: Any, cfg: ServeConfig) -> dict[str, Any]:
+def clean_record(raw: Any, index: int, spec: Any, budget: DecodeBudget) -> dict[str, Any]:
     """Validate one JSON/multipart record: known fields only, base64 media, finite numbers."""
     if not isinstance(raw, dict):
         raise RequestError(400, f"record {index}: expected an object mapping input names to values, "
@@ -86,7 +81,7 @@ def clean_record(raw: Any, index: int, spec: Any, cfg: ServeConfig) -> dict[str,
             elif not isinstance(value, (bytes, bytearray)):
                 raise RequestError(400, f"record {index}, field '{field}': expected a base64 string, "
                                         f"got {type(value).__name__}", index, field)
-            check_media(cfg_in.type, bytes(value), index, field, cfg)
+            check_media(cfg_in.type, bytes(value), index, field, budget)
         elif cfg_in.type == "number":
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise RequestError(400, f"record {index}, field '{field}': expected a number, got "
@@ -106,7 +101,7 @@ def clean_record(raw: Any, index: int, spec: Any, cfg: ServeConfig) -> dict[str,
     return out
 
 
-def json_records(body: Any, spec: Any, cfg: ServeConfig) -> list[dict[str, Any]]:
+def json_records(body: Any, spec: Any, cfg: ServeConfig, budget: DecodeBudget) -> list[dict[str, Any]]:
     """``{"records": [...]}`` or one record object."""
     if isinstance(body, dict) and "records" in body:
         records = body["records"]
@@ -121,4 +116,31 @@ def json_records(body: Any, spec: Any, cfg: ServeConfig) -> list[dict[str, Any]]
     if len(records) > cfg.max_records:
         raise RequestError(413, f"{len(records)} records in one request, over the limit of {cfg.max_records}; "
                                 "split the request", None, "records")
-    return [clean_record(r, i, spec, cfg) for i, r in enumerate(records)]
+    return [clean_record(r, i, spec, budget) for i, r in enumerate(records)]
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def parse_json(raw: bytes, spec: Any, cfg: ServeConfig) -> Any:
+    """``json.loads`` after a structural check: a body with more values than ``max_records`` records of
+    this model can hold is refused before Python objects are built for it (a 16 MB body of empty
+    records would otherwise cost ~500 MB)."""
+    # separators and objects that a full request needs, in either protocol; every element of a list or
+    # member of an object past the first costs a comma, so this bounds the objects built
+    n = len(spec.inputs)
+    limit = cfg.max_records * (2 * n + 4) + 16 * n + 64
+    if raw.count(b",") + raw.count(b"{") > limit:
+        # the quick count includes text inside strings; count again without them before refusing
+        bare = _JSON_STRING.sub(b'""', raw)
+        count = bare.count(b",") + bare.count(b"{")
+        if count > limit:
+            raise RequestError(413, f"the JSON body holds {count} values, more than {cfg.max_records} records can; "
+                                    "split the request")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise RequestError(400, f"the request body is not valid JSON ({getattr(e, 'msg', None) or type(e).__name__})") from None
+    except ValueError as e:  # an integer literal past Python's digit limit, among others
+        raise RequestError(400, f"the request body could not be read as JSON ({e}); send numbers as floats of "
+                                "ordinary size") from None

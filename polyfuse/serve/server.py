@@ -13,6 +13,7 @@ import uvicorn
 
 from polyfuse.serve.app import create_app
 from polyfuse.serve.config import ServeConfig
+from polyfuse.serve.connection import limited_protocol
 
 
 class DrainingServer(uvicorn.Server):
@@ -50,7 +51,8 @@ def serve(model_dir: str | Path, cfg: ServeConfig) -> None:
     app = create_app(model_dir, cfg)
     state = app.server
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=int(cfg.drain_s) + 1, lifespan="on")
+                            timeout_graceful_shutdown=int(cfg.drain_s) + 1, lifespan="on",
+                            http=limited_protocol(cfg.max_header_bytes, cfg.header_timeout_s))
     server = DrainingServer(config, state, cfg.drain_s)
     original_startup = server.startup
 

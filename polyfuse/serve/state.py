@@ -1,0 +1,213 @@
+"""What one server process holds: the model backend, the preprocessing lanes, the batcher, and the
+path every /predict and /infer request takes through them (parse -> decode -> batch -> answer).
+
+Two preprocessing lanes: requests whose body or declared media is large are parsed and decoded on a
+thread of their own, so that a few costly requests (the largest the limits allow) delay each other,
+not the ordinary ones. Every request carries a DecodeBudget with its deadline: when it is answered
+(or times out, or the client leaves) its decoding stops at the next check instead of running on.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from polyfuse.artifact import sha256
+from polyfuse.errors import BadInputError, DeadlineExceeded, MediaTooLarge
+from polyfuse.preprocess.budget import DecodeBudget
+from polyfuse.preprocess.pipeline import Decoded
+from polyfuse.preprocess.targets import decode_outputs
+from polyfuse.serve.batching import Batcher, batching_pays
+from polyfuse.serve.config import ServeConfig
+from polyfuse.serve.observability import Metrics, access_logger
+from polyfuse.serve.requests import RequestError
+from polyfuse.threads import usable_cpus
+
+HEAVY_BODY_BYTES = 1 << 20  # bodies larger than this are parsed in the heavy lane
+HEAVY_DECODE_BYTES = 8 << 20  # requests whose media declare more decoded bytes are decoded there
+
+Parse = Callable[[DecodeBudget], tuple[list[dict], Any]]
+
+
+@dataclass
+class Backend:
+    """What the server needs of a model, whichever runtime executes it."""
+
+    name: str
+    version: str
+    digest: str
+    platform: str
+    spec: Any
+    preprocessor: Any
+    run_arrays: Callable[[dict], dict]
+
+
+def load_backend(path: Path, cfg: ServeConfig) -> Backend:
+    """ONNX Runtime when the artifact has an ONNX export (torch is then never imported), else torch."""
+    digest = sha256(path / "weights.safetensors") if (path / "weights.safetensors").exists() else ""
+    use_onnx = cfg.runtime == "onnx" or (cfg.runtime == "auto" and (path / "model.onnx").exists())
+    if use_onnx:
+        from polyfuse.runtime import Runtime
+
+        rt = Runtime(path, variant=cfg.variant, threads=cfg.threads)
+        return Backend(path.name, "1", sha256(rt.model_file), "polyfuse_onnxruntime", rt.spec, rt.preprocessor,
+                       rt.run_arrays)
+    from polyfuse.estimator import load, set_threads
+
+    set_threads(cfg.threads)
+    model = load(path)
+    return Backend(path.name, "1", digest, "polyfuse_pytorch", model.spec, model.preprocessor, model.run_arrays)
+
+
+def prep_threads() -> int:
+    """Preprocessing threads: one per CPU this process may run on, less one left to the event loop
+    and the model thread. Measured on 2 cores, one thread beat two by 10-13 % in requests per second
+    on both benchmark models (p99 73 -> 62 ms on the network-bound one): a second thread mostly
+    contends for the GIL and takes the model's core."""
+    return max(1, usable_cpus() - 1)
+
+
+def _glibc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes, libc.mallopt.argtypes = [ctypes.c_size_t], [ctypes.c_int, ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):  # not glibc (musl has neither function)
+        return None
+
+
+_LIBC = _glibc()
+M_MMAP_THRESHOLD = -3
+
+
+def release_memory() -> None:
+    """glibc's malloc_trim: what a large request freed goes back to the OS instead of staying in the
+    heap's free lists (RSS after a 16 MB body of records stayed ~470 MB up without it)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def map_large_allocations() -> None:
+    """Allocations of 1 MB or more (bodies, decoded images and clips) get their own mapping, unmapped
+    when freed. glibc's default threshold adapts upward after the first large free (up to 32 MB), after
+    which 15 MB bodies came from the heap and, fragmented, stayed: RSS after 100 worst-case requests
+    measured 1.26-1.53x start-up without this (benchmarks/attack.py step 3)."""
+    if _LIBC is not None:
+        _LIBC.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+
+class ServerState:
+    """The backend, limits, lanes, batcher and the counters the Guard and the drain read."""
+
+    def __init__(self, backend: Backend, cfg: ServeConfig):
+        self.backend, self.cfg = backend, cfg
+        map_large_allocations()
+        self.metrics = Metrics(backend.name, backend.digest, backend.platform)
+        self.log = access_logger()
+        self.prep = ThreadPoolExecutor(max_workers=prep_threads(), thread_name_prefix="preprocess")
+        self.heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-heavy")
+        self.batcher: Batcher | None = None
+        self.ready = False
+        self.inflight = 0
+        self.working = 0  # /predict and /infer requests admitted and not yet answered
+        self.metrics.admitted.set_function(lambda: self.working)
+        self.batching_note = ""
+        self.handlers: set[asyncio.Task] = set()  # /predict and /infer requests being handled
+        self.drain_expired = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.classes = {n: backend.preprocessor.classes(n) for n in backend.spec.outputs}
+
+    def start(self) -> None:
+        """Start the batcher (once the event loop runs), deciding first whether batching pays."""
+        cfg, b = self.cfg, self.backend
+        self.loop = asyncio.get_running_loop()
+        max_batch = cfg.max_batch
+        if cfg.check_batching and max_batch > 1:
+            # one all-missing row, collated directly: transform() rejects a record with no inputs
+            empty = b.preprocessor.collate(Decoded({n: [None] for n in b.spec.inputs}, {}, [0]))
+            pays, t_batch, t_single = batching_pays(b.run_arrays, empty, max_batch)
+            self.batching_note = (f"one batch of {max_batch} takes {t_batch * 1e3:.2f} ms vs {t_single * 1e3:.2f} ms "
+                                  f"for {max_batch} singles")
+            if not pays:
+                self.batching_note += ": batching is not cheaper for this model, so requests run one at a time"
+                max_batch = 1
+        self.batcher = Batcher(b.run_arrays, max_batch, cfg.max_delay_ms / 1e3, cfg.queue_size,
+                               self.metrics.observe_batch)
+        self.batcher.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Not ready; the batcher and both preprocessing lanes stop (queued work is dropped)."""
+        self.ready = False
+        if self.batcher:
+            await self.batcher.stop()
+        for pool in (self.prep, self.heavy):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def expire_drain(self) -> None:
+        """The drain deadline passed: every request still being handled is answered 503 now."""
+        self.drain_expired = True
+        for task in list(self.handlers):
+            task.cancel()
+
+    def _decode(self, records: list[dict], budget: DecodeBudget) -> dict[str, np.ndarray]:
+        return self.backend.preprocessor.transform(records, budget=budget)[0]
+
+    def _decode_heavy(self, records: list[dict], budget: DecodeBudget) -> dict[str, np.ndarray]:
+        try:
+            return self._decode(records, budget)
+        finally:
+            release_memory()  # after large requests only: a trim walks the whole heap
+
+    async def predict(self, parse: Parse, body_bytes: int,
+                      deadline: float) -> tuple[dict[str, np.ndarray], dict[str, list], Any]:
+        """Parse and preprocess off the event loop, queue for the batcher, await the model's answer.
+
+        ``parse`` turns the request body into (records, context), checking media headers against the
+        budget it is given, and raises RequestError; it runs in a preprocessing lane with the rest,
+        so the event loop only moves bytes. Returns (probabilities, labels, context).
+        """
+        loop = asyncio.get_running_loop()
+        assert self.batcher is not None  # admission (Guard) already capped the requests that get here
+        budget = self.cfg.budget(deadline)
+        heavy = body_bytes > HEAVY_BODY_BYTES
+
+        def prepare() -> tuple[list[dict], Any, dict[str, np.ndarray] | None]:
+            try:
+                records, context = parse(budget)
+                if heavy or budget.declared <= HEAVY_DECODE_BYTES:
+                    return records, context, self._decode(records, budget)
+                return records, context, None
+            finally:
+                if heavy:  # a large body, decoded or refused: its memory goes back to the OS
+                    release_memory()
+
+        try:
+            records, context, batch = await loop.run_in_executor(self.heavy if heavy else self.prep, prepare)
+            if batch is None:  # cheap to parse, costly to decode: decoded away from the ordinary requests
+                batch = await loop.run_in_executor(self.heavy, self._decode_heavy, records, budget)
+        except BadInputError as e:
+            where = [f"record {e.row}"] if e.row is not None else []
+            where += [f"field '{e.column}'"] if e.column is not None else []
+            status = 413 if isinstance(e, MediaTooLarge) else 400
+            raise RequestError(status, f"{', '.join(where)}: {e.reason}" if where else e.reason, e.row,
+                               e.column) from None
+        except DeadlineExceeded:
+            raise asyncio.TimeoutError from None  # answered like any request past its deadline
+        finally:
+            budget.cancel()  # answered, timed out or abandoned: decoding for it stops at its next check
+        try:
+            future = self.batcher.submit(batch, len(records))
+        except asyncio.QueueFull:
+            raise RequestError(503, "the server is at capacity; retry shortly") from None
+        probs = await future
+        return probs, decode_outputs(self.backend.spec, self.backend.preprocessor.state, probs), context
