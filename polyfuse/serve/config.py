@@ -21,4 +21,6 @@ class ServeConfig:
     max_audio_seconds: float = 60.0
     drain_s: float = 10.0  # on SIGTERM: not ready at once, in-flight requests get this long
     threads: int | None = 1  # model threads: concurrency comes from requests, and one thread wastes least
-    check_batching: bool = True  # measure at start-up whether batching is cheaper than singles
+    check_batching: bool = True
+    key_env: str | None = None  # the variable holding an encrypted model's key (default POLYFUSE_KEY)
+    verify_key: str | None = None  # a PEM public key file: refuse unsigned or mis-signed models  # measure at start-up whether batching is cheaper than singles
