@@ -137,7 +137,8 @@ class Opened:
 
 def _key(folder: Path, key_env: str | None) -> bytes | None:
     """The key of an encrypted artifact from ``$key_env``; None for a plain one."""
-    encryption = json.loads((folder / MANIFEST).read_text()).get(ENCRYPTION)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    encryption = manifest.get(ENCRYPTION) if isinstance(manifest, dict) else None  # verify names a corrupt one
     if encryption is None:
         return None
     from polyfuse.privacy import crypto
