@@ -24,8 +24,9 @@ def train(spec: Any, data: Any = None, **kwargs: Any):
     return _train(spec, data=data, **kwargs)
 
 
-def load(path: Any):
-    """Load a saved model directory (verifies its manifest first)."""
+def load(path: Any, **kwargs: Any):
+    """Load a saved model directory (verifies its manifest first); ``key_env=`` names the variable
+    holding an encrypted model's key, ``verify_key=`` a PEM public key its signature must match."""
     from polyfuse.estimator import load as _load
 
-    return _load(path)
+    return _load(path, **kwargs)

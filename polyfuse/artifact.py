@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +21,8 @@ from polyfuse.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 REQUIRED = ("spec.yaml", "weights.safetensors", "preprocess.json")
+SIGNATURE = "manifest.sig"  # an Ed25519 signature of manifest.json (polyfuse.privacy.sign); not itself listed
+ENCRYPTION = "encryption"  # the manifest key of an encrypted artifact (polyfuse.privacy.crypto)
 
 
 def sha256(path: Path) -> str:
@@ -30,7 +34,7 @@ def sha256(path: Path) -> str:
 
 
 def write_manifest(folder: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, SIGNATURE))
     manifest = {"format": "polyfuse.artifact/1", **(extra or {}),
                 "files": {str(p.relative_to(folder)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files}}
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
@@ -107,3 +111,75 @@ def write_dir(target: str | Path, fill: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+# ----------------------------------------------------------------------------- reading (plain or encrypted)
+def read_bytes(folder: str | Path, name: str, key: bytes | None = None) -> bytes:
+    """One file of an artifact, decrypted in memory when it is encrypted: the one way loaders read files."""
+    from polyfuse.privacy import crypto
+
+    data = (Path(folder) / name).read_bytes()
+    if not crypto.is_sealed(data):
+        return data
+    if key is None:
+        raise ArtifactError(f"{folder}: {name} is encrypted; set ${crypto.DEFAULT_KEY_ENV} (or key_env=) to its key")
+    return crypto.open_sealed(data, key, name)
+
+
+@dataclass
+class Opened:
+    """A verified artifact and the key to read it (None when it is not encrypted)."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    key: bytes | None = None
+    ready: dict[str, bytes] = field(default_factory=dict)  # files decrypted while the manifest was checked
+
+    def read(self, name: str) -> bytes:
+        return self.ready.pop(name) if name in self.ready else read_bytes(self.folder, name, self.key)
+
+    def text(self, name: str) -> str:
+        return self.read(name).decode("utf-8")
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest["files"]
+
+
+def _key(folder: Path, key_env: str | None) -> bytes | None:
+    """The key of an encrypted artifact from ``$key_env``; None for a plain one."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    encryption = manifest.get(ENCRYPTION) if isinstance(manifest, dict) else None  # verify names a corrupt one
+    if encryption is None:
+        return None
+    from polyfuse.privacy import crypto
+
+    return crypto.key_from_env(key_env or crypto.DEFAULT_KEY_ENV, encryption)
+
+
+def open_artifact(folder: str | Path, *, key_env: str | None = None, verify_key: str | Path | None = None,
+                  prefetch: tuple[str, ...] = ()) -> Opened:
+    """Verify an artifact's files against its manifest; with ``verify_key`` (a PEM public key file)
+    require a valid signature of the manifest; when it is encrypted, take its key from ``$key_env``
+    (default POLYFUSE_KEY), never from an argument that could end up in a shell history.
+
+    The files in ``prefetch`` of an encrypted artifact are decrypted while the manifest's digests
+    are computed in a thread (hashlib releases the GIL), so decryption costs little extra time;
+    nothing is returned before every file has been verified.
+    """
+    folder = Path(folder)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checked = pool.submit(verify, folder)
+        try:
+            key = _key(folder, key_env)
+            ready = {name: read_bytes(folder, name, key) for name in prefetch} if key else {}
+        except (ArtifactError, OSError, ValueError):
+            checked.result()  # a missing, corrupt or modified artifact is named as such first
+            raise
+        manifest = checked.result()
+    if (ENCRYPTION in manifest) != (key is not None):  # manifest.json replaced while it was checked
+        raise ArtifactError(f"{folder}: {MANIFEST} changed while the model was loading; load it again")
+    if verify_key is not None:
+        from polyfuse.privacy import sign
+
+        sign.check(folder, verify_key)
+    return Opened(folder, manifest, key, ready)

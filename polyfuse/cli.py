@@ -1,4 +1,5 @@
-"""The `polyfuse` command line: init, schema, train, evaluate, predict, embed, export, bench, serve, robustness, demo."""
+"""The `polyfuse` command line: init, schema, train, evaluate, predict, embed, export, bench, serve, robustness, demo,
+keygen, encrypt, sign."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from polyfuse.errors import PolyfuseError
+from polyfuse.privacy import commands as privacy
 from polyfuse.threads import single_threaded_blas
 
 
@@ -114,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       max_pixels=args.max_pixels, max_audio_seconds=args.max_audio_seconds,
                       max_audio_rate=args.max_audio_rate, max_decode_mb=args.max_decode_mb,
                       max_header_bytes=args.max_header_kb << 10, header_timeout_s=args.header_timeout,
-                      drain_s=args.drain, threads=args.threads)
+                      drain_s=args.drain, threads=args.threads, key_env=args.key_env, verify_key=args.verify_key)
     serve(args.model, cfg)
 
 
@@ -227,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds to receive a request's headers before the connection is closed")
     p.add_argument("--drain", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM")
     p.add_argument("--threads", type=int, default=1, help="model threads (requests already run concurrently)")
+    privacy.add_key_options(p)
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("robustness", help="accuracy under corrupted and missing inputs: curves, table, JSON, PNG")
@@ -245,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_demo)
+
+    privacy.add_parsers(sub)
 
     args = parser.parse_args(argv)
     try:

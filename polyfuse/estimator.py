@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 import polyfuse
 from polyfuse import artifact
@@ -143,25 +144,29 @@ def train(spec: Any, data: Any = None, out: str | Path | None = None, resume: bo
     return model
 
 
-def load(path: str | Path) -> Model:
-    """Load an artifact directory after verifying every file against its manifest."""
+def load(path: str | Path, *, key_env: str | None = None, verify_key: str | Path | None = None) -> Model:
+    """Load an artifact directory after verifying every file against its manifest.
+
+    An encrypted artifact is decrypted in memory with the key in ``$key_env`` (default
+    POLYFUSE_KEY); with ``verify_key`` (a PEM public key file) an unsigned or mis-signed artifact
+    is refused.
+    """
     path = Path(path)
-    manifest = artifact.verify(path)
+    opened = artifact.open_artifact(path, key_env=key_env, verify_key=verify_key,
+                                    prefetch=("spec.yaml", "preprocess.json", "weights.safetensors"))
     try:
-        spec, _ = load_spec(path / "spec.yaml")
-        pre = Preprocessor.from_json(spec, (path / "preprocess.json").read_text())
+        spec, _ = load_spec(yaml.safe_load(opened.read("spec.yaml")))
+        pre = Preprocessor.from_json(spec, opened.text("preprocess.json"))
         net = FusionModel(spec, pre.state)
-        weights = load_file(str(path / "weights.safetensors"))
+        weights = load_safetensors(opened.read("weights.safetensors"))
         weights.setdefault("temperature", torch.ones(len(spec.outputs)))  # saved before calibration existed
         net.load_state_dict(weights)
     except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path}: the artifact does not load ({e}); it may come from another polyfuse version") from None
     net.eval()
-    metrics_path = path / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    data_path = path / "data.json"
-    data_info = json.loads(data_path.read_text()) if data_path.exists() else {}
-    return Model(spec, pre, net, metrics, info={"manifest": manifest, "path": str(path)}, data_info=data_info)
+    metrics = json.loads(opened.read("metrics.json")) if opened.has("metrics.json") else {}
+    data_info = json.loads(opened.read("data.json")) if opened.has("data.json") else {}
+    return Model(spec, pre, net, metrics, info={"manifest": opened.manifest, "path": str(path)}, data_info=data_info)
 
 
 def set_threads(n: int | None) -> None:

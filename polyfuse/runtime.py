@@ -7,13 +7,15 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from polyfuse.artifact import sha256, verify
+from polyfuse.artifact import open_artifact, verify
 from polyfuse.errors import ArtifactError, BadInputError
 from polyfuse.preprocess.pipeline import Preprocessor
 from polyfuse.preprocess.targets import decode_outputs
@@ -40,7 +42,8 @@ def variant_file(folder: Path, variant: str) -> Path:
     return path
 
 
-def open_session(path: Path, threads: int | None = None) -> Any:
+def open_session(path: Path, threads: int | None = None, data: bytes | None = None) -> Any:
+    """An ONNX Runtime session over ``path``, or over ``data`` (the model's bytes, e.g. decrypted in memory)."""
     import onnxruntime as ort
 
     ort.disable_telemetry_events()  # the API switch too, for builds that ignore ORT_DISABLE_TELEMETRY
@@ -52,7 +55,7 @@ def open_session(path: Path, threads: int | None = None) -> Any:
     # preprocessing and other requests need (measured: ~10x the CPU per single-record call)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data if data is not None else str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types without a common base
         raise ArtifactError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]}); re-export it") from None
 
@@ -60,15 +63,25 @@ def open_session(path: Path, threads: int | None = None) -> Any:
 class Runtime:
     """A loaded, verified ONNX model with its preprocessing."""
 
-    def __init__(self, path: str | Path, variant: str = "fp32", threads: int | None = None):
+    def __init__(self, path: str | Path, variant: str = "fp32", threads: int | None = None, *,
+                 key_env: str | None = None, verify_key: str | Path | None = None):
+        """``key_env``: the variable holding the key of an encrypted artifact (default POLYFUSE_KEY);
+        ``verify_key``: a PEM public key file; unsigned or mis-signed artifacts are then refused."""
         self.path = Path(path)
-        self.manifest = verify(self.path)
-        self.spec, _ = load_spec(self.path / "spec.yaml")
-        self.preprocessor = Preprocessor.from_json(self.spec, (self.path / "preprocess.json").read_text())
-        self.model_file = variant_file(self.path, variant)
-        self.session = open_session(self.model_file, threads)
+        try:
+            self.model_file = variant_file(self.path, variant)
+        except ArtifactError:
+            verify(self.path)  # a missing or broken directory is named as such, before a missing export
+            raise
+        opened = open_artifact(self.path, key_env=key_env, verify_key=verify_key,
+                               prefetch=("spec.yaml", "preprocess.json", self.model_file.name))
+        self.manifest = opened.manifest
+        spec_bytes = opened.read("spec.yaml")
+        self.spec, _ = load_spec(yaml.safe_load(spec_bytes))
+        self.preprocessor = Preprocessor.from_json(self.spec, opened.text("preprocess.json"))
+        self.session = open_session(self.model_file, threads, opened.read(self.model_file.name))
         meta = self.session.get_modelmeta().custom_metadata_map
-        digest = sha256(self.path / "spec.yaml")
+        digest = hashlib.sha256(spec_bytes).hexdigest()  # of the plain spec, which the export recorded
         if meta.get("polyfuse_spec_sha256") != digest:
             raise ArtifactError(f"{self.model_file}: this ONNX file was exported from another spec "
                                 f"(spec digest {meta.get('polyfuse_spec_sha256', 'missing')[:12]} != {digest[:12]}); re-export it")

@@ -155,7 +155,7 @@ def test_number_impute_standardise_and_bad_value():
     out = tabular.collate_number([4.0, None], cfg, state, False, None)
     assert out[""][0, 0] == pytest.approx(0.0) and out["present"].tolist() == [True, False]
     assert out[""][1, 0] == pytest.approx((2.5 - 4.0) / state["std"], rel=1e-5)
-    with pytest.raises(BadInputError, match="expected a number, got 'abc'"):
+    with pytest.raises(BadInputError, match="expected a number, got text of 3 characters"):
         tabular.decode_number("abc", cfg, None)
 
 

@@ -81,7 +81,7 @@ def test_bad_rows_are_skipped_and_listed(toy_csv, tmp_path):
     assert "could not be decoded" in listed[(3, "photo")]
     assert "silent" in listed[(5, "sound")]
     assert "truncated" in listed[(7, "sound")]
-    assert "expected a number, got 'heavy'" in listed[(9, "weight")]
+    assert "expected a number, got text of 5 characters" in listed[(9, "weight")]
     assert decoded.rows == [0, 2, 4, 6, 8, 10, 11]
     assert decoded.inputs["photo"][5] is None and decoded.inputs["note"][6] is None
 

@@ -97,6 +97,8 @@ def export(model_dir: str | Path, to: str = "onnx", quantize: str | None = None,
     from polyfuse.estimator import load
 
     folder = Path(model_dir)
+    if artifact.ENCRYPTION in artifact.verify(folder):  # a plain model.onnx beside sealed files would leak the weights
+        raise ArtifactError(f"{folder} is encrypted: export the plain model first, then run `polyfuse encrypt`")
     model = load(folder)
     rows = verification_rows(model, data)
     batch, target = model.preprocessor.collate(rows), model.preprocessor.targets(rows)

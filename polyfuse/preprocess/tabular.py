@@ -13,6 +13,13 @@ from polyfuse.errors import BadInputError
 UNKNOWN = "<unk>"
 
 
+def _shape(value: Any) -> str:
+    """A cell described without its content: type and length."""
+    if isinstance(value, str):
+        return f"text of {len(value)} characters"
+    return f"a value of type {type(value).__name__}"
+
+
 def decode_number(value: Any, cfg: Any, folder: Path, budget: Any = None) -> float:
     """Parse one numeric cell; text that is not a number is a bad value."""
     if isinstance(value, bool):
@@ -20,9 +27,10 @@ def decode_number(value: Any, cfg: Any, folder: Path, budget: Any = None) -> flo
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise BadInputError(f"expected a number, got {value!r}; fix the cell or leave it empty") from None
+        # the cell's content is not echoed: it may be personal data, and bad-row lists reach logs and metrics.json
+        raise BadInputError(f"expected a number, got {_shape(value)}; fix the cell or leave it empty") from None
     if math.isinf(number):
-        raise BadInputError(f"expected a finite number, got {value!r}")
+        raise BadInputError("expected a finite number, got infinity")
     return number
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from polyfuse.errors import BadInputError
 from polyfuse.preprocess import ngrams
+from polyfuse.privacy import pii
 
 PAD, UNK = "<pad>", "<unk>"
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -48,11 +49,14 @@ def tokenize(text: str, tokenizer: str = "word", lowercase: bool = True) -> list
 
 
 def decode(value: Any, cfg: Any, folder: Path, budget: Any = None) -> list[str]:
-    """Tokenise one cell; numbers are accepted as text, other types are an error."""
+    """Tokenise one cell (after de-identification when the spec asks); numbers are accepted as
+    text, other types are an error."""
     if isinstance(value, (int, float, np.integer, np.floating)):
         value = str(value)
     if not isinstance(value, str):
         raise BadInputError(f"expected text, got {type(value).__name__}")
+    if cfg.deidentify:  # before anything else sees the text, so no later step can keep or log the raw value
+        value = pii.redact(value, pii.entity_types(cfg.deidentify))
     return tokenize(value, cfg.tokenizer, cfg.lowercase)[: cfg.max_length]
 
 

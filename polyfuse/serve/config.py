@@ -28,6 +28,8 @@ class ServeConfig:
     drain_s: float = 10.0  # on SIGTERM: not ready at once, in-flight requests get this long
     threads: int | None = 1  # model threads: concurrency comes from requests, and one thread wastes least
     check_batching: bool = True  # measure at start-up whether batching is cheaper than singles
+    key_env: str | None = None  # the variable holding an encrypted model's key (default POLYFUSE_KEY)
+    verify_key: str | None = None  # a PEM public key file: refuse unsigned or mis-signed models
 
     def budget(self, deadline: float | None = None) -> DecodeBudget:
         """A fresh decode budget for one request with these limits."""

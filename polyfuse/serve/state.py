@@ -56,13 +56,13 @@ def load_backend(path: Path, cfg: ServeConfig) -> Backend:
     if use_onnx:
         from polyfuse.runtime import Runtime
 
-        rt = Runtime(path, variant=cfg.variant, threads=cfg.threads)
+        rt = Runtime(path, variant=cfg.variant, threads=cfg.threads, key_env=cfg.key_env, verify_key=cfg.verify_key)
         return Backend(path.name, "1", sha256(rt.model_file), "polyfuse_onnxruntime", rt.spec, rt.preprocessor,
                        rt.run_arrays)
     from polyfuse.estimator import load, set_threads
 
     set_threads(cfg.threads)
-    model = load(path)
+    model = load(path, key_env=cfg.key_env, verify_key=cfg.verify_key)
     return Backend(path.name, "1", digest, "polyfuse_pytorch", model.spec, model.preprocessor, model.run_arrays)
 
 

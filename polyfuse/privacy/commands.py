@@ -1,0 +1,67 @@
+"""`polyfuse keygen`, `polyfuse encrypt` and `polyfuse sign`: the command-line side of
+:mod:`polyfuse.privacy.crypto` and :mod:`polyfuse.privacy.sign`. Keys never travel in argv:
+the encryption key comes from an environment variable, the signing key from a file."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from polyfuse.privacy.crypto import DEFAULT_KEY_ENV
+
+
+def cmd_keygen(args: argparse.Namespace) -> None:
+    if args.sign:
+        from polyfuse.privacy.sign import keygen
+
+        private, public = keygen(args.out)
+        print(f"wrote {private} (private, keep it secret) and {public} (public, give it to whoever loads the model)")
+        return
+    from polyfuse.privacy.crypto import new_key
+
+    print(new_key())
+    print(f"(a new AES-256 key: store it in a secret manager and export it as ${DEFAULT_KEY_ENV})", file=sys.stderr)
+
+
+def cmd_encrypt(args: argparse.Namespace) -> None:
+    from polyfuse.privacy.crypto import encrypt_artifact, key_from_env
+
+    from polyfuse.artifact import SIGNATURE
+
+    was_signed = (Path(args.model) / SIGNATURE).exists()
+    manifest = encrypt_artifact(args.model, key_from_env(args.key_env))
+    enc = manifest["encryption"]
+    print(f"encrypted {len(enc['files'])} files of {args.model} ({enc['algorithm']}, key {enc['key_id']}); "
+          f"load it with ${args.key_env} set")
+    if was_signed:  # the manifest changed, so the old signature could only fail
+        print(f"the signature no longer applied and was removed: run `polyfuse sign {args.model} --key-file KEY`")
+
+
+def cmd_sign(args: argparse.Namespace) -> None:
+    from polyfuse.privacy.sign import sign_artifact
+
+    print(f"wrote {sign_artifact(args.model, args.key_file)}")
+
+
+def add_key_options(p: argparse.ArgumentParser) -> None:
+    """--key-env / --verify-key for every command that opens a model."""
+    p.add_argument("--key-env", default=None,
+                   help=f"environment variable holding an encrypted model's key (default {DEFAULT_KEY_ENV})")
+    p.add_argument("--verify-key", default=None, help="PEM public key file: refuse an unsigned or mis-signed model")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keygen", help="print a new AES-256 key for `encrypt` (or, with --sign, write an Ed25519 key pair)")
+    p.add_argument("--sign", action="store_true", help="write an Ed25519 signing key pair instead")
+    p.add_argument("--out", default="polyfuse-signing.pem", help="with --sign: the private key file (public: OUT.pub)")
+    p.set_defaults(fn=cmd_keygen)
+
+    p = sub.add_parser("encrypt", help="encrypt every file of a model directory in place (AES-256-GCM)")
+    p.add_argument("model")
+    p.add_argument("--key-env", default=DEFAULT_KEY_ENV, help="environment variable holding the key (base64 or hex)")
+    p.set_defaults(fn=cmd_encrypt)
+
+    p = sub.add_parser("sign", help="sign a model's manifest with an Ed25519 private key (writes manifest.sig)")
+    p.add_argument("model")
+    p.add_argument("--key-file", required=True, help="PEM private key (`polyfuse keygen --sign`)")
+    p.set_defaults(fn=cmd_sign)

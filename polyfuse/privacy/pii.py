@@ -1,0 +1,142 @@
+"""Rule-based de-identification of text: PII spans become typed placeholders (``<EMAIL>``...).
+
+Called from the text decode (:func:`polyfuse.preprocess.text.decode`), so training, the
+torch-free runtime and the server replace the same spans the same way. Regex and checksums only:
+Chinese resident IDs must pass the GB 11643-1999 check digit (and carry a plausible birth date),
+bank cards the Luhn check, so a random 18-digit or 16-digit number is rarely flagged. Person names
+and street addresses need a named-entity model and are not detected here.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Callable, Iterable, NamedTuple
+
+ENTITIES = ("email", "url", "ip", "cn_id", "bank_card", "phone")
+PLACEHOLDER = {e: f"<{e.upper()}>" for e in ENTITIES}
+
+
+class Span(NamedTuple):
+    start: int
+    end: int
+    type: str
+
+
+# re.ASCII on purpose: with Unicode \w and \b, Chinese text around an entity would count as part of it
+_EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", re.ASCII)
+_URL = re.compile(r"(?:\b[A-Za-z][A-Za-z0-9+.-]*://|\bwww\.)[^\s<>\"'\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]+", re.ASCII)
+_URL_TAIL = ".,;:!?)]}'\""  # sentence punctuation after a link is not part of it
+_IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\d|\.\d)", re.ASCII)
+_IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])", re.ASCII)
+_CN_ID = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])", re.ASCII)
+_CARD = re.compile(r"(?<![\d-])(?:\d{13,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?|\d{4}[ -]\d{6}[ -]\d{4,5})(?![\d-])", re.ASCII)
+_PHONES = [
+    re.compile(r"(?<![\d+])(?:\+?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)", re.ASCII),  # Chinese mobile
+    re.compile(r"(?<![\d\w])0\d{2,3}-\d{7,8}(?!\d)", re.ASCII),  # Chinese landline with area code: 010-12345678
+    re.compile(r"(?<![\d\w])(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[.-])\d{3}[.-]\d{4}(?!\d)", re.ASCII),  # North America
+    re.compile(r"(?<![\d\w])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){1,5}(?!\d)", re.ASCII),  # international +CC ...
+]
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+
+
+def cn_id_check_digit(first17: str) -> str:
+    """The GB 11643-1999 check character (0-9 or X) of the first 17 digits of a resident ID."""
+    return _ID_CHECK[sum(int(d) * w for d, w in zip(first17, _ID_WEIGHTS)) % 11]
+
+
+def valid_cn_id(s: str) -> bool:
+    """18 characters, a plausible birth date (YYYYMMDD at 7-14) and a correct check character."""
+    year, month, day = int(s[6:10]), int(s[10:12]), int(s[12:14])
+    if not (1900 <= year <= 2099 and 1 <= month <= 12 and 1 <= day <= 31):
+        return False
+    return cn_id_check_digit(s[:17]) == s[17].upper()
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn (mod 10) check that every payment card number passes."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def _digits(s: str) -> str:
+    return "".join(c for c in s if c.isdigit())
+
+
+def _url_span(m: re.Match) -> tuple[int, int]:
+    text = m.group().rstrip(_URL_TAIL)
+    return m.start(), m.start() + len(text)
+
+
+def _valid_ipv6(s: str) -> bool:
+    if s.count(":") < 2 or not any(c.isalnum() for c in s):
+        return False
+    try:
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _valid_phone(s: str) -> bool:
+    return 8 <= len(_digits(s)) <= 15
+
+
+def _valid_card(s: str) -> bool:
+    digits = _digits(s)
+    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+
+
+# type -> (patterns, validator of the matched text)
+_RULES: dict[str, tuple[list[re.Pattern], Callable[[str], bool]]] = {
+    "email": ([_EMAIL], lambda s: True),
+    "url": ([_URL], lambda s: True),
+    "ip": ([_IPV4, _IPV6], lambda s: "." in s or _valid_ipv6(s)),
+    "cn_id": ([_CN_ID], valid_cn_id),
+    "bank_card": ([_CARD], _valid_card),
+    "phone": (_PHONES, _valid_phone),
+}
+
+
+def entity_types(setting: bool | Iterable[str] | None) -> tuple[str, ...]:
+    """The spec's ``deidentify`` value as entity types: True = all, False/None/[] = none."""
+    if setting is True:
+        return ENTITIES
+    if not setting:
+        return ()
+    return tuple(e for e in ENTITIES if e in set(setting))
+
+
+def find(text: str, types: Iterable[str] = ENTITIES) -> list[Span]:
+    """PII spans in ``text``, non-overlapping and in order; the longest wins where rules overlap
+    (an email inside a URL is part of the URL; a phone-like run inside an ID is the ID)."""
+    candidates = []
+    for kind in types:
+        patterns, valid = _RULES[kind]
+        for pattern in patterns:
+            for m in pattern.finditer(text):
+                start, end = _url_span(m) if kind == "url" else m.span()
+                if end > start and valid(text[start:end]):
+                    candidates.append(Span(start, end, kind))
+    chosen: list[Span] = []
+    for span in sorted(candidates, key=lambda s: (s.start - s.end, ENTITIES.index(s.type), s.start)):
+        if all(span.end <= c.start or span.start >= c.end for c in chosen):
+            chosen.append(span)
+    return sorted(chosen)
+
+
+def redact(text: str, types: Iterable[str] = ENTITIES) -> str:
+    """``text`` with every PII span replaced by its placeholder, e.g. ``<EMAIL>``."""
+    types = tuple(types)
+    if not types:
+        return text
+    out, pos = [], 0
+    for span in find(text, types):
+        out.append(text[pos:span.start])
+        out.append(PLACEHOLDER[span.type])
+        pos = span.end
+    out.append(text[pos:])
+    return "".join(out)

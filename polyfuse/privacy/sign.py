@@ -1,0 +1,82 @@
+"""Signed artifacts: an Ed25519 signature of manifest.json in ``manifest.sig``. The manifest holds
+the sha256 of every file, so a valid signature plus a verified manifest covers the whole artifact.
+
+Keys are PEM files: `polyfuse keygen --sign --out NAME` writes NAME (private, mode 600) and
+NAME.pub, or with openssl: ``openssl genpkey -algorithm ed25519 -out k.pem`` and
+``openssl pkey -in k.pem -pubout -out k.pub``.
+"""
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import Any
+
+from polyfuse.artifact import MANIFEST, SIGNATURE, atomic_write_text, verify
+from polyfuse.errors import ArtifactError
+
+
+def keygen(out: str | Path) -> tuple[Path, Path]:
+    """Write a new Ed25519 key pair: ``out`` (private, PEM, readable by the owner only) and ``out.pub``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private, public = Path(out), Path(f"{out}.pub")
+    for path in (private, public):
+        if path.exists():
+            raise ArtifactError(f"{path} exists; choose another name (a key is never overwritten)")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def _load(path: str | Path, private: bool) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    what = "private" if private else "public"
+    try:
+        data = Path(path).read_bytes()
+        key = (serialization.load_pem_private_key(data, password=None) if private
+               else serialization.load_pem_public_key(data))
+    except FileNotFoundError:
+        raise ArtifactError(f"{what} key file {str(path)!r} not found") from None
+    except (ValueError, TypeError) as e:
+        raise ArtifactError(f"{path}: not an unencrypted PEM {what} key ({str(e).splitlines()[0][:120]}); "
+                            "make one with `polyfuse keygen --sign --out KEY`") from None
+    expected = ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey
+    if not isinstance(key, expected):
+        raise ArtifactError(f"{path}: expected an Ed25519 {what} key, got {type(key).__name__}")
+    return key
+
+
+def sign_artifact(folder: str | Path, key_file: str | Path) -> Path:
+    """Verify the artifact, then write ``manifest.sig`` (base64 Ed25519 signature of manifest.json)."""
+    folder = Path(folder)
+    verify(folder)  # never sign files that changed behind the manifest's back
+    signature = _load(key_file, private=True).sign((folder / MANIFEST).read_bytes())
+    atomic_write_text(folder / SIGNATURE, base64.b64encode(signature).decode() + "\n")
+    return folder / SIGNATURE
+
+
+def check(folder: str | Path, public_key_file: str | Path) -> None:
+    """Refuse an unsigned artifact or one whose manifest does not match its signature."""
+    from cryptography.exceptions import InvalidSignature
+
+    folder = Path(folder)
+    key = _load(public_key_file, private=False)
+    sig_path = folder / SIGNATURE
+    if not sig_path.is_file():
+        raise ArtifactError(f"{folder} is not signed (no {SIGNATURE}) but a verify key was given; "
+                            f"sign it with `polyfuse sign {folder} --key-file KEY`, or load it without a verify key")
+    try:
+        key.verify(base64.b64decode(sig_path.read_text().strip(), validate=True), (folder / MANIFEST).read_bytes())
+    except (InvalidSignature, ValueError):
+        raise ArtifactError(f"{folder}: the signature does not match {MANIFEST} under {public_key_file}: the "
+                            "artifact was changed after signing (re-sign it after an export) or signed by another "
+                            "key; do not use it") from None

@@ -1,0 +1,133 @@
+"""De-identification of text inputs: recall on a synthetic PII corpus, false positives on clean
+text, no raw PII in a trained artifact or its logs, and the same placeholders at training and
+inference time."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from polyfuse.preprocess.pipeline import Preprocessor
+from polyfuse.privacy import pii
+from polyfuse.privacy.corpus import bank_card, clean_corpus, cn_id, pii_corpus
+from polyfuse.spec import load_spec
+
+
+def test_recall_per_type_on_english_and_chinese_corpus():
+    corpus = pii_corpus(per_type=60)
+    assert len(corpus) >= 200 and any("请" in t for t, _, _ in corpus)
+    hit, total = Counter(), Counter()
+    for text, kind, value in corpus:
+        redacted = pii.redact(text)
+        total[kind] += 1
+        hit[kind] += value not in redacted and pii.PLACEHOLDER[kind] in redacted
+    recall = {k: hit[k] / total[k] for k in total}
+    print("recall per type:", recall)
+    assert set(recall) == set(pii.ENTITIES)
+    assert all(r >= 0.95 for r in recall.values()), recall
+
+
+def test_false_positives_on_clean_text_are_rare():
+    clean = clean_corpus(n=300)
+    long_ref = [t for t in clean if re.search(r"\d{13}", t)]  # reference numbers of card/ID length
+    ordinary = [t for t in clean if t not in long_ref]
+    flagged = [t for t in ordinary if pii.find(t)]
+    flagged_long = [t for t in long_ref if pii.find(t)]
+    print(f"false positives: {len(flagged)}/{len(ordinary)} ordinary sentences; "
+          f"{len(flagged_long)}/{len(long_ref)} with 13-19 digit reference numbers")
+    assert len(ordinary) >= 200 and len(flagged) / len(ordinary) <= 0.01
+    # a random 13-19 digit number passes Luhn one time in ten: two per sentence, so about 19 % by chance
+    assert len(long_ref) >= 20 and len(flagged_long) / len(long_ref) <= 0.3
+
+
+def test_checksums_reject_random_numbers():
+    rng = np.random.default_rng(3)
+    ids = [cn_id(rng) for _ in range(50)]
+    assert all(pii.valid_cn_id(i) for i in ids)
+    broken = [i[:17] + ("0" if i[17] != "0" else "1") for i in ids]  # wrong check character
+    assert not any(pii.find(f"ID {b}.", ["cn_id"]) for b in broken)
+    cards = [bank_card(rng).replace(" ", "") for _ in range(50)]
+    assert all(pii.luhn_ok(c) for c in cards)
+    assert not any(pii.find(f"card {c[:-1]}{(int(c[-1]) + 1) % 10}", ["bank_card"]) for c in cards)
+
+
+def test_examples_and_type_selection():
+    text = "Mail bob@example.com, call +44 20 7946 0958 or (555) 123-4567, 手机13812345678, see https://x.org/a."
+    assert pii.redact(text) == "Mail <EMAIL>, call <PHONE> or <PHONE>, 手机<PHONE>, see <URL>."
+    assert pii.redact(text, pii.entity_types(["email"])).startswith("Mail <EMAIL>, call +44 20 7946 0958")
+    assert pii.entity_types(False) == () and pii.entity_types(True) == pii.ENTITIES
+    assert pii.redact("hosts 10.0.0.1 and 2001:db8::1 at 12:30:45") == "hosts <IP> and <IP> at 12:30:45"
+
+
+def test_pii_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; from polyfuse.privacy import pii; "
+            "import polyfuse.preprocess.text; print(pii.redact('a@b.co'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "<EMAIL>"
+
+
+def _email_table(folder: Path, n: int = 48) -> Path:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        label = ["refund", "delivery"][i % 2]
+        rows.append({"msg": f"{label} please, write to zqxuser{i}@example.com or call 138{rng.integers(10**7, 10**8)}",
+                     "label": label})
+    path = folder / "mail.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _spec(csv: Path, deidentify: bool) -> dict:
+    return {"data": {"train": str(csv), "split": {"valid": 0.25, "seed": 0}},
+            "inputs": {"msg": {"type": "text", "encoder": "cnn", "max_length": 16, "dim": 16, "deidentify": deidentify}},
+            "outputs": {"label": {"type": "category"}},
+            "train": {"epochs": 1, "batch_size": 16, "seed": 0, "threads": 1}}
+
+
+def _grep(folder: Path, needle: str) -> list[str]:
+    return [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+@pytest.fixture(scope="module")
+def deid_run(tmp_path_factory):
+    import polyfuse
+
+    folder = tmp_path_factory.mktemp("pii")
+    csv = _email_table(folder)
+    return polyfuse.train(_spec(csv, True), out=folder / "model", show_progress=False), folder / "model", csv
+
+
+def test_no_raw_email_in_artifact_or_stderr(tmp_path, capfd):
+    import polyfuse
+
+    csv = _email_table(tmp_path)
+    polyfuse.train(_spec(csv, False), out=tmp_path / "plain", show_progress=False)
+    assert _grep(tmp_path / "plain", "zqxuser"), "control: without deidentify the vocabulary holds the address tokens"
+    capfd.readouterr()
+    polyfuse.train(_spec(csv, True), out=tmp_path / "deid", show_progress=False)
+    captured = capfd.readouterr()
+    assert _grep(tmp_path / "deid", "zqxuser") == [] and _grep(tmp_path / "deid", "@example.com") == []
+    assert "zqxuser" not in captured.err + captured.out
+    assert "email" in (tmp_path / "deid" / "preprocess.json").read_text()  # the placeholder's token is learned
+
+
+def test_training_and_inference_decode_the_same_placeholders(deid_run):
+    model, folder, _ = deid_run
+    spec, _ = load_spec(folder / "spec.yaml")
+    runtime_pre = Preprocessor.from_json(spec, (folder / "preprocess.json").read_text())  # what Runtime/serve use
+    raw = [{"msg": "refund please, write to new.person@mail.org or call +86 139 1234 5678"}]
+    placeholder = [{"msg": "refund please, write to <EMAIL> or call <PHONE>"}]
+    for pre in (model.preprocessor, runtime_pre):
+        a, _ = pre.transform(raw)
+        b, _ = pre.transform(placeholder)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    reloaded = __import__("polyfuse").load(folder)
+    assert reloaded.predict(raw).equals(model.predict(placeholder))
