@@ -238,6 +238,8 @@ class TrainSpec(_Strict):
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     calibrate: bool = Field(True, description="fit temperature scaling on the validation split")
+    baseline: bool = Field(True, description="fit the linear baseline floor (per input and all together) and warn "
+                           "when it beats the network")
 
 
 class Spec(_Strict):

@@ -283,8 +283,10 @@ def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, wide
     if splits.test is not None:
         result["test"] = evaluate(net, pre, splits.test, batch=test_batch)
     if splits.valid is not None:
-        result["valid"] = evaluate(net, pre, splits.valid, ablation=splits.test is None, batch=valid_batch)
-    result["baseline"] = baseline.fit_baselines(spec, pre, splits.train, splits.valid, splits.test)
+        # with its ablation always: the baseline's per-input warnings compare against it
+        result["valid"] = evaluate(net, pre, splits.valid, batch=valid_batch)
+    if spec.train.baseline:
+        result["baseline"] = baseline.fit_baselines(spec, pre, splits.train, splits.valid, splits.test)
     return result
 
 
@@ -292,7 +294,7 @@ def warn_if_beaten(spec: Spec, result: dict[str, Any], history: list[dict]) -> N
     """Say loudly, with the likely causes, when the linear baseline beats the network on validation."""
     from polyfuse import baseline
 
-    if "valid" in result:
+    if "valid" in result and "baseline" in result:
         result["baseline_warnings"] = baseline.compare(result["valid"], result["baseline"], spec, history)
         for warning in result["baseline_warnings"]:
             log(f"WARNING: {warning}")

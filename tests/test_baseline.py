@@ -184,6 +184,15 @@ def test_training_reports_a_crippled_network_beaten_by_the_baseline(tmp_path):
     assert "## Baseline" in card and "**⚠ BASELINE BEATS THE NETWORK" in card
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["baseline"]["outputs"]["label"]["metric"] == "accuracy"
+    # with a test split too, validation keeps its ablation, so the text branch itself is blamed
+    assert "note" in model.metrics["valid"]["ablation"]["only"]
+    assert any("encoder learns 'note' from scratch" in w for w in model.metrics["baseline_warnings"])
+
+    spec["train"]["baseline"] = False  # the floor can be turned off: nothing fitted, nothing shown
+    quiet = polyfuse.train(spec, data=keyword_table(150).drop(columns=["photo"]), out=tmp_path / "off",
+                           show_progress=False)
+    assert "baseline" not in quiet.metrics and "baseline_warnings" not in quiet.metrics
+    assert "No baseline was fitted" in (tmp_path / "off" / "MODEL_CARD.md").read_text()
 
 
 def test_audio_baseline_reads_pitch_from_mfcc_statistics():
