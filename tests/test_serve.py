@@ -479,10 +479,15 @@ def test_request_timeout_answers_504(toy_dir, logs):
     s = Server(toy_dir, ["--timeout", "0.001", "--max-delay-ms", "50"], logs)
     try:
         with s.client() as c:
-            for _ in range(3):
+            # a 1 ms deadline: the body itself may miss it (408, read before admission) on a busy
+            # machine; most requests get in and then run out of time in the queue (504)
+            statuses = []
+            for _ in range(10):
                 r = c.post("/predict", json={"records": [GOOD]})
-                assert r.status_code == 504, r.text
-                assert "no answer within" in r.json()["error"]
+                statuses.append(r.status_code)
+                want = {504: "no answer within", 408: "did not arrive within"}
+                assert r.status_code in want and want[r.status_code] in r.json()["error"], r.text
+            assert 504 in statuses, statuses  # the queue deadline answers too, not only the body read
             r = c.post("/v2/models/toy/infer",
                        json={"inputs": [{"name": "weight", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
             assert r.status_code == 504 and "error" in r.json()
