@@ -334,7 +334,8 @@ def _fitting(history: list[dict] | None, spec: Any, rows: int) -> str | None:
         return None
     best = min(losses, key=lambda e: e[2])
     last = losses[-1]
-    if last[0] - best[0] >= 2 and last[2] > best[2] and last[1] < best[1]:
+    # a rise of a few per cent is noise, not overfitting (the demo once rose 0.1628 -> 0.1634)
+    if last[0] - best[0] >= 2 and last[2] > 1.05 * best[2] and last[1] < best[1]:
         return (f"the network overfits: validation loss was lowest at epoch {best[0]} ({best[2]:.4f}) and rose to "
                 f"{last[2]:.4f} while the training loss fell to {last[1]:.4f}; its encoders are too big for {rows} "
                 "training rows (lower dim, more dropout or augmentation, simpler encoders)")

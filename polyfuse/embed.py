@@ -18,8 +18,7 @@ def _vectors(values: np.ndarray, keep: np.ndarray) -> Any:
     import pyarrow as pa
 
     flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).ravel())
-    column = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
-    return pa.array(column.to_pylist(), type=column.type, mask=~keep) if not keep.all() else column
+    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1], mask=pa.array(~keep))
 
 
 def _chunk_table(model: Any, table: Any, idc: str | None) -> Any:

@@ -210,13 +210,13 @@ def epoch_line(record: dict, epochs: int, improved: bool) -> str:
             f"{'  *best' if improved else ''}")
 
 
-def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel, *, out: Path | None, resume: bool,
-                show: bool, callback: Callable[[int, dict], None] | None) -> tuple[list[dict], float]:
+def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel, valid_batch: dict | None, *,
+                out: Path | None, resume: bool, show: bool, callback: Callable[[int, dict], None] | None
+                ) -> tuple[list[dict], float]:
     """The epoch loop with early stopping and per-epoch checkpoints; leaves the best weights in ``net``."""
     cfg = spec.train
     target = pre.targets(splits.train)
     fixed = None if pre.augments() else pre.collate(splits.train)
-    valid_batch = pre.collate(splits.valid) if splits.valid else None
     valid_target = pre.targets(splits.valid) if splits.valid else None
     optimizer, scheduler = optim.build(spec, net)
     weights = class_weights(spec, pre, target)
@@ -259,14 +259,14 @@ def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel,
     return loop.history, time.perf_counter() - started
 
 
-def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, wide: dict) -> dict[str, Any]:
+def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, valid_batch: dict | None,
+           wide: dict) -> dict[str, Any]:
     """After training: the wide half's weight, classic heads, temperature scaling, evaluation (test
     split if any, and validation) and the linear baseline the network is compared with."""
     from polyfuse import baseline, classic_heads
     from polyfuse.wide import blend
 
     result: dict[str, Any] = {}
-    valid_batch = pre.collate(splits.valid) if splits.valid else None
     test_batch = pre.collate(splits.test) if splits.test is not None else None  # collated once, used thrice
     if net.wide_slices:
         result["wide"] = {**wide, "blend": blend(spec, net, valid_batch, pre.targets(splits.valid) if splits.valid else None)}
@@ -314,9 +314,10 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     torch.manual_seed(spec.train.seed)
     net = FusionModel(spec, pre.state)                               # 3. the network
     wide = {} if resume else fit_wide(spec, pre, net, splits.train, splits.valid)  # 3b. its linear half
-    history, seconds = fit_network(spec, pre, splits, net, out=out, resume=resume, show=show,
+    valid_batch = pre.collate(splits.valid) if splits.valid else None  # collated once, used in 4 and 5
+    history, seconds = fit_network(spec, pre, splits, net, valid_batch, out=out, resume=resume, show=show,
                                    callback=callback)                # 4. train, keep the best epoch
-    result = finish(spec, pre, net, splits, wide)                    # 5. blend, heads, calibrate, evaluate
+    result = finish(spec, pre, net, splits, valid_batch, wide)       # 5. blend, heads, calibrate, evaluate
     warn_if_beaten(spec, result, history)                            # 6. the baseline floor
     if data_warnings:
         result["data_warnings"] = data_warnings

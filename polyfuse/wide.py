@@ -23,7 +23,7 @@ STRENGTHS = (1.0, 10.0)  # inverse L2 strengths tried, weaker regularisation sec
 def features(net: FusionModel, pre: Preprocessor, decoded: Decoded, names: list[str]) -> sparse.csr_matrix:
     """The wide features exactly as the network computes them: per input, IDF weights of the
     n-gram ids, L2-normalised per text, summed per bucket; inputs side by side."""
-    batch = pre.collate(decoded)
+    batch = pre.collate(decoded, only=names)  # the text ids alone: no image or audio work
     blocks = []
     for name in names:
         ids = batch[name]

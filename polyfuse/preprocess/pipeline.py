@@ -159,10 +159,13 @@ class Preprocessor:
         return any(MODALITIES[c.type].augments(c) for c in self.spec.inputs.values())
 
     def collate(self, decoded: Decoded, idx: Sequence[int] | None = None, *, train: bool = False,
-                rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-        """Model inputs for rows ``idx``: ``name`` plus ``name__present`` (and ``name__length``)."""
+                rng: np.random.Generator | None = None, only: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Model inputs for rows ``idx``: ``name`` plus ``name__present`` (and ``name__length``);
+        ``only`` limits it to some inputs (e.g. the text ids the wide half reads, without images)."""
         batch: dict[str, np.ndarray] = {}
         for name, cfg in self.spec.inputs.items():
+            if only is not None and name not in only:
+                continue
             values = decoded.inputs[name] if idx is None else [decoded.inputs[name][i] for i in idx]
             arrays = MODALITIES[cfg.type].collate(values, cfg, self.state[name], train, rng)
             for key, arr in arrays.items():

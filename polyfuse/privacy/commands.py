@@ -4,9 +4,11 @@ the encryption key comes from an environment variable, the signing key from a fi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from polyfuse.errors import ArtifactError
 from polyfuse.privacy.crypto import DEFAULT_KEY_ENV
 
 
@@ -28,6 +30,12 @@ def cmd_encrypt(args: argparse.Namespace) -> None:
 
     from polyfuse.artifact import SIGNATURE
 
+    if not (Path(args.model) / "manifest.json").is_file():
+        raise ArtifactError(f"{args.model}: not a model directory (no manifest.json); give the folder `polyfuse "
+                            "train --out` wrote")
+    if not os.environ.get(args.key_env):  # the loader's message assumes an encrypted model: say how to start
+        raise ArtifactError(f"${args.key_env} is unset or empty: make a key with `export {args.key_env}=$(polyfuse "
+                            "keygen)`, keep it safe, then encrypt")
     was_signed = (Path(args.model) / SIGNATURE).exists()
     manifest = encrypt_artifact(args.model, key_from_env(args.key_env))
     enc = manifest["encryption"]
