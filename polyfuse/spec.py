@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from polyfuse.errors import SpecError
 
@@ -36,6 +36,45 @@ class DataSpec(_Strict):
     cache_dir: str | None = Field(None, description="where decoded tensors are cached; default: beside the table")
 
 
+# ----------------------------------------------------------------------------- pretrained encoders
+class LoraSpec(_Strict):
+    r: int = Field(8, ge=1, description="rank of the low-rank update")
+    alpha: float = Field(16.0, gt=0, description="scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, description="module names to adapt; default: the attention "
+                                             "query/value projections of the model type")
+
+
+class HFEncoder(_Strict):
+    """A pretrained transformers backbone as an input's encoder (text, image or audio)."""
+
+    hf: str = Field(description="a local model folder (relative to the spec's folder) or a hub name already in the "
+                    "local Hugging Face cache")
+    freeze: bool = Field(True, description="keep the backbone's weights fixed (its outputs are then cached on disk)")
+    train_last: int = Field(0, ge=0, description="with freeze: still train the last N transformer layers")
+    lora: LoraSpec | None = Field(None, description="train low-rank adapters (peft) on the frozen backbone; merged "
+                                  "into the weights before saving, so exports are plain models")
+    pooling: Literal["cls", "mean", "attention"] | None = Field(
+        None, description="how token/patch/frame vectors become one: cls (first token, or the model's pooler), mean "
+        "over valid positions, attention (learned weights); default: mean for text and audio, cls for images")
+    download: bool = Field(False, description="allow fetching the model from the hub when it is not local "
+                           "(HF_HUB_OFFLINE=1 still forbids it)")
+    # the model folder's preprocessing settings (tokenizer, image or audio processor), bound at training
+    # start from the folder and at load time from preprocess.json: see polyfuse.preprocess.hf
+    _processor: dict | None = PrivateAttr(None)
+
+    @property
+    def cached(self) -> bool:
+        """Whether the backbone's outputs are a fixed function of the input (so they can be cached)."""
+        return self.freeze and not self.train_last and self.lora is None
+
+
+def hf_encoder(cfg: Any) -> HFEncoder | None:
+    """The pretrained encoder of an input, or None when it uses a built-in encoder."""
+    enc = getattr(cfg, "encoder", None)
+    return enc if isinstance(enc, HFEncoder) else None
+
+
 # ----------------------------------------------------------------------------- inputs
 class ImageAugment(_Strict):
     random_crop: float | None = Field(None, gt=0.0, le=1.0, description="crop this fraction of each side, then resize back")
@@ -53,7 +92,9 @@ class ImageInput(_Strict):
     mean: float | list[float] | None = Field(None, description="normalisation mean; default: fitted on train")
     std: float | list[float] | None = None
     augment: ImageAugment = ImageAugment()
-    encoder: Literal["cnn", "resnet"] = "cnn"
+    encoder: Literal["cnn", "resnet"] | HFEncoder = Field("cnn", description="cnn, resnet, or {hf: MODEL, ...}: a "
+                                                          "pretrained vision backbone, whose own processor then "
+                                                          "sets size, channels and normalisation")
     dim: int = Field(128, gt=0, description="encoder output size")
     modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
 
@@ -86,7 +127,9 @@ class AudioInput(_Strict):
     deltas: bool = False
     denoise: bool = False
     augment: AudioAugment = AudioAugment()
-    encoder: Literal["cnn", "cnn_lstm"] = "cnn"
+    encoder: Literal["cnn", "cnn_lstm"] | HFEncoder = Field("cnn", description="cnn, cnn_lstm, or {hf: MODEL, ...}: "
+                                                             "a pretrained audio backbone (wav2vec2/HuBERT, Whisper "
+                                                             "encoder, AST) with its own feature extractor")
     dim: int = Field(128, gt=0)
     modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
 
@@ -126,9 +169,10 @@ class TextInput(_Strict):
                        "(wide and deep), started from a logistic regression fitted on the training rows and kept "
                        "frozen, so the network learns what the linear model misses")
     augment: TextAugment = TextAugment()
-    encoder: Literal["ngram", "cnn", "bigru", "bilstm"] = Field(
+    encoder: Literal["ngram", "cnn", "bigru", "bilstm"] | HFEncoder = Field(
         "ngram", description="ngram: hashed word+char n-gram bag (fastText-style; strong without pretraining); "
-        "cnn: parallel convolutions over token embeddings; bigru/bilstm: recurrent, for long ordered text")
+        "cnn: parallel convolutions over token embeddings; bigru/bilstm: recurrent, for long ordered text; "
+        "{hf: MODEL, ...}: a pretrained transformer with its own tokenizer (tokenizer.json)")
     dim: int = Field(128, gt=0)
     modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
 
@@ -275,8 +319,16 @@ class Spec(_Strict):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+def _relevant(err: dict) -> bool:
+    """For an encoder (a name or a pretrained {hf: ...} mapping), only the branch the user wrote."""
+    loc = [str(p) for p in err["loc"]]
+    if "HFEncoder" in loc:
+        return not (err["type"] == "model_type" and not isinstance(err.get("input"), dict))
+    return not (any(p.startswith("literal[") for p in loc) and isinstance(err.get("input"), dict))
+
+
 def _describe(err: dict) -> str:
-    loc = list(err["loc"])
+    loc = [p for p in err["loc"] if p != "HFEncoder" and not str(p).startswith("literal[")]
     if len(loc) > 2 and loc[0] == "inputs" and loc[2] in _TYPE_TAGS:
         del loc[2]  # pydantic's discriminator tag, not part of the user's path (an input may be named "image")
     path = ".".join(str(p) for p in loc)
@@ -284,6 +336,8 @@ def _describe(err: dict) -> str:
     ctx = err.get("ctx") or {}
     if err["type"] == "literal_error" and "expected" in ctx:
         msg = f"expected one of {ctx['expected']}"
+        if loc[-1] == "encoder":
+            msg += ", or {hf: MODEL_DIR_OR_NAME} for a pretrained backbone"
     elif err["type"] == "union_tag_invalid":
         msg = f"unknown type; expected one of {ctx.get('expected_tags')}"
     elif err["type"] == "union_tag_not_found":
@@ -316,7 +370,7 @@ def load_spec(source: str | Path | dict | Spec) -> tuple[Spec, Path]:
     try:
         return Spec.model_validate(source), base
     except ValidationError as e:
-        lines = [_describe(err) for err in e.errors()]
+        lines = [_describe(err) for err in e.errors() if _relevant(err)]
         raise SpecError("invalid spec:\n" + "\n".join(lines)) from None
 
 
