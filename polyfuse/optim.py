@@ -77,13 +77,31 @@ class Schedules:
             s.load_state_dict(state)
 
 
+def backbone_groups(spec: Any, net: nn.Module) -> list[dict]:
+    """One parameter group per pretrained backbone with trained weights, at its own (small) rate:
+    the train.lr that suits fresh layers would wipe out what the backbone learnt in pretraining."""
+    from polyfuse.nn.hf import PretrainedEncoder
+    from polyfuse.spec import hf_encoder
+
+    groups = []
+    for name, cfg in spec.inputs.items():
+        encoder = net.encoders[name] if hasattr(net, "encoders") else None
+        if isinstance(encoder, PretrainedEncoder):
+            params = [p for p in encoder.backbone.parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr": hf_encoder(cfg).backbone_lr})
+    return groups
+
+
 def build(spec: Any, net: nn.Module) -> tuple[Optimisers, Schedules | None]:
     """The run's optimiser (Adam/AdamW; SparseAdam for sparse tables) and its schedule."""
     cfg = spec.train
     sparse = {id(p) for p in sparse_parameters(net)}
+    groups = backbone_groups(spec, net)
+    special = sparse | {id(p) for g in groups for p in g["params"]}
     dense_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    parts: list[torch.optim.Optimizer] = [
-        dense_cls([p for p in net.parameters() if id(p) not in sparse], lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    dense = [p for p in net.parameters() if id(p) not in special and p.requires_grad]
+    parts: list[torch.optim.Optimizer] = [dense_cls([{"params": dense}, *groups], lr=cfg.lr, weight_decay=cfg.weight_decay)]
     if sparse:
         # a third of the rate: each table row is updated only by the few texts holding its n-gram, and at
         # the full rate the rare ones memorised their texts' labels within an epoch (8,000 Chinese

@@ -57,11 +57,18 @@ class HFEncoder(_Strict):
     pooling: Literal["cls", "mean", "attention"] | None = Field(
         None, description="how token/patch/frame vectors become one: cls (first token, or the model's pooler), mean "
         "over valid positions, attention (learned weights); default: mean for text and audio, cls for images")
+    lr: float | None = Field(None, gt=0, description="learning rate of the backbone's trained weights (the rest "
+                             "uses train.lr); default 5e-5 when fine-tuning layers, 5e-4 for LoRA adapters")
     download: bool = Field(False, description="allow fetching the model from the hub when it is not local "
                            "(HF_HUB_OFFLINE=1 still forbids it)")
-    # the model folder's preprocessing settings (tokenizer, image or audio processor), bound at training
-    # start from the folder and at load time from preprocess.json: see polyfuse.preprocess.hf
+    # the model folder's preprocessing settings (tokenizer, image or audio processor) and its config.json,
+    # bound at training start from the folder and at load time from preprocess.json (polyfuse.preprocess.hf)
     _processor: dict | None = PrivateAttr(None)
+    _config: dict | None = PrivateAttr(None)
+
+    @property
+    def backbone_lr(self) -> float:
+        return self.lr or (5e-4 if self.lora is not None else 5e-5)
 
     @property
     def cached(self) -> bool:

@@ -21,10 +21,10 @@ import torch
 from polyfuse import checkpoint, metrics, optim
 from polyfuse.errors import SpecError
 from polyfuse.evaluate import evaluate, metrics_from_logits
-from polyfuse.nn import heads
+from polyfuse.nn import heads, hf
 from polyfuse.nn.model import FusionModel, predict_arrays, to_tensors
 from polyfuse.preprocess.pipeline import BadRow, Decoded, Preprocessor
-from polyfuse.spec import Spec
+from polyfuse.spec import Spec, hf_encoder
 from polyfuse.threads import single_threaded_blas, usable_cpus
 from polyfuse.wide import fit_wide
 from polyfuse.trainset import (Splits, batches_of, check_rows, log, prefetch, read_splits, slice_batch,  # noqa: F401 (re-exported)
@@ -290,6 +290,17 @@ def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, vali
     return result
 
 
+def prepare_pretrained(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, base: Path,
+                       show: bool) -> dict[str, dict]:
+    """Pretrained weights into the backbones (frozen, partly trained or with LoRA), then the frozen
+    ones' outputs for every row, from the on-disk cache where they were computed before."""
+    from polyfuse.nn import feature_cache
+
+    hf.load_pretrained(net, spec, base)
+    parts = [d for d in (splits.train, splits.valid, splits.test) if d is not None]
+    return feature_cache.precompute(spec, pre, net, parts, feature_cache.cache_root(spec, base), show)
+
+
 def warn_if_beaten(spec: Spec, result: dict[str, Any], history: list[dict]) -> None:
     """Say loudly, with the likely causes, when the linear baseline beats the network on validation."""
     from polyfuse import baseline
@@ -308,16 +319,24 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     torch.set_num_threads(spec.train.threads or usable_cpus())
     single_threaded_blas()  # augmentation recomputes audio features beside torch's threads
 
+    pretrained = any(hf_encoder(c) for c in spec.inputs.values())
+    if pretrained:
+        hf.bind_folders(spec, base)                                  # 0. pretrained models' processors
     splits = read_splits(spec, base, data, show)                     # 1. decode once, split
     data_warnings = check_rows(spec, splits)
     pre = Preprocessor.fit(spec, splits.train)                       # 2. fit on training rows only
     torch.manual_seed(spec.train.seed)
     net = FusionModel(spec, pre.state)                               # 3. the network
+    cached = prepare_pretrained(spec, pre, net, splits, base, show) if pretrained else {}  # 3a. backbones
     wide = {} if resume else fit_wide(spec, pre, net, splits.train, splits.valid)  # 3b. its linear half
     valid_batch = pre.collate(splits.valid) if splits.valid else None  # collated once, used in 4 and 5
     history, seconds = fit_network(spec, pre, splits, net, valid_batch, out=out, resume=resume, show=show,
                                    callback=callback)                # 4. train, keep the best epoch
+    if pretrained and hf.merge_lora(net):                            # 4b. adapters folded into the weights
+        log("LoRA adapters merged into the backbone weights")
     result = finish(spec, pre, net, splits, valid_batch, wide)       # 5. blend, heads, calibrate, evaluate
+    if cached:
+        result["pretrained_cache"] = cached
     warn_if_beaten(spec, result, history)                            # 6. the baseline floor
     if data_warnings:
         result["data_warnings"] = data_warnings

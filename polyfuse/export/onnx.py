@@ -70,12 +70,23 @@ def metadata(model: Any, artifact_dir: Path) -> dict[str, str]:
     }
 
 
+def sequence_inputs(model: Any) -> list[str]:
+    """Graph inputs whose second axis varies with the batch: pretrained text and waveform inputs."""
+    from polyfuse.spec import hf_encoder
+
+    return [n for n, c in model.spec.inputs.items()
+            if hf_encoder(c) is not None and hf_encoder(c)._processor.get("kind") in ("text", "wav2vec2")]
+
+
 def write_onnx(model: Any, example: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
     """Export to one self-contained ONNX file (opset 18, dynamic batch) with polyfuse metadata."""
     import onnx
 
     wrapper = ProbabilityModel(model.net, model.spec).eval()
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    shapes = {k: {0: batch} for k in example}
+    for key in sequence_inputs(model):  # token ids and raw waveforms: as long as the batch's longest row
+        shapes[key] = {0: batch, 1: torch.export.Dim(f"{key}_steps", min=1, max=1 << 20)}
     with warnings.catch_warnings(), open(os.devnull, "w") as quiet:
         warnings.simplefilter("ignore")
         import contextlib
@@ -83,7 +94,7 @@ def write_onnx(model: Any, example: dict[str, torch.Tensor], path: Path, meta: d
         with contextlib.redirect_stdout(quiet):
             program = torch.onnx.export(
                 wrapper, (), kwargs={"inputs": example}, dynamo=True, external_data=False, opset_version=OPSET,
-                dynamic_shapes={"inputs": {k: {0: batch} for k in example}}, input_names=list(example),
+                dynamic_shapes={"inputs": shapes}, input_names=list(example),
                 output_names=output_names(model), optimize=True, verbose=False)
     proto = program.model_proto
     for key, value in meta.items():

@@ -183,6 +183,10 @@ class CategoryEmbedding(nn.Module):
 
 def build_encoder(cfg: Any, state: dict) -> nn.Module:
     """The encoder a spec input asks for, sized from the fitted preprocessing state."""
+    if not isinstance(cfg.encoder, str):  # {hf: ...}: a pretrained backbone
+        from polyfuse.nn import hf
+
+        return hf.build_encoder(cfg, state)
     if cfg.type == "image":
         if cfg.encoder == "resnet":
             return ImageResNet(cfg.channels, cfg.dim)

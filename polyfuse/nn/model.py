@@ -53,9 +53,16 @@ class FusionModel(nn.Module):
         """Each input's vector, the [B, n_inputs] presence mask (before any modality dropout) and
         each input's wide logits (None for inputs without a wide path)."""
         present = torch.stack([batch[f"{n}__present"].bool() for n in self.names], dim=1)
-        vectors = [self.encoders[n](batch[n], batch.get(f"{n}__length")) for n in self.names]
+        vectors = [self.encode_input(n, batch) for n in self.names]
         wide = [self.wide[n](batch[n]) if n in self.wide else None for n in self.names]
         return vectors, present, wide
+
+    def encode_input(self, name: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One input's vector; from a frozen backbone's cached output (``name__features``) when the batch has it."""
+        cached = batch.get(f"{name}__features")
+        if cached is not None:
+            return self.encoders[name].head(cached, batch.get(f"{name}__length"))
+        return self.encoders[name](batch[name], batch.get(f"{name}__length"))
 
     def drop_inputs(self, present: torch.Tensor) -> torch.Tensor:
         """Modality dropout: each present input dropped per sample, never all of a row's inputs."""

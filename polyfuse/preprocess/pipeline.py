@@ -17,9 +17,9 @@ import numpy as np
 
 from polyfuse.errors import BadInputError
 from polyfuse.io import Table, is_missing, read_table, require_columns
-from polyfuse.preprocess import audio, image, tabular, targets, text
+from polyfuse.preprocess import audio, hf, image, tabular, targets, text
 from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
-from polyfuse.spec import Spec
+from polyfuse.spec import Spec, hf_encoder
 from polyfuse.threads import usable_cpus
 
 
@@ -41,6 +41,13 @@ MODALITIES: dict[str, Modality] = {
     "category": Modality(tabular.decode_category, tabular.fit_category, tabular.collate_category, tabular.never_augments),
 }
 
+PRETRAINED = Modality(hf.decode, hf.fit, hf.collate, hf.augments)  # any input with `encoder: {hf: ...}`
+
+
+def modality_of(cfg: Any) -> Modality:
+    """The preprocessing of an input: its pretrained model's processor, or its type's own."""
+    return PRETRAINED if hf_encoder(cfg) is not None else MODALITIES[cfg.type]
+
 
 @dataclass
 class BadRow:
@@ -60,6 +67,8 @@ class Decoded:
     targets: dict[str, list]
     rows: list[Any]  # the table's row ids of the rows kept, in order
     bad: list[BadRow] = field(default_factory=list)
+    # frozen pretrained backbones' outputs per input (polyfuse.nn.feature_cache), used instead of the raw values
+    features: dict[str, list] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -67,7 +76,7 @@ class Decoded:
     def subset(self, idx: Sequence[int]) -> "Decoded":
         pick = lambda values: [values[i] for i in idx]  # noqa: E731
         return Decoded({k: pick(v) for k, v in self.inputs.items()}, {k: pick(v) for k, v in self.targets.items()},
-                       pick(self.rows), self.bad)
+                       pick(self.rows), self.bad, {k: pick(v) for k, v in self.features.items()})
 
 
 def _decode_cell(mod: Modality, value: Any, cfg: Any, folder: Path, budget: DecodeBudget) -> Any:
@@ -119,7 +128,7 @@ def decode_table(spec: Spec, table: Table, *, with_targets: bool, on_bad_row: st
 
     inputs = {}
     for name, cfg in spec.inputs.items():
-        mod = MODALITIES[cfg.type]
+        mod = modality_of(cfg)
         inputs[name] = run_column(name, lambda v, m=mod, c=cfg: _decode_cell(m, v, c, table.folder, budget))
     for i in range(n):  # a record with nothing to go on gets an error, not a silent prior
         if i not in bad and all(inputs[name][i] is None for name in spec.inputs):
@@ -149,14 +158,17 @@ class Preprocessor:
     @classmethod
     def fit(cls, spec: Spec, decoded: Decoded) -> "Preprocessor":
         """Fit vocabularies, means and class lists on the training rows only."""
-        state = {name: MODALITIES[cfg.type].fit(decoded.inputs[name], cfg) for name, cfg in spec.inputs.items()}
+        state = {name: modality_of(cfg).fit(decoded.inputs[name], cfg) for name, cfg in spec.inputs.items()}
+        for name, cfg in spec.inputs.items():
+            if hf_encoder(cfg) is not None:  # what the network is rebuilt from at load time
+                state[name]["backbone"] = cfg.encoder._config
         for name, cfg in spec.outputs.items():
             state[name] = targets.fit(decoded.targets[name], cfg)
         return cls(spec, state)
 
     def augments(self) -> bool:
         """Whether training batches change between epochs (augmentation on some input)."""
-        return any(MODALITIES[c.type].augments(c) for c in self.spec.inputs.values())
+        return any(modality_of(c).augments(c) for c in self.spec.inputs.values())
 
     def collate(self, decoded: Decoded, idx: Sequence[int] | None = None, *, train: bool = False,
                 rng: np.random.Generator | None = None, only: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -166,8 +178,12 @@ class Preprocessor:
         for name, cfg in self.spec.inputs.items():
             if only is not None and name not in only:
                 continue
-            values = decoded.inputs[name] if idx is None else [decoded.inputs[name][i] for i in idx]
-            arrays = MODALITIES[cfg.type].collate(values, cfg, self.state[name], train, rng)
+            if name in decoded.features:
+                values = decoded.features[name] if idx is None else [decoded.features[name][i] for i in idx]
+                arrays = stack_features(values, self.state[name]["_feature_shape"])
+            else:
+                values = decoded.inputs[name] if idx is None else [decoded.inputs[name][i] for i in idx]
+                arrays = modality_of(cfg).collate(values, cfg, self.state[name], train, rng)
             for key, arr in arrays.items():
                 batch[f"{name}__{key}" if key else name] = arr
         return batch
@@ -197,7 +213,34 @@ class Preprocessor:
     @classmethod
     def from_json(cls, spec: Spec, text_: str) -> "Preprocessor":
         data = json.loads(text_)
+        bind_pretrained(spec, data["state"])
         return cls(spec, data["state"])
 
     def classes(self, output: str) -> list[str]:
         return list(self.state[output].get("classes", []))
+
+
+def bind_pretrained(spec: Spec, state: dict[str, dict]) -> None:
+    """Give each pretrained encoder of ``spec`` its processor and config from a fitted state."""
+    for name, cfg in spec.inputs.items():
+        enc = hf_encoder(cfg)
+        if enc is not None:
+            enc._processor, enc._config = state[name]["processor"], state[name].get("backbone")
+
+
+def stack_features(values: list[np.ndarray | None], shape: Sequence[int]) -> dict[str, np.ndarray]:
+    """Cached backbone outputs as a batch: ``features`` [B, H] (pooled, ``shape`` [H]) or [B, T, H] with
+    ``length`` (sequences, ``shape`` [-1, H], padded), and presence; missing rows are zeros."""
+    present = np.asarray([v is not None for v in values], dtype=bool)
+    if len(shape) == 1:
+        x = np.zeros((len(values), shape[0]), dtype=np.float32)
+        for i, v in enumerate(values):
+            if v is not None:
+                x[i] = v
+        return {"features": x, "present": present}
+    length = np.asarray([0 if v is None else len(v) for v in values], dtype=np.int64)
+    x = np.zeros((len(values), max(1, int(length.max(initial=0))), shape[-1]), dtype=np.float32)
+    for i, v in enumerate(values):
+        if v is not None:
+            x[i, : len(v)] = v
+    return {"features": x, "length": length, "present": present}
