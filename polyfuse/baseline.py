@@ -57,6 +57,8 @@ def _chunked(rows: Callable[[list], np.ndarray], size: int = 256) -> Callable[[l
 def image_rows(images: list[np.ndarray]) -> np.ndarray:
     """Per image [C, H, W]: an 8x8 grey thumbnail (area means), per-channel histograms, means and stds."""
     x = np.stack(images)
+    if x.dtype == np.uint8:  # a pretrained encoder's decoded pixels: 0-255 until its collate rescales them
+        x = x.astype(np.float32) / 255.0
     n, c, h, w = x.shape
     ys = np.linspace(0, h, min(GREY_SIDE, h) + 1).astype(int)
     xs = np.linspace(0, w, min(GREY_SIDE, w) + 1).astype(int)
@@ -100,6 +102,13 @@ def _category(values: list, cfg: Any) -> Features:
     enc = OneHotEncoder(handle_unknown="ignore", dtype=np.float32)
     enc.fit(np.array([missing if v is None else v for v in values], dtype=object)[:, None])
     return lambda vals: enc.transform(np.array([missing if v is None else v for v in vals], dtype=object)[:, None])
+
+
+def as_tokens(values: list) -> list:
+    """Token lists as they are; whole strings (a pretrained encoder's decoded text) split into words."""
+    from polyfuse.preprocess.text import tokenize
+
+    return [tokenize(v, "word") if isinstance(v, str) else v for v in values]
 
 
 def _word_ngrams(tokens: list[str]) -> list[str]:
@@ -216,7 +225,7 @@ def _features(spec: Any, train: Decoded, splits: dict[str, Decoded]) -> tuple[di
     blocks: dict[str, dict[str, Any]] = {}
     info: dict[str, dict] = {}
     for name, cfg in spec.inputs.items():
-        values = train.inputs[name]
+        values = as_tokens(train.inputs[name]) if cfg.type == "text" else train.inputs[name]
         info[name] = {"type": cfg.type, "train_rows_present": sum(v is not None for v in values)}
         if cfg.type == "text":
             info[name].update(text_info(values, cfg))
@@ -226,7 +235,8 @@ def _features(spec: Any, train: Decoded, splits: dict[str, Decoded]) -> tuple[di
         started = time.perf_counter()
         try:
             make = FEATURES[cfg.type](values, cfg)
-            blocks[name] = _unit_rows({"train": make(values), **{k: make(d.inputs[name]) for k, d in splits.items()}})
+            blocks[name] = _unit_rows({"train": make(values), **{
+                k: make(as_tokens(d.inputs[name]) if cfg.type == "text" else d.inputs[name]) for k, d in splits.items()}})
         except Exception as e:  # advisory figures: a failure here must never lose a trained network
             info[name]["skipped"] = f"features failed: {type(e).__name__}: {e}"
             continue

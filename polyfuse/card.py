@@ -52,9 +52,20 @@ def _heads_and_wide(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) or "Softmax heads on the fused features; no wide half."
 
 
+def encoder_text(cfg: Any) -> str:
+    """`cnn`, or for a pretrained backbone its name, how it was trained and its pooling."""
+    enc = cfg.encoder
+    if isinstance(enc, str):
+        return f"`{enc}`"
+    how = (f"LoRA r={enc.lora.r}" if enc.lora else f"last {enc.train_last} layers trained" if enc.train_last
+           else "frozen" if enc.freeze else "fine-tuned")
+    return f"pretrained `{enc.hf}` ({how}, {enc.pooling or 'default'} pooling)"
+
+
 def render(model: Any, exports: dict[str, Any] | None = None) -> str:
     spec, m = model.spec, model.metrics
-    inputs = "\n".join(f"- `{n}`: {c.type} (column `{spec.column(n)}`, encoder `{c.encoder}`)" for n, c in spec.inputs.items())
+    inputs = "\n".join(f"- `{n}`: {c.type} (column `{spec.column(n)}`, encoder {encoder_text(c)})"
+                       for n, c in spec.inputs.items())
     outputs = "\n".join(f"- `{n}`: {c.type}" + (f", classes {model.preprocessor.classes(n)}" if c.type != "number" else "")
                         for n, c in spec.outputs.items())
     sizes = m.get("sizes", {})

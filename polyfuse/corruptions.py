@@ -114,17 +114,23 @@ def _typo(token: str, rng: np.random.Generator) -> str:
     return "".join(chars)
 
 
-def typos(tokens: list[str], rate: float, rng: np.random.Generator) -> list[str]:
-    """Give each token a typo (adjacent swap or substitution) with probability ``rate``."""
+def typos(tokens: list[str] | str, rate: float, rng: np.random.Generator) -> list[str] | str:
+    """Give each token a typo (adjacent swap or substitution) with probability ``rate``; a whole
+    string (a pretrained encoder's decoded text) is treated as its space-separated words."""
     if rate <= 0:
         return tokens
+    if isinstance(tokens, str):
+        return " ".join(typos(tokens.split(), rate, rng))
     return [_typo(t, rng) if t and rng.random() < rate else t for t in tokens]
 
 
-def word_drop(tokens: list[str], p: float, rng: np.random.Generator) -> list[str] | None:
-    """Drop each token with probability ``p``; no token left means missing (None)."""
+def word_drop(tokens: list[str] | str, p: float, rng: np.random.Generator) -> list[str] | str | None:
+    """Drop each token (or word of a string) with probability ``p``; none left means missing (None)."""
     if p <= 0:
         return tokens
+    if isinstance(tokens, str):
+        kept_words = word_drop(tokens.split(), p, rng)
+        return " ".join(kept_words) if kept_words else None
     kept = [t for t in tokens if rng.random() >= p]
     return kept or None
 

@@ -1,0 +1,197 @@
+"""Pretrained (transformers) encoders on tiny random models saved to temp dirs: training, save and
+load, ONNX parity and the int8 gate, the torch-free runtime, the embedding cache, LoRA, bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import polyfuse
+from polyfuse.errors import SpecError
+from polyfuse.spec import load_spec
+
+from conftest import make_toy, toy_spec
+from hf_models import tiny_bert
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("pretrained")
+    return make_toy(folder / "toy", n=60), tiny_bert(folder / "bert")
+
+
+def text_spec(csv: Path, model: Path, cache: Path, **encoder) -> dict:
+    spec = toy_spec(csv, epochs=2)
+    spec["data"]["cache_dir"] = str(cache)
+    spec["inputs"] = {"note": {"type": "text", "max_length": 16, "dim": 16, "encoder": {"hf": str(model), **encoder}},
+                      "weight": {"type": "number", "dim": 8}}
+    return spec
+
+
+@pytest.fixture(scope="module")
+def trained(toy, tmp_path_factory) -> tuple[Path, Path]:
+    csv, bert = toy
+    out = tmp_path_factory.mktemp("trained") / "m"
+    polyfuse.train(text_spec(csv, bert, out.parent / "cache"), out=out)
+    return out, csv
+
+
+def test_trains_saves_and_reloads_with_the_same_answers(trained):
+    out, csv = trained
+    model = polyfuse.load(out)
+    records = [{"note": "a big dog", "weight": 2.0}, {"note": "the small cat is a very good cat", "weight": 0.1}]
+    again = polyfuse.load(out)
+    assert np.allclose(model.predict_proba(records).to_numpy(), again.predict_proba(records).to_numpy(), atol=1e-6)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["pretrained_cache"]["note"]["rows"] == 60
+    assert "pretrained" in (out / "MODEL_CARD.md").read_text() and str(out) not in (out / "preprocess.json").read_text()
+
+
+def test_onnx_parity_int8_gate_and_torch_free_runtime(trained, tmp_path):
+    import shutil
+
+    from polyfuse.export.exporter import export
+
+    out, csv = trained
+    folder = tmp_path / "m"
+    shutil.copytree(out, folder)
+    fp32 = export(folder)
+    assert fp32["verification"]["passed"] and fp32["verification"]["max_abs_diff"] <= 1e-4
+    int8 = export(folder, quantize="dynamic")
+    assert int8["verification"]["passed"] and int8["verification"]["top1_agreement"] >= 0.99
+    records = [{"note": "a big dog owl", "weight": 2.0}, {"note": "the small cat is a very good cat ok fine", "weight": 0.1}]
+    code = textwrap.dedent(f"""
+        import sys, json
+        sys.modules['torch'] = None
+        sys.modules['transformers'] = None
+        from polyfuse.runtime import Runtime
+        print(json.dumps(Runtime({str(folder)!r}).predict_proba({records!r})['label'].tolist()))
+        assert not any(m.split('.')[0] in ('torch', 'transformers') for m, v in sys.modules.items() if v is not None)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    expected = polyfuse.load(folder).predict_proba(records).to_numpy()
+    assert np.abs(np.asarray(json.loads(done.stdout)) - expected).max() <= 1e-4
+
+
+def test_cache_hits_misses_and_invalidation(toy, tmp_path):
+    csv, bert = toy
+    cache = tmp_path / "cache"
+    first = polyfuse.train(text_spec(csv, bert, cache)).metrics["pretrained_cache"]["note"]
+    assert first["computed"] > 0 and first["computed"] + first["reused"] == 60
+    spec = text_spec(csv, bert, cache)
+    spec["fusion"]["method"] = "gated"  # another fusion: not one backbone forward pass
+    assert polyfuse.train(spec).metrics["pretrained_cache"]["note"]["computed"] == 0
+    shorter = polyfuse.train(text_spec(csv, bert, cache, pooling="cls")).metrics["pretrained_cache"]["note"]
+    assert shorter["computed"] == first["computed"]  # other pooling, other entries
+    spec = text_spec(csv, bert, cache)
+    spec["inputs"]["note"]["max_length"] = 4  # other preprocessing: other token ids, other keys
+    assert polyfuse.train(spec).metrics["pretrained_cache"]["note"]["computed"] > 0
+    retrained = tiny_bert(tmp_path / "bert2")  # same architecture, other (random) weights
+    assert polyfuse.train(text_spec(csv, retrained, cache)).metrics["pretrained_cache"]["note"]["computed"] > 0
+
+
+def test_cache_written_by_another_model_is_ignored(toy, tmp_path, capfd):
+    csv, bert = toy
+    cache = tmp_path / "cache"
+    report = polyfuse.train(text_spec(csv, bert, cache)).metrics["pretrained_cache"]["note"]
+    meta = Path(report["cache"]) / "meta.json"
+    data = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**data, "model_digest": "0" * 64}))
+    again = polyfuse.train(text_spec(csv, bert, cache)).metrics["pretrained_cache"]["note"]
+    assert again["computed"] == report["computed"]
+    assert "written by another model" in capfd.readouterr().err
+
+
+def test_attention_pooling_caches_sequences_and_trains(toy, tmp_path):
+    csv, bert = toy
+    model = polyfuse.train(text_spec(csv, bert, tmp_path / "cache", pooling="attention"), out=tmp_path / "m")
+    assert model.metrics["pretrained_cache"]["note"]["computed"] > 0
+    records = [{"note": "a big dog", "weight": 2.0}]
+    assert np.allclose(polyfuse.load(tmp_path / "m").predict_proba(records).to_numpy(),
+                       model.predict_proba(records).to_numpy(), atol=1e-6)
+
+
+def test_lora_trains_only_adapters_and_merges_to_the_same_function(toy, tmp_path):
+    from polyfuse.nn.hf import merge_lora
+
+    csv, bert = toy
+    spec = text_spec(csv, bert, tmp_path / "cache", lora={"r": 4, "alpha": 8})
+    model = polyfuse.train(spec, out=tmp_path / "m")
+    assert "pretrained_cache" not in model.metrics  # adapters change the backbone: nothing to cache
+    names = set(polyfuse.load(tmp_path / "m").net.state_dict())
+    assert not any("lora" in n for n in names), "the saved model must be a plain one"
+    # merging leaves the function unchanged: build a LoRA model with non-zero adapters, compare
+    from polyfuse.nn import hf
+    from polyfuse.nn.model import FusionModel
+
+    spec_obj, _ = load_spec(spec)
+    net = FusionModel(spec_obj, model.preprocessor.state)
+    hf.load_pretrained(net, spec_obj, Path.cwd())
+    adapters = [p for n, p in net.named_parameters() if "lora_B" in n]
+    assert adapters and all(p.requires_grad for p in adapters)
+    assert not any(p.requires_grad for n, p in net.encoders["note"].backbone.named_parameters() if "lora_" not in n)
+    with torch.no_grad():
+        for p in adapters:
+            p.normal_(0, 0.5)
+    net.eval()
+    batch, _ = model.preprocessor.transform([{"note": "a big dog", "weight": 1.0}, {"note": "owl", "weight": 0.0}])
+    x = {k: torch.from_numpy(v) for k, v in batch.items()}
+    before = net(x)["label"]
+    assert merge_lora(net) > 0
+    assert torch.allclose(before, net(x)["label"], atol=1e-5)
+
+
+def test_train_last_unfreezes_only_the_last_layers(toy, tmp_path):
+    from polyfuse.nn import hf
+    from polyfuse.nn.model import FusionModel
+
+    csv, bert = toy
+    spec_obj, _ = load_spec(text_spec(csv, bert, tmp_path / "cache", train_last=1))
+    hf.bind_folders(spec_obj, Path.cwd())
+    from polyfuse.preprocess.pipeline import Preprocessor, bind_pretrained  # noqa: F401
+
+    state = {"note": {"processor": spec_obj.inputs["note"].encoder._processor,
+                      "backbone": spec_obj.inputs["note"].encoder._config}, "weight": {"mean": 0.0, "std": 1.0},
+             "label": {"classes": ["cat", "dog", "owl"]}}
+    net = FusionModel(spec_obj, state)
+    hf.load_pretrained(net, spec_obj, Path.cwd())
+    trainable = {n for n, p in net.encoders["note"].backbone.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("encoder.layer.1.") for n in trainable)
+    from polyfuse import optim
+
+    opt, _ = optim.build(spec_obj, net)
+    assert sorted(g["lr"] for g in opt.param_groups)[0] == pytest.approx(5e-5)
+
+
+def test_a_model_that_is_not_there_says_how_to_get_it(toy, tmp_path, monkeypatch):
+    csv, _ = toy
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = text_spec(csv, Path("no-such-org/no-such-model"), tmp_path / "cache", download=True)
+    spec["inputs"]["note"]["encoder"]["hf"] = "no-such-org/no-such-model"
+    with pytest.raises(SpecError, match="no-such-org/no-such-model.*HF_HUB_OFFLINE.*hf download"):
+        polyfuse.train(spec)
+
+
+def test_bad_model_folders(toy, tmp_path):
+    csv, bert = toy
+    no_tokenizer = tmp_path / "no_tok"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text((bert / "config.json").read_text())
+    with pytest.raises(SpecError, match="tokenizer.json"):
+        polyfuse.train(text_spec(csv, no_tokenizer, tmp_path / "cache"))
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for f in bert.iterdir():
+        (odd / f.name).write_bytes(f.read_bytes())
+    (odd / "config.json").write_text(json.dumps({**json.loads((bert / "config.json").read_text()),
+                                                 "model_type": "no_such_architecture"}))
+    with pytest.raises(SpecError, match="no_such_architecture"):
+        polyfuse.train(text_spec(csv, odd, tmp_path / "cache"))
