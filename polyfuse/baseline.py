@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -314,6 +315,12 @@ def _valid(entry: dict | None, metric: str) -> float | None:
 
 def _input_cause(name: str, cfg: Any, info: dict, rows: int) -> str:
     """What in one input's handling most likely makes a linear model read it better than the network."""
+    enc = getattr(cfg.encoder, "hf", None)
+    if enc is not None:
+        how = ("its frozen features may miss what this task needs: train_last: 2 or lora: {r: 8} adapts it"
+               if cfg.encoder.cached else "it may over- or underfit: adjust encoder.lr or train fewer layers")
+        return (f"the pretrained '{Path(enc).name}' on {cfg.type} '{name}' trails a linear model on {rows} rows; {how}"
+                + ("; or encoder: ngram, what the linear model reads" if cfg.type == "text" else ""))
     if cfg.type == "text":
         if cfg.tokenizer == "word" and info.get("cjk_share", 0) > 0.3:
             return (f"text '{name}' is {info['cjk_share']:.0%} Chinese/Japanese/Korean characters but its tokenizer "

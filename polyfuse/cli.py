@@ -134,7 +134,8 @@ def cmd_robustness(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from polyfuse.demo import run_demo
 
-    run_demo(root=args.data_dir, out=Path(args.out), epochs=args.epochs, show_progress=bars(args))
+    run_demo(root=args.data_dir, out=Path(args.out), epochs=args.epochs, show_progress=bars(args),
+             pretrained=args.pretrained)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data-dir", default=None, help="where the demo data is built (default: ~/.cache/polyfuse/demo)")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--pretrained", action="store_true",
+                   help="also train with a real pretrained MiniLM (shipped in a wheel, offline) on the transcript and "
+                        "show what it adds over the from-scratch text encoder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_demo)
 

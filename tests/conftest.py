@@ -1,6 +1,8 @@
 """Shared fixtures: a small, learnable five-modality table generated on the fly."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,9 @@ import pytest
 from PIL import Image
 
 from polyfuse.preprocess.audio import write_wav
+
+# tests write only to temp dirs: the pretrained encoders' embedding cache too (default ~/.cache/polyfuse)
+os.environ["POLYFUSE_CACHE"] = tempfile.mkdtemp(prefix="polyfuse-test-cache-")
 
 AVDIGITS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "avdigits"
 CLASSES = ["cat", "dog", "owl"]
