@@ -39,7 +39,7 @@ THROUGHPUT_BATCH = 32
 THROUGHPUT_SECONDS = 0.3  # minimum timed span per block for the batch-32 figure
 COLD_START_TIMEOUT = 300
 # Distributions the torch-free runtime imports (pip pulls in their own requirements too).
-RUNTIME_DISTS = ("polyfuse", "numpy", "onnxruntime", "pillow", "soundfile", "soxr", "pydantic", "pydantic_core",
+RUNTIME_DISTS = ("polyfuse", "numpy", "onnxruntime", "pillow", "soundfile", "soxr", "tokenizers", "pydantic", "pydantic_core",
                  "PyYAML")
 # Needed by `polyfuse export` but not declared in polyfuse's requirements.
 EXPORT_DISTS = ("onnx", "onnxscript", "onnxruntime")

@@ -195,3 +195,17 @@ def test_bad_model_folders(toy, tmp_path):
                                                  "model_type": "no_such_architecture"}))
     with pytest.raises(SpecError, match="no_such_architecture"):
         polyfuse.train(text_spec(csv, odd, tmp_path / "cache"))
+
+
+def test_cache_store_round_trips_every_key(tmp_path):
+    from polyfuse.nn.feature_cache import Store
+
+    meta = {"format": "test", "model_digest": "d" * 64, "sequence": False}
+    store = Store(tmp_path, meta)
+    keys = [bytes(16), bytes(range(15)) + b"\0", bytes(range(1, 17))]  # trailing zero bytes included
+    for i, key in enumerate(keys):
+        store.put(key, np.full(3, i, dtype=np.float32))
+    store.flush()
+    again = Store(tmp_path, meta)
+    assert set(again.entries) == set(keys)
+    assert [float(again.entries[k][0]) for k in keys] == [0.0, 1.0, 2.0]

@@ -24,7 +24,7 @@ import torch
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, modality_of
 from polyfuse.spec import Spec, hf_encoder
 
-FORMAT = "polyfuse.embeddings/1"
+FORMAT = "polyfuse.embeddings/2"
 PART_ROWS = 512  # rows per part file: what an interrupted run can lose at most
 
 
@@ -83,7 +83,7 @@ class Store:
             return
         sequence = self.meta["sequence"]
         for i, key in enumerate(keys):
-            self.entries[bytes(key)] = values[offsets[i] : offsets[i + 1]] if sequence else values[i]
+            self.entries[key.tobytes()] = values[offsets[i] : offsets[i + 1]] if sequence else values[i]
 
     def put(self, key: bytes, value: np.ndarray) -> None:
         self.entries[key] = self.pending[key] = value
@@ -103,7 +103,8 @@ class Store:
             offsets, stacked = np.arange(len(keys) + 1), np.stack(values).astype(np.float32)
         name = f"part-{time.time_ns():x}-{os.getpid()}.npz"
         tmp = self.folder / f".{name}.tmp.npz"
-        np.savez(tmp, keys=np.frombuffer(b"".join(keys), dtype="S16"), offsets=offsets, values=stacked,
+        # keys as raw uint8 rows: numpy's fixed-width bytes type would drop a key's trailing zero bytes
+        np.savez(tmp, keys=np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, 16), offsets=offsets, values=stacked,
                  digest=np.asarray(self.meta["model_digest"]))
         os.replace(tmp, self.folder / name)
         self.pending.clear()
@@ -133,7 +134,11 @@ def fill(store: Store, encoder: Any, cfg: Any, pre: Preprocessor, name: str, dec
         chunk = values[start : start + batch_size]
         arrays = collate(chunk, cfg, pre.state[name], False, None)
         keys = row_keys(arrays)
-        todo = [i for i, (k, v) in enumerate(zip(keys, chunk)) if v is not None and k not in store.entries]
+        todo, seen = [], set()
+        for i, (k, v) in enumerate(zip(keys, chunk)):
+            if v is not None and k not in store.entries and k not in seen:  # duplicates run once
+                todo.append(i)
+                seen.add(k)
         if todo:
             x = torch.from_numpy(arrays[""][todo])
             length = torch.from_numpy(arrays["length"][todo]) if "length" in arrays else None

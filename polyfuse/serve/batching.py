@@ -83,7 +83,7 @@ class Batcher:
                 continue
             self.busy = len(jobs)
             started = time.perf_counter()
-            merged = {k: np.concatenate([j.batch[k] for j in jobs]) for k in jobs[0].batch}
+            merged = {k: merge([j.batch[k] for j in jobs]) for k in jobs[0].batch}
             try:
                 out = await loop.run_in_executor(self.executor, self.run, merged)
             except Exception as e:  # a model failure fails these requests, never the server
@@ -101,6 +101,21 @@ class Batcher:
             if self.observe:  # once per batch, not once per request in it
                 self.observe(offset, [started - j.enqueued for j in jobs], took)
             self.busy = 0
+
+
+def merge(parts: list[np.ndarray]) -> np.ndarray:
+    """Requests' arrays as one batch; sequences of different lengths (token ids, waveforms) are
+    zero-padded to the longest: their ``__length`` arrays keep the padding out of the model's view."""
+    shapes = {p.shape[1:] for p in parts}
+    if len(shapes) == 1:
+        return np.concatenate(parts)
+    full = tuple(max(dims) for dims in zip(*shapes))
+    out = np.zeros((sum(len(p) for p in parts), *full), dtype=parts[0].dtype)
+    start = 0
+    for p in parts:
+        out[(slice(start, start + len(p)), *(slice(0, d) for d in p.shape[1:]))] = p
+        start += len(p)
+    return out
 
 
 def batching_pays(run: Callable[[Arrays], Arrays], single: Arrays, n: int, repeats: int = 5) -> tuple[bool, float, float]:
