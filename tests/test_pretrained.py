@@ -209,3 +209,40 @@ def test_cache_store_round_trips_every_key(tmp_path):
     again = Store(tmp_path, meta)
     assert set(again.entries) == set(keys)
     assert [float(again.entries[k][0]) for k in keys] == [0.0, 1.0, 2.0]
+
+
+def test_served_over_http_with_requests_of_different_lengths_batched(trained, tmp_path):
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from polyfuse.export.exporter import export
+    from test_serve import Server
+
+    out, _ = trained
+    folder = tmp_path / "m"
+    shutil.copytree(out, folder)
+    export(folder)
+    texts = ["a dog", "the small cat is a very good cat ok fine not bad", "owl", "big big big red dog was great"]
+    records = [{"note": texts[i % 4], "weight": float(i % 3)} for i in range(24)]
+    model = polyfuse.load(folder)
+    server = Server(folder, ["--runtime", "onnx", "--max-batch", "16", "--max-delay-ms", "20"], tmp_path)
+    try:
+        with server.client() as c, ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda r: c.post("/predict", json={"records": [r]}), records))
+            metrics = c.get("/metrics").text
+    finally:
+        server.stop()
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200][:2]
+    labels = model.predict(records)["label"].tolist()
+    assert [a.json()["predictions"][0]["label"] for a in answers] == labels
+    assert "polyfuse_batch_rows_count" in metrics
+    # what the batcher does with requests of different lengths: zero-pad and run them as one batch
+    from polyfuse.runtime import Runtime
+    from polyfuse.serve.batching import merge
+
+    rt = Runtime(folder)
+    singles = [rt.preprocessor.transform([r])[0] for r in records[:4]]
+    assert len({s["note"].shape[1] for s in singles}) > 1
+    merged = rt.run_arrays({k: merge([s[k] for s in singles]) for k in singles[0]})["label"]
+    alone = np.concatenate([rt.run_arrays(s)["label"] for s in singles])
+    assert np.abs(merged - alone).max() <= 1e-5
