@@ -62,6 +62,23 @@ def encoder_text(cfg: Any) -> str:
     return f"pretrained `{enc.hf}` ({how}, {enc.pooling or 'default'} pooling)"
 
 
+def _pretrained(model: Any) -> str:
+    """Which pretrained backbones were used, from which folder, and what the embedding cache did."""
+    lines = []
+    for name, cfg in model.spec.inputs.items():
+        enc = cfg.encoder
+        if isinstance(enc, str):
+            continue
+        conf = model.preprocessor.state[name].get("backbone") or {}
+        lines.append(f"- `{name}`: `{conf.get('model_type', '?')}` backbone from `{enc.hf}` "
+                     f"({conf.get('_name_or_path') or 'local folder'})")
+        cache = model.metrics.get("pretrained_cache", {}).get(name)
+        if cache:
+            lines.append(f"  - embedding cache: {cache['computed']} rows computed, {cache['reused']} reused "
+                         f"({cache['cache_mb']} MB)")
+    return ("Pretrained backbones (their licences and training data apply):\n" + "\n".join(lines) + "\n") if lines else ""
+
+
 def render(model: Any, exports: dict[str, Any] | None = None) -> str:
     spec, m = model.spec, model.metrics
     inputs = "\n".join(f"- `{n}`: {c.type} (column `{spec.column(n)}`, encoder {encoder_text(c)})"
@@ -81,6 +98,7 @@ Trained with polyfuse {polyfuse.__version__} on {datetime.date.today().isoformat
 ## Inputs
 {inputs}
 
+{_pretrained(model)}
 Fusion: `{spec.fusion.method}` (width {spec.fusion.dim}, modality dropout {spec.fusion.modality_dropout}).
 Any input may be missing at prediction time; the model then uses the others.
 

@@ -33,7 +33,8 @@ class DataSpec(_Strict):
     test: str | None = None
     split: SplitSpec = SplitSpec()
     on_bad_row: Literal["skip", "error"] = Field("skip", description="skip bad rows (listed at the end) or stop")
-    cache_dir: str | None = Field(None, description="where decoded tensors are cached; default: beside the table")
+    cache_dir: str | None = Field(None, description="where frozen pretrained backbones' outputs are cached (relative "
+                                  "to the spec's folder); default: $POLYFUSE_CACHE, else ~/.cache/polyfuse")
 
 
 # ----------------------------------------------------------------------------- pretrained encoders
@@ -59,6 +60,8 @@ class HFEncoder(_Strict):
         "over valid positions, attention (learned weights); default: mean for text and audio, cls for images")
     lr: float | None = Field(None, gt=0, description="learning rate of the backbone's trained weights (the rest "
                              "uses train.lr); default 5e-5 when fine-tuning layers, 5e-4 for LoRA adapters")
+    cache: bool = Field(True, description="frozen: keep the backbone's outputs in the on-disk cache (data.cache_dir, "
+                        "else $POLYFUSE_CACHE or ~/.cache/polyfuse); false: run the backbone every epoch")
     download: bool = Field(False, description="allow fetching the model from the hub when it is not local "
                            "(HF_HUB_OFFLINE=1 still forbids it)")
     # the model folder's preprocessing settings (tokenizer, image or audio processor) and its config.json,

@@ -2,8 +2,8 @@
 
 A frozen backbone (``freeze: true``, no ``train_last``, no LoRA) is a fixed function of its input,
 so its output for a record is computed once, in batches, and stored. An entry's key is the sha256
-of the record's model-ready arrays (token ids, pixels or samples: the preprocessing settings are in
-them), inside a folder keyed by the backbone's weight digest, its pooling and its processor. Later
+of the record's model-ready arrays (token ids, pixels, samples or features: the content after every
+preprocessing setting), inside a folder keyed by the backbone's weight digest and its pooling. Later
 epochs, and later runs with other fusion or head settings, read it back; an interrupted run keeps
 every part already written (parts are written whole, then renamed).
 """
@@ -116,9 +116,9 @@ class Store:
 def store_for(encoder: Any, cfg: Any, root: Path) -> Store:
     from polyfuse.nn.hf import digest
 
-    processor = json.dumps(hf_encoder(cfg)._processor, sort_keys=True).encode()
-    meta = {"format": FORMAT, "model": hf_encoder(cfg).hf, "model_digest": digest(encoder.backbone),
-            "pooling": encoder.pooling, "processor_sha256": hashlib.sha256(processor).hexdigest(),
+    # the preprocessing settings need no place here: a row's key hashes its model-ready arrays, so rows
+    # that another max_length or size leaves unchanged are reused and the others get new keys
+    meta = {"format": FORMAT, "model_digest": digest(encoder.backbone), "pooling": encoder.pooling,
             "sequence": encoder.pooling == "attention"}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:24]
     return Store(root / "embeddings" / key, meta)
@@ -161,7 +161,7 @@ def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], ro
     report = {}
     for name, cfg in spec.inputs.items():
         enc = hf_encoder(cfg)
-        if enc is None or not enc.cached:
+        if enc is None or not enc.cached or not enc.cache:
             continue
         if modality_of(cfg).augments(cfg):
             log(f"{name}: training augmentation changes its inputs every epoch, so its backbone runs every "
