@@ -98,8 +98,9 @@ def _read(opener, label: str, budget: DecodeBudget) -> tuple[np.ndarray, int]:
 
 
 def decode_audio(source: str | Path | bytes | np.ndarray, sample_rate: int, where: str = "",
-                 budget: DecodeBudget = UNLIMITED) -> np.ndarray:
-    """Decode a path / file bytes / array to mono float32 at ``sample_rate``, peak-normalised to 1.
+                 budget: DecodeBudget = UNLIMITED, *, normalize: bool = True) -> np.ndarray:
+    """Decode a path / file bytes / array to mono float32 at ``sample_rate``, peak-normalised to 1
+    unless ``normalize`` is False (pretrained extractors such as Whisper's log-mel depend on the scale).
 
     Arrays are taken to be at ``sample_rate`` already; 2-D arrays are [frames, channels]
     (as soundfile returns) unless the first axis is clearly the channel axis (<= 8 and shorter).
@@ -140,7 +141,7 @@ def decode_audio(source: str | Path | bytes | np.ndarray, sample_rate: int, wher
     if sr != sample_rate:
         budget.check()
         mono = soxr.resample(mono, sr, sample_rate, quality="HQ")
-    return (mono / np.abs(mono).max()).astype(np.float32)
+    return (mono / np.abs(mono).max() if normalize else mono).astype(np.float32)
 
 
 def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> None:

@@ -1,70 +1,346 @@
-"""INTERIM (replaced by the full module from branch hf-preprocess): text through `tokenizers`."""
+"""Preprocessing of pretrained (Hugging Face) backbones: their own tokenizer / image processor /
+feature extractor, reproduced with numpy + ``tokenizers`` + pillow (+ soundfile/soxr for audio).
+
+The torch-free runtime imports this module, so it never imports torch or transformers. The
+settings are read once from a model folder (``read_processor``) into a JSON-able dict that is bound
+onto the input's encoder (``cfg.encoder._processor``) and saved in preprocess.json; the four
+``Modality`` functions below work from that dict alone.
+
+Parity with transformers 5 (tests/test_hf_preprocess.py): token ids identical; pixels identical
+(the same Pillow resize of the same uint8 image, then the reference's float arithmetic); audio:
+see :mod:`polyfuse.preprocess.hf_audio`. Images and texts the model cannot take are handled as the
+reference does: small images are upscaled, long texts are cut at ``max_length`` tokens.
+"""
 from __future__ import annotations
 
 import json
+import logging
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from polyfuse.errors import BadInputError, SpecError
-from polyfuse.privacy import pii
+from polyfuse.preprocess import audio as audio_mod
+from polyfuse.preprocess import hf_audio
+from polyfuse.preprocess import image as image_mod
+from polyfuse.preprocess import text as text_mod
+from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
 
-_TOKENIZERS: dict[int, Any] = {}
+log = logging.getLogger("polyfuse")
+_ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")  # position ids start after padding_idx + 1
+_SAVE = {"text": "AutoTokenizer", "image": "AutoImageProcessor", "audio": "AutoFeatureExtractor"}
+# per image processor family: the class defaults that save_pretrained may leave out of the file
+_IMAGE_DEFAULTS: dict[str, dict] = {
+    "ViT": {"size": {"height": 224, "width": 224}, "resample": 2, "square": True},
+    "DeiT": {"size": {"height": 256, "width": 256}, "resample": 3, "square": True, "do_center_crop": True,
+             "crop_size": {"height": 224, "width": 224}},
+    "CLIP": {"size": {"shortest_edge": 224}, "resample": 3, "square": False, "do_center_crop": True,
+             "crop_size": {"height": 224, "width": 224}, "do_convert_rgb": True,
+             "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]},
+    "Siglip": {"size": {"height": 224, "width": 224}, "resample": 3, "square": False, "do_convert_rgb": True},
+    "ConvNext": {"size": {"shortest_edge": 384}, "resample": 3, "square": False, "crop_pct": 224 / 256},
+    "Bit": {"size": {"shortest_edge": 224}, "resample": 3, "square": False, "do_center_crop": True,
+            "crop_size": {"height": 224, "width": 224}, "do_convert_rgb": True,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]},
+}
+_warned: set[str] = set()
 
 
-def processor(cfg: Any) -> dict:
-    proc = cfg.encoder._processor
-    if proc is None:
-        raise SpecError("pretrained encoder's processor is not bound")
-    return proc
+# ----------------------------------------------------------------------------- reading a model folder
+def _load_json(folder: Path, name: str, kind: str, required: bool = True) -> dict:
+    path = Path(folder) / name
+    if not path.is_file():
+        if not required:
+            return {}
+        raise SpecError(f"the model folder '{folder}' has no {name}, which a {kind} input's preprocessing needs; "
+                        f"write it with: python -c \"from transformers import {_SAVE[kind]} as P; "
+                        f"P.from_pretrained('{folder}').save_pretrained('{folder}')\"")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def read_processor(kind: str, folder: Path, cfg: Any) -> dict:
-    if kind != "text":
-        raise SpecError("interim: text only")
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise SpecError(f"{folder}: no tokenizer.json")
-    return {"kind": "text", "tokenizer": path.read_text(), "max_length": cfg.max_length, "pad_id": 0}
+    """The JSON-able preprocessing settings of the model in ``folder`` for a ``kind`` input."""
+    folder = Path(folder)
+    if kind == "text":
+        return _read_text(folder, cfg)
+    if kind == "image":
+        return _read_image(folder)
+    if kind == "audio":
+        conf = _load_json(folder, "preprocessor_config.json", kind)
+        ftype = conf.get("feature_extractor_type")
+        if ftype not in hf_audio.SUPPORTED:
+            raise SpecError(f"the model folder '{folder}' has feature extractor {ftype!r}; supported audio "
+                            f"extractors: {', '.join(hf_audio.SUPPORTED)}")
+        return {"kind": kind, "type": ftype, **hf_audio.settings(ftype, conf)}
+    raise SpecError(f"pretrained encoders take text, image or audio inputs, not {kind!r}")
 
 
-def _tokenizer(proc: dict) -> Any:
-    from tokenizers import Tokenizer
+def _read_text(folder: Path, cfg: Any) -> dict:
+    tok_json = (folder / "tokenizer.json")
+    if not tok_json.is_file():
+        _load_json(folder, "tokenizer.json", "text")  # raises the SpecError that says how to write it
+    text = tok_json.read_text(encoding="utf-8")
+    tok_conf = _load_json(folder, "tokenizer_config.json", "text", required=False)
+    model_conf = _load_json(folder, "config.json", "text", required=False)
+    limits = [cfg.max_length]
+    if 0 < float(tok_conf.get("model_max_length") or 0) < 1e7:  # unknown limits are saved as ~1e30
+        limits.append(int(tok_conf["model_max_length"]))
+    if model_conf.get("max_position_embeddings"):
+        roberta = model_conf.get("model_type") in _ROBERTA_LIKE
+        limits.append(int(model_conf["max_position_embeddings"]) - (2 if roberta else 0))
+    return {"kind": "text", "tokenizer": text, "pad_id": _pad_id(text, tok_conf), "max_length": min(limits)}
 
-    tok = _TOKENIZERS.get(id(proc))
-    if tok is None:
-        tok = _TOKENIZERS[id(proc)] = Tokenizer.from_str(proc["tokenizer"])
-        tok.enable_truncation(proc["max_length"])
-        tok.no_padding()
-    return tok
+
+def _pad_id(tokenizer_json: str, tok_conf: dict) -> int:
+    """The id of the tokenizer's pad token (tokenizer_config.json, else tokenizer.json's padding, else 0)."""
+    pad = tok_conf.get("pad_token")
+    pad = pad.get("content") if isinstance(pad, dict) else pad
+    if pad is not None:
+        from tokenizers import Tokenizer
+
+        found = Tokenizer.from_str(tokenizer_json).token_to_id(pad)
+        if found is not None:
+            return int(found)
+    padding = json.loads(tokenizer_json).get("padding") or {}
+    return int(padding.get("pad_id", 0))
 
 
-def decode(value: Any, cfg: Any, folder: Path, budget: Any = None) -> Any:
+def _size_dict(size: Any, square: bool) -> dict:
+    """transformers' get_size_dict for old configs: an int is a square or a shortest edge."""
+    if isinstance(size, dict):
+        return {k: int(v) for k, v in size.items() if v is not None}
+    if isinstance(size, (list, tuple)):
+        return {"height": int(size[0]), "width": int(size[1])}
+    return {"height": int(size), "width": int(size)} if square else {"shortest_edge": int(size)}
+
+
+def _read_image(folder: Path) -> dict:
+    conf = _load_json(folder, "preprocessor_config.json", "image")
+    ptype = conf.get("image_processor_type") or conf.get("feature_extractor_type") or ""
+    family = ptype
+    for suffix in ("Fast", "Pil", "ImageProcessor", "FeatureExtractor"):
+        family = family.removesuffix(suffix)
+    if family not in _IMAGE_DEFAULTS:
+        supported = ", ".join(f"{f}ImageProcessor" for f in _IMAGE_DEFAULTS)
+        raise SpecError(f"the model folder '{folder}' has image processor {ptype or None!r}; supported: {supported}")
+    d = {**_IMAGE_DEFAULTS[family], **{k: v for k, v in conf.items() if v is not None}}
+    p = {"kind": "image", "type": f"{family}ImageProcessor",
+         "do_resize": bool(d.get("do_resize", True)), "size": _size_dict(d["size"], d["square"]),
+         "resample": int(d.get("resample", 2)),
+         "do_center_crop": bool(d.get("do_center_crop", False)),
+         "crop_size": _size_dict(d.get("crop_size") or {"height": 224, "width": 224}, True),
+         "crop_pct": float(d["crop_pct"]) if family == "ConvNext" else None,
+         "do_rescale": bool(d.get("do_rescale", True)), "rescale_factor": float(d.get("rescale_factor", 1 / 255)),
+         "do_normalize": bool(d.get("do_normalize", True)),
+         "image_mean": [float(m) for m in d.get("image_mean", [0.5] * 3)],
+         "image_std": [float(s) for s in d.get("image_std", [0.5] * 3)],
+         "do_convert_rgb": bool(d.get("do_convert_rgb", False))}
+    if family == "ConvNext" and "shortest_edge" not in p["size"]:  # as transformers, which raises too
+        raise SpecError(f"the ConvNext image processor in '{folder}' needs size {{shortest_edge: N}}, got {p['size']}")
+    p["output_size"] = _output_size(p, folder)
+    return p
+
+
+def _output_size(p: dict, folder: Path) -> list[int]:
+    """The fixed [H, W] every image leaves decode with (a batch needs one size)."""
+    size = p["size"]
+    if p["do_center_crop"]:
+        return [p["crop_size"]["height"], p["crop_size"]["width"]]
+    if p["crop_pct"] is not None and "shortest_edge" in size:  # ConvNext: square either way
+        return [size["shortest_edge"]] * 2
+    if p["do_resize"] and "height" in size and "width" in size:
+        return [size["height"], size["width"]]
+    raise SpecError(f"the image processor in '{folder}' keeps each image's aspect ratio without a crop (size "
+                    f"{size}), so images would differ in size; supported: a fixed size or a center crop")
+
+
+def processor(cfg: Any) -> dict:
+    """The processor bound on ``cfg.encoder``; a clear error when nothing bound it."""
+    proc = getattr(getattr(cfg, "encoder", None), "_processor", None)
+    if proc is None:
+        raise SpecError(f"the preprocessing of pretrained encoder {getattr(cfg.encoder, 'hf', cfg.encoder)!r} is not "
+                        "bound: read_processor() from the model folder (or preprocess.json) must be bound on "
+                        "cfg.encoder._processor first")
+    return proc
+
+
+# ----------------------------------------------------------------------------- decode
+def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED) -> Any:
+    """One cell -> text string / uint8 [3, H, W] image / float32 wave, as the model's processor
+    wants it. Images smaller than the model's input are upscaled (as the reference processor does)."""
+    if cfg.type == "text":
+        return _decode_text(value, cfg)
+    from polyfuse.io import resolve_media  # local: keeps the runtime's import light
+
+    where = str(value) if isinstance(value, str) else ""
+    source = resolve_media(value, folder)
+    if cfg.type == "image":
+        return _decode_image(source, processor(cfg), where, budget)
+    sr = processor(cfg)["sampling_rate"]
+    # no peak normalisation: the extractors (Whisper's log-mel above all) depend on the scale
+    wave = audio_mod.decode_audio(source, sr, where=where, budget=budget, normalize=False)
+    return wave[: int(round(cfg.max_seconds * sr))]
+
+
+def _decode_text(value: Any, cfg: Any) -> str:
+    """The raw string (the tokenizer needs it whole), de-identified first when the spec asks."""
     if isinstance(value, (int, float, np.integer, np.floating)):
         value = str(value)
     if not isinstance(value, str):
         raise BadInputError(f"expected text, got {type(value).__name__}")
     if cfg.deidentify:
+        from polyfuse.privacy import pii
+
         value = pii.redact(value, pii.entity_types(cfg.deidentify))
     return value
 
 
+def _to_rgb(img: Any, composite: bool) -> Any:
+    """RGB; with the processor's do_convert_rgb, transparency is laid on white as transformers does."""
+    from PIL import Image
+
+    if composite and ("A" in img.getbands() or img.info.get("transparency") is not None):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image_mod.to_channels(img, 3)
+
+
+def _decode_image(source: Any, p: dict, where: str, budget: DecodeBudget) -> np.ndarray:
+    """uint8 [3, H, W]: the reference's Pillow resize and center crop (rescaling waits for collate)."""
+    img = image_mod.load_image(source, lambda im: _to_rgb(im, p["do_convert_rgb"]), where, budget)
+    if p["do_resize"]:
+        budget.check()
+        h, w = _resize_to(img.height, img.width, p)
+        img = img.resize((w, h), resample=p["resample"])
+    arr = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    convnext_crop = p["crop_pct"] is not None and p["size"]["shortest_edge"] < 384
+    if p["do_resize"] and convnext_crop:  # ConvNext crops inside its own resize
+        arr = _center_crop(arr, p["size"]["shortest_edge"], p["size"]["shortest_edge"])
+    if p["do_center_crop"]:
+        arr = _center_crop(arr, p["crop_size"]["height"], p["crop_size"]["width"])
+    return np.ascontiguousarray(arr)
+
+
+def _resize_to(h: int, w: int, p: dict) -> tuple[int, int]:
+    """transformers' output size: fixed (height, width), or the shortest edge kept in proportion."""
+    size = p["size"]
+    if "shortest_edge" not in size:
+        return size["height"], size["width"]
+    edge = size["shortest_edge"]
+    if p["crop_pct"] is not None:
+        if edge >= 384:
+            return edge, edge
+        edge = int(edge / p["crop_pct"])
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(edge * long / short)
+    return (new_long, edge) if w <= h else (edge, new_long)
+
+
+def _center_crop(arr: np.ndarray, ch: int, cw: int) -> np.ndarray:
+    """transformers' center_crop: a crop larger than the image pads it with zeros, centred."""
+    _, h, w = arr.shape
+    if ch > h or cw > w:
+        big = np.zeros((arr.shape[0], max(h, ch), max(w, cw)), dtype=arr.dtype)
+        top, left = -(-(big.shape[1] - h) // 2), -(-(big.shape[2] - w) // 2)
+        big[:, top:top + h, left:left + w] = arr
+        arr, h, w = big, big.shape[1], big.shape[2]
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return arr[:, top:top + ch, left:left + cw]
+
+
+# ----------------------------------------------------------------------------- fit / augments
 def fit(values: list, cfg: Any) -> dict:
+    """Nothing to fit: the model's own settings (and statistics) are the state."""
     return {"processor": processor(cfg)}
 
 
-def collate(values: list, cfg: Any, state: dict, train: bool, rng: Any) -> dict[str, np.ndarray]:
-    proc = processor(cfg)
-    present = np.asarray([bool(v) for v in values])
-    enc = _tokenizer(proc).encode_batch([v if v else "" for v in values])
-    length = np.asarray([len(e.ids) if p else 0 for e, p in zip(enc, present)], dtype=np.int64)
-    x = np.full((len(values), max(1, int(length.max(initial=1)))), proc["pad_id"], dtype=np.int64)
-    for i, e in enumerate(enc):
-        if present[i]:
-            x[i, : len(e.ids)] = e.ids
-    return {"": x, "length": length, "present": present}
-
-
 def augments(cfg: Any) -> bool:
-    return False
+    """Whether training batches differ between epochs."""
+    return {"text": text_mod.augments, "image": image_mod.augments,
+            "audio": audio_mod.augments}[cfg.type](cfg)
+
+
+# ----------------------------------------------------------------------------- collate
+def collate(values: list, cfg: Any, state: dict, train: bool, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    """Model inputs: ``""`` (ids / pixels / audio features), ``"length"`` (text, audio), ``"present"``."""
+    bound = getattr(getattr(cfg, "encoder", None), "_processor", None)
+    p = bound or state.get("processor") or processor(cfg)  # the fitted state is the same dict, saved
+    augment = train and rng is not None
+    return {"text": _collate_text, "image": _collate_image, "audio": _collate_audio}[cfg.type](
+        values, cfg, p, rng if augment else None)
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(tokenizer_json: str, max_length: int) -> Any:
+    """One ``tokenizers.Tokenizer`` per processor (the key's hash is cached by the string itself)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    tok.no_padding()  # a saved padding setting would pad to its own length; collate pads
+    tok.enable_truncation(max_length)
+    return tok
+
+
+def _collate_text(values: list, cfg: Any, p: dict, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    """Right-padded ids [B, T] (T = the longest row), lengths incl. special tokens, presence.
+    Empty or blank texts count as missing, as with the built-in tokenizers."""
+    rows = [i for i, v in enumerate(values) if isinstance(v, str) and v.strip()]
+    texts = [values[i] for i in rows]
+    if rng is not None:
+        texts = [" ".join(text_mod.augment(t.split(), cfg.augment, rng)) for t in texts]
+    max_length = p["max_length"]
+    encodings = _tokenizer(p["tokenizer"], max_length).encode_batch(texts) if texts else []
+    length = np.zeros(len(values), dtype=np.int64)
+    for i, enc in zip(rows, encodings):
+        length[i] = len(enc.ids)
+    x = np.full((len(values), max(1, int(length.max(initial=0)))), p["pad_id"], dtype=np.int64)
+    for i, enc in zip(rows, encodings):
+        x[i, : length[i]] = enc.ids
+    if any(enc.overflowing for enc in encodings):
+        _warn_cut(cfg, max_length)
+    return {"": x, "length": length, "present": length > 0}
+
+
+def _warn_cut(cfg: Any, max_length: int) -> None:
+    """One warning per input per process (the column names it; the model folder when it has none)."""
+    key = cfg.column or cfg.encoder.hf
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("text input %r: texts longer than %d tokens are cut to their first %d (the model's limit or "
+                    "the spec's max_length)", key, max_length, max_length)
+
+
+def _collate_image(values: list, cfg: Any, p: dict, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    """float32 [B, 3, H, W] rescaled and normalised as the reference does; zeros where missing."""
+    h, w = p["output_size"]
+    x = np.zeros((len(values), 3, h, w), dtype=np.float32)
+    present = np.array([v is not None for v in values], dtype=bool)
+    scale = p["rescale_factor"] if p["do_rescale"] else 1.0
+    mean = np.asarray(p["image_mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(p["image_std"], dtype=np.float32)[:, None, None]
+    for i in np.flatnonzero(present):
+        if rng is not None:  # the spec's flips and noise work on [0, 1] pixels
+            img = image_mod.augment(values[i].astype(np.float32) / 255.0, cfg.augment, rng)
+            img = (img.astype(np.float64) * 255.0 * scale).astype(np.float32)
+        else:  # float64 then float32, as transformers' rescale
+            img = (values[i].astype(np.float64) * scale).astype(np.float32)
+        x[i] = (img - mean) / std if p["do_normalize"] else img
+    return {"": x, "present": present}
+
+
+def _collate_audio(values: list, cfg: Any, p: dict, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    """The extractor's features of the present clips; zeros and length 0 where missing."""
+    present = np.array([v is not None for v in values], dtype=bool)
+    waves = [v if v is not None else np.zeros(0, np.float32) for v in values]
+    if rng is not None:
+        a = cfg.augment
+        waves = [audio_mod.augment_wave(w, rng, sample_rate=p["sampling_rate"], speed=a.speed,
+                                        random_crop=a.random_crop, max_seconds=cfg.max_seconds,
+                                        noise_snr_db=a.noise_snr_db, noise_p=a.noise_p) if ok else w
+                 for w, ok in zip(waves, present)]
+    x, length = hf_audio.features(waves, p)
+    x[~present] = 0.0
+    length[~present] = 0
+    return {"": x, "length": length, "present": present}

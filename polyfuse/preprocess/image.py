@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -67,16 +67,16 @@ def to_channels(img: Any, channels: int) -> Any:
         return img.convert("RGB").convert(target)
 
 
-def decode_image(source: bytes | Path | np.ndarray, size: tuple[int, int], channels: int, where: str = "",
-                 budget: DecodeBudget = UNLIMITED) -> np.ndarray:
-    """Decode to float32 [channels, height, width] in [0, 1], resized to ``size`` = (height, width).
+def load_image(source: bytes | Path | np.ndarray, convert: Callable[[Any], Any], where: str = "",
+               budget: DecodeBudget = UNLIMITED) -> Any:
+    """Open (header first, checked against ``budget``), decode and ``convert`` a Pillow image.
 
-    The size is checked against ``budget`` from the header, before the pixels are decoded; the
-    deadline is checked between stages.
+    Arrays are taken as pixels in [0, 1] or 0-255, [H, W], [H, W, C] or [C, H, W]. Decoding and
+    mode conversion both fail on bad data (a truncated stream, a mode with no conversion): either
+    is this value's problem, never the caller's, so both give a BadInputError.
     """
     from PIL import Image
 
-    height, width = size
     if isinstance(source, np.ndarray):
         arr = source.astype(np.float32)
         if arr.max(initial=0.0) > 1.0:
@@ -89,13 +89,24 @@ def decode_image(source: bytes | Path | np.ndarray, size: tuple[int, int], chann
         img = open_image(source, where, budget)
     budget.check()
     try:
-        # decoding and mode conversion both fail on bad data (a truncated stream, a mode with no
-        # conversion): either is this value's problem, never the caller's
         img.load()
         budget.check()
-        img = to_channels(img, channels)
+        return convert(img)
     except (OSError, SyntaxError, ValueError) as e:
         raise _undecodable(source, where, e) from None
+
+
+def decode_image(source: bytes | Path | np.ndarray, size: tuple[int, int], channels: int, where: str = "",
+                 budget: DecodeBudget = UNLIMITED) -> np.ndarray:
+    """Decode to float32 [channels, height, width] in [0, 1], resized to ``size`` = (height, width).
+
+    The size is checked against ``budget`` from the header, before the pixels are decoded; the
+    deadline is checked between stages.
+    """
+    from PIL import Image
+
+    height, width = size
+    img = load_image(source, lambda im: to_channels(im, channels), where, budget)
     if img.size != (width, height):
         budget.check()
         img = img.resize((width, height), Image.Resampling.BILINEAR)
