@@ -246,3 +246,74 @@ def test_served_over_http_with_requests_of_different_lengths_batched(trained, tm
     merged = rt.run_arrays({k: merge([s[k] for s in singles]) for k in singles[0]})["label"]
     alone = np.concatenate([rt.run_arrays(s)["label"] for s in singles])
     assert np.abs(merged - alone).max() <= 1e-5
+
+
+# ----------------------------------------------------------------------------- images, audio, CLIP
+def modality_spec(csv: Path, cache: Path, inputs: dict) -> dict:
+    spec = toy_spec(csv, epochs=2)
+    spec["data"]["cache_dir"] = str(cache)
+    spec["inputs"] = {**inputs, "weight": {"type": "number", "dim": 8}}
+    return spec
+
+
+def _cases(root: Path) -> dict[str, dict]:
+    from hf_models import tiny_clip, tiny_vit, tiny_wav2vec2, tiny_whisper
+
+    return {
+        "vit": lambda: {"photo": {"type": "image", "dim": 16, "encoder": {"hf": str(tiny_vit(root / "vit"))}}},
+        "wav2vec2": lambda: {"sound": {"type": "audio", "max_seconds": 0.5, "dim": 16,
+                                       "encoder": {"hf": str(tiny_wav2vec2(root / "w2v")), "pooling": "attention"}}},
+        "whisper": lambda: {"sound": {"type": "audio", "max_seconds": 0.5, "dim": 16,
+                                      "encoder": {"hf": str(tiny_whisper(root / "whisper"))}}},
+        "clip": lambda: {"photo": {"type": "image", "dim": 16, "encoder": {"hf": str(tiny_clip(root / "clip"))}},
+                         "note": {"type": "text", "max_length": 16, "dim": 16,
+                                  "encoder": {"hf": str(root / "clip"), "pooling": "cls"}}},
+    }
+
+
+@pytest.mark.parametrize("case", ["vit", "wav2vec2", "whisper", "clip"])
+def test_each_modality_trains_reloads_exports_and_runs_torch_free(case, toy, tmp_path):
+    from polyfuse.export.exporter import export
+
+    csv, _ = toy
+    spec = modality_spec(csv, tmp_path / "cache", _cases(tmp_path)[case]())
+    model = polyfuse.train(spec, out=tmp_path / "m")
+    cached = model.metrics["pretrained_cache"]
+    assert set(cached) == {n for n in spec["inputs"] if n != "weight"} and all(c["computed"] > 0 for c in cached.values())
+    import pandas as pd
+
+    records = pd.read_csv(csv).head(5)
+    records = records[[c for c in ("photo", "sound", "note", "weight") if c in spec["inputs"]]].to_dict("records")
+    reloaded = polyfuse.load(tmp_path / "m").predict_proba(records, folder=csv.parent).to_numpy()
+    assert np.abs(reloaded - model.predict_proba(records, folder=csv.parent).to_numpy()).max() <= 1e-5
+    entry = export(tmp_path / "m")
+    assert entry["verification"]["passed"] and entry["verification"]["max_abs_diff"] <= 1e-4
+    code = textwrap.dedent(f"""
+        import sys, json
+        sys.modules['torch'] = None
+        sys.modules['transformers'] = None
+        from polyfuse.runtime import Runtime
+        out = Runtime({str(tmp_path / 'm')!r}).predict_proba({records!r}, folder={str(csv.parent)!r})
+        print(json.dumps(out['label'].tolist()))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert np.abs(np.asarray(json.loads(done.stdout)) - reloaded).max() <= 1e-4
+
+
+def test_clip_serves_an_image_and_a_text_input_loaded_once(toy, tmp_path, monkeypatch):
+    from transformers import AutoModel
+
+    csv, _ = toy
+    calls = []
+    real = AutoModel.from_pretrained
+
+    def counting(*args, **kw):
+        calls.append(args[0])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", counting)
+    model = polyfuse.train(modality_spec(csv, tmp_path / "cache", _cases(tmp_path)["clip"]()))
+    assert len(calls) == 1, calls
+    towers = {n: type(model.net.encoders[n].backbone).__name__ for n in ("photo", "note")}
+    assert towers == {"photo": "CLIPVisionModel", "note": "CLIPTextModel"}  # the two towers of the one model

@@ -74,8 +74,10 @@ def sequence_inputs(model: Any) -> list[str]:
     """Graph inputs whose second axis varies with the batch: pretrained text and waveform inputs."""
     from polyfuse.spec import hf_encoder
 
-    return [n for n, c in model.spec.inputs.items()
-            if hf_encoder(c) is not None and hf_encoder(c)._processor.get("kind") in ("text", "wav2vec2")]
+    def varies(proc: dict) -> bool:
+        return proc.get("kind") == "text" or proc.get("feature") == "wav2vec2"
+
+    return [n for n, c in model.spec.inputs.items() if hf_encoder(c) is not None and varies(hf_encoder(c)._processor)]
 
 
 def write_onnx(model: Any, example: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
