@@ -133,7 +133,7 @@ class ServerState:
         max_batch = cfg.max_batch
         if cfg.check_batching and max_batch > 1:
             # one all-missing row, collated directly: transform() rejects a record with no inputs
-            empty = b.preprocessor.collate(Decoded({n: [None] for n in b.spec.inputs}, {}, [0]))
+            empty = sized_like_requests(b.spec, b.preprocessor.collate(Decoded({n: [None] for n in b.spec.inputs}, {}, [0])))
             pays, t_batch, t_single = batching_pays(b.run_arrays, empty, max_batch)
             self.batching_note = (f"one batch of {max_batch} takes {t_batch * 1e3:.2f} ms vs {t_single * 1e3:.2f} ms "
                                   f"for {max_batch} singles")
@@ -211,3 +211,22 @@ class ServerState:
             raise RequestError(503, "the server is at capacity; retry shortly") from None
         probs = await future
         return probs, decode_outputs(self.backend.spec, self.backend.preprocessor.state, probs), context
+
+
+def sized_like_requests(spec: Any, row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batching check's row, with pretrained text and waveform inputs at a typical request's
+    length: an empty text is one token, and a transformer's cost (and what batching saves) grows
+    with the length."""
+    from polyfuse.spec import hf_encoder
+
+    for name, cfg in spec.inputs.items():
+        proc = hf_encoder(cfg)._processor if hf_encoder(cfg) is not None else {}
+        if proc.get("kind") == "text":
+            steps = min(int(proc["max_length"]), 64)
+        elif proc.get("feature") == "wav2vec2":
+            steps = int(proc["sampling_rate"] * cfg.max_seconds)
+        else:
+            continue
+        row[name] = np.zeros((1, steps), dtype=row[name].dtype)
+        row[f"{name}__length"] = np.asarray([steps], dtype=np.int64)
+    return row
