@@ -195,3 +195,21 @@ def test_predict_cli_through_onnx_runtime(exported, tmp_path):
     model = polyfuse.load(folder)
     ref = model.predict(frame, folder=test_csv.parent)["label"].astype(str).tolist()
     assert preds["label"].astype(str).tolist() == ref
+
+
+def test_int8_gate_forgives_near_ties_but_not_clear_flips():
+    from types import SimpleNamespace
+
+    from polyfuse.export.onnx import check_int8
+
+    model = SimpleNamespace(spec=SimpleNamespace(outputs={"y": SimpleNamespace(type="category")}))
+    ref = np.array([[0.9, 0.05, 0.05]] * 95 + [[0.48, 0.47, 0.05]] * 5, dtype=np.float32)
+    truth = {"y": np.r_[np.zeros(95), np.full(5, 2)]}  # the near-ties are wrong either way
+    near = ref.copy()
+    near[95:] = [0.47, 0.48, 0.05]  # five near-ties flipped: 95 % agreement overall, all clear rows agree
+    ok = check_int8(model, {"y": ref}, {"y": near}, truth)
+    assert ok.passed and ok.figures["top1_agreement"] == 0.95 and ok.figures["top1_agreement_clear"] == 1.0
+    clear = ref.copy()
+    clear[:2] = [0.1, 0.85, 0.05]  # two clear decisions flipped: a broken build
+    bad = check_int8(model, {"y": ref}, {"y": clear}, truth)
+    assert not bad.passed and "clearly decided" in bad.message

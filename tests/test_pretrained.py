@@ -325,3 +325,63 @@ def test_clip_serves_an_image_and_a_text_input_loaded_once(toy, tmp_path, monkey
     assert len(calls) == 1, calls
     towers = {n: type(model.net.encoders[n].backbone).__name__ for n in ("photo", "note")}
     assert towers == {"photo": "CLIPVisionModel", "note": "CLIPTextModel"}  # the two towers of the one model
+
+
+# ----------------------------------------------------------------------------- other architectures, the hub cache
+def _tiny_config(kind: str) -> tuple[str, dict, torch.Tensor, torch.Tensor | None]:
+    """(input kind, config dict, an input batch, lengths) for architectures the tests do not train."""
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    if kind == "convnext":
+        return "image", {"model_type": "convnext", "hidden_sizes": [8, 16], "depths": [1, 1], "num_stages": 2,
+                         "image_size": 32}, torch.randn(2, 3, 32, 32), None
+    if kind == "resnet":
+        return "image", {"model_type": "resnet", "hidden_sizes": [8, 16], "depths": [1, 1], "embedding_size": 8,
+                         "layer_type": "basic"}, torch.randn(2, 3, 32, 32), None
+    if kind == "dinov2":
+        return "image", {"model_type": "dinov2", "image_size": 32, "patch_size": 8, **small}, torch.randn(2, 3, 32, 32), None
+    if kind == "hubert":
+        return "audio", {"model_type": "hubert", "conv_dim": [16, 16], "conv_stride": [5, 4], "conv_kernel": [10, 4],
+                         "num_conv_pos_embeddings": 8, "num_conv_pos_embedding_groups": 2, **small}, \
+            torch.randn(2, 4000), torch.tensor([4000, 2500])
+    return "audio", {"model_type": "audio-spectrogram-transformer", "num_mel_bins": 16, "max_length": 32,
+                     "patch_size": 8, "frequency_stride": 8, "time_stride": 8, **small}, torch.randn(2, 32, 16), None
+
+
+@pytest.mark.parametrize("arch", ["convnext", "resnet", "dinov2", "hubert", "ast"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "attention"])
+def test_other_architectures_pool_into_the_fusion_width(arch, pooling):
+    from polyfuse.nn.hf import PretrainedEncoder, build_backbone
+    from polyfuse.spec import HFEncoder
+
+    kind, config, x, length = _tiny_config(arch)
+    encoder = PretrainedEncoder(build_backbone(config, kind), kind, HFEncoder(hf="x", pooling=pooling), 12).eval()
+    with torch.no_grad():
+        out = encoder(x, length)
+        again = encoder.head(*encoder.features(x, length))  # what training does with cached features
+    assert out.shape == (2, 12) and torch.isfinite(out).all()
+    assert torch.allclose(out, again, atol=1e-6)
+
+
+def test_a_model_in_the_local_hub_cache_is_found_offline(tmp_path, monkeypatch):
+    from polyfuse.nn.hf import resolve_model
+    from polyfuse.spec import HFEncoder
+
+    snapshot = tmp_path / "hub" / "models--acme--tiny-bert" / "snapshots" / ("a" * 40)
+    tiny_bert(snapshot)
+    (tmp_path / "hub" / "models--acme--tiny-bert" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--tiny-bert" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve_model(HFEncoder(hf="acme/tiny-bert"), tmp_path) == snapshot
+
+
+def test_an_output_that_cannot_be_pooled_is_named():
+    from types import SimpleNamespace
+
+    from polyfuse.nn.hf import hidden_size
+
+    odd = SimpleNamespace(config=SimpleNamespace(model_type="oddnet"))
+    with pytest.raises(SpecError, match="oddnet.*cannot be pooled"):
+        hidden_size(odd)
