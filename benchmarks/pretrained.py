@@ -156,6 +156,20 @@ def latency_figures(model_dir: Path, test_csv: str | None, column: str) -> None:
            ">= 1.5x", med["onnx"] / med["int8"] >= 1.5)
     record("    int8 accuracy loss (validation rows)", f"{drop:.2f} pts", "<= 1 pt", drop <= 1.0)
     record("    sizes fp32 / int8", f"{fp32['bytes'] / 2**20:.0f}/{int8['bytes'] / 2**20:.0f} MB")
+    # what batching can save at most: one padded batch of 32 against 32 single calls, model alone
+    from polyfuse.serve.batching import merge
+
+    singles = batches[:32]
+    merged = {k: merge([b[k] for b in singles]) for k in singles[0]}
+    t = time.perf_counter()
+    for b in singles:
+        rts["onnx"].run_arrays(b)
+    t_single = time.perf_counter() - t
+    t = time.perf_counter()
+    rts["onnx"].run_arrays(merged)
+    t_batch = time.perf_counter() - t
+    record("    model alone: 32 singles / one batch of 32 (ms)", f"{t_single * 1e3:.0f}/{t_batch * 1e3:.0f}="
+           f"{t_single / t_batch:.2f}x")
 
 
 def free_port() -> int:
