@@ -3,6 +3,7 @@ keygen, encrypt, sign."""
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 from pathlib import Path
@@ -34,7 +35,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from polyfuse import report
     from polyfuse.estimator import train
 
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks, then stop here
+        from polyfuse.distributed import launch
+
+        argv = [args.spec, "--out", args.out] + (["--resume"] if args.resume else []) + (["--quiet"] if args.quiet else [])
+        raise SystemExit(launch(argv, args.nproc))
     model = train(args.spec, out=args.out, resume=args.resume, show_progress=bars(args))
+    if os.environ.get("RANK", "0") != "0":
+        return  # a torchrun rank other than 0: rank 0 reports
     for split in ("test", "valid"):
         if split in model.metrics:
             print(report.summary(model.metrics[split], model.spec, title=f"{split} split"))
@@ -156,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec")
     p.add_argument("--out", required=True, help="artifact directory to write")
     p.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel processes on this machine (torchrun + DDP; gloo on CPU, NCCL on GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_train)
 

@@ -137,7 +137,7 @@ def train(spec: Any, data: Any = None, out: str | Path | None = None, resume: bo
     metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
     metrics["bad_rows"] = [str(b) for b in result.bad_rows]
     model = Model(spec_obj, result.preprocessor, result.net, metrics, result.history, data_info=result.data_info)
-    if out is not None:
+    if out is not None and result.main:  # under torchrun, rank 0 writes the artifact
         with report.plots(model) as files:
             model.save(out, extra_files=files)
         shutil.rmtree(str(out) + ".checkpoint", ignore_errors=True)

@@ -290,7 +290,13 @@ class TrainSpec(_Strict):
     early_stopping: int | None = Field(5, ge=1, description="epochs without improvement before stopping")
     metric: str | None = Field(None, description="validation metric to select on; default: loss")
     seed: int = 0
-    threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: the CPUs this process may use, "
+                                "fewer while other processes keep some of them busy (re-checked every epoch)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: a CUDA GPU, else Apple's MPS, "
+                                                          "else the CPU")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision of training steps: "
+                                                       "bf16 on CPUs and recent GPUs, fp16 on CUDA GPUs (with loss "
+                                                       "scaling)")
     calibrate: bool = Field(True, description="fit temperature scaling on the validation split")
     baseline: bool = Field(True, description="fit the linear baseline floor (per input and all together) and warn "
                            "when it beats the network")

@@ -33,3 +33,51 @@ def single_threaded_blas() -> None:
         from threadpoolctl import threadpool_limits
 
         _limiter = threadpool_limits(limits=1, user_api="blas")
+
+
+def _machine_busy_s() -> float | None:
+    """Seconds of CPU time the whole machine has spent busy since boot (/proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class ThreadGovernor:
+    """Torch threads for training: the CPUs this process may use, less those other processes keep busy.
+
+    Training on 2 threads while another process held one of the 2 cores ran at a tenth of its quiet
+    speed (each step's threads wait on the one that lost its core); on 1 thread it kept 0.6 of it.
+    The CPU time others used since the last call is machine busy time minus this process's own.
+    """
+
+    def __init__(self, fixed: int | None = None, cpus: int | None = None):
+        import time
+
+        self.fixed, self.cpus = fixed, cpus or usable_cpus()
+        self._clock = time.monotonic
+        self._last = (self._clock(), _machine_busy_s(), _own_cpu_s())
+
+    def others(self) -> float | None:
+        """Cores other processes used on average since the last call (None where it cannot be told)."""
+        now = (self._clock(), _machine_busy_s(), _own_cpu_s())
+        (t0, busy0, own0), self._last = self._last, now
+        if busy0 is None or now[1] is None or now[0] - t0 < 0.05:
+            return None
+        return max(0.0, ((now[1] - busy0) - (now[2] - own0)) / (now[0] - t0))
+
+    def threads(self) -> int:
+        if self.fixed:
+            return self.fixed
+        others = self.others()
+        if others is None:
+            return self.cpus
+        return max(1, min(self.cpus, self.cpus - int(others + 0.5)))

@@ -3,6 +3,7 @@ says, and cut epochs into mini-batches built in a background thread."""
 from __future__ import annotations
 
 import queue
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from polyfuse.spec import Spec
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """One line to stderr; under torchrun only rank 0 speaks (the others would repeat it)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass

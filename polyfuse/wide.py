@@ -90,7 +90,9 @@ def fit_wide(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded, va
     report["seconds"] = round(time.perf_counter() - started, 3)
     shown = ", ".join(f"{o} C={r['C']:g} valid accuracy {r['valid_accuracy']}" for o, r in report.items()
                       if isinstance(r, dict) and "C" in r)
-    print(f"wide path over {', '.join(names)}: {shown} ({report['seconds']:.1f} s)", file=sys.stderr, flush=True)
+    from polyfuse.trainset import log
+
+    log(f"wide path over {', '.join(names)}: {shown} ({report['seconds']:.1f} s)")
     return report
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,10 @@ import torch
 
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, modality_of
 from polyfuse.spec import Spec, hf_encoder
+from polyfuse.trainset import log
 
 FORMAT = "polyfuse.embeddings/2"
 PART_ROWS = 512  # rows per part file: what an interrupted run can lose at most
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def cache_root(spec: Spec, base: Path) -> Path:

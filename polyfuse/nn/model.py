@@ -126,8 +126,10 @@ def build_wide(spec: Spec, state: dict[str, dict]) -> nn.ModuleDict:
                           for n in wide_inputs(spec)})
 
 
-def to_tensors(batch: dict) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v) for k, v in batch.items()}
+def to_tensors(batch: dict, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    if device is None or device.type == "cpu":
+        return {k: torch.from_numpy(v) for k, v in batch.items()}
+    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
 
 
 @torch.inference_mode()
@@ -146,9 +148,10 @@ def predict_arrays(net: FusionModel, batch: dict, chunk: int = 256) -> dict[str,
     """Logits for a collated numpy batch, in chunks, in eval mode."""
     net.eval()
     n = len(next(iter(batch.values())))
+    device = next(net.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, n, chunk):
-        out = net(to_tensors({k: v[start : start + chunk] for k, v in batch.items()}))
+        out = net(to_tensors({k: v[start : start + chunk] for k, v in batch.items()}, device))
         for name, logits in out.items():
-            parts.setdefault(name, []).append(logits)
+            parts.setdefault(name, []).append(logits.float().cpu())
     return {name: torch.cat(p) for name, p in parts.items()}

@@ -1,0 +1,6 @@
+"""`python -m polyfuse` (what torchrun runs on each rank): the command line."""
+import sys
+
+from polyfuse.cli import main
+
+sys.exit(main())
