@@ -250,7 +250,8 @@ def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel,
     best weights in ``net``, back on the CPU."""
     cfg = spec.train
     target = pre.targets(splits.train)
-    fixed = None if pre.augments() else pre.collate(splits.train)
+    # unaugmented rows are collated once, unless they live on disk (then each batch is read as it comes)
+    fixed = None if pre.augments() or splits.train.on_disk else pre.collate(splits.train)
     valid_target = pre.targets(splits.valid) if splits.valid else None
     net.to(place.device)
     optimizer, scheduler = optim.build(spec, net)

@@ -35,6 +35,10 @@ class Table:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def slice(self, start: int, stop: int) -> "Table":
+        """Rows [start, stop) as a table of their own (same folder, same name)."""
+        return Table({k: v[start:stop] for k, v in self.columns.items()}, self.rows[start:stop], self.folder, self.name)
+
     @classmethod
     def from_frame(cls, frame: Any, folder: Path, name: str) -> "Table":
         return cls({str(c): frame[c].tolist() for c in frame.columns}, list(frame.index), folder, name)

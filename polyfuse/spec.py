@@ -33,8 +33,15 @@ class DataSpec(_Strict):
     test: str | None = None
     split: SplitSpec = SplitSpec()
     on_bad_row: Literal["skip", "error"] = Field("skip", description="skip bad rows (listed at the end) or stop")
-    cache_dir: str | None = Field(None, description="where frozen pretrained backbones' outputs are cached (relative "
-                                  "to the spec's folder); default: $POLYFUSE_CACHE, else ~/.cache/polyfuse")
+    cache_dir: str | None = Field(None, description="where decoded shards and frozen pretrained backbones' outputs "
+                                  "are cached (relative to the spec's folder); default: $POLYFUSE_CACHE, else "
+                                  "~/.cache/polyfuse")
+    storage: Literal["auto", "memory", "disk"] = Field(
+        "auto", description="where decoded records live while training: memory (fastest), disk (memory-mapped shards "
+        "built by a process pool and reused across runs; for tables larger than memory), auto: disk when the decoded "
+        "table would take more than half of memory_budget_mb")
+    memory_budget_mb: int = Field(4096, gt=0, description="what storage: auto may spend on decoded records")
+    workers: int | None = Field(None, ge=1, description="processes that build disk shards; default: the usable CPUs")
 
 
 # ----------------------------------------------------------------------------- pretrained encoders

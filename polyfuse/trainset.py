@@ -46,12 +46,12 @@ def read_splits(spec: Spec, base: Path, data: Any, show: bool) -> Splits:
     if source is None:
         raise SpecError("data.train: no training table given (set data.train in the spec or pass data=)")
     train_table = read_table(source, base)
-    full = decode_with_progress(spec, train_table, "train", on_bad, show)
+    full = decode_table_for(spec, train_table, base, "train", on_bad, show)
     bad_rows = list(full.bad)
     given: dict[str, Decoded | None] = {"valid": None, "test": None}
     for part in given:
         if getattr(spec.data, part):
-            given[part] = decode_with_progress(spec, read_table(getattr(spec.data, part), base), part, on_bad, show)
+            given[part] = decode_table_for(spec, read_table(getattr(spec.data, part), base), base, part, on_bad, show)
             bad_rows += given[part].bad
     train, va, te = split_decoded(spec, train_table, full, valid=given["valid"] is None, test=given["test"] is None)
     valid, test = given["valid"] or va, given["test"] or te
@@ -60,18 +60,62 @@ def read_splits(spec: Spec, base: Path, data: Any, show: bool) -> Splits:
     return Splits(train, valid, test, bad_rows, info)
 
 
-def decode_with_progress(spec: Spec, table: Table, what: str, on_bad_row: str, show: bool) -> Decoded:
+def decoded_bytes_per_row(spec: Spec) -> int:
+    """About how many bytes one decoded row takes in memory (images as float32, audio as samples)."""
+    total = 0
+    for cfg in spec.inputs.values():
+        if cfg.type == "image":
+            total += 4 * cfg.channels * cfg.size[0] * cfg.size[1]
+        elif cfg.type == "audio":
+            total += int(4 * cfg.sample_rate * cfg.max_seconds)
+        else:
+            total += 256
+    return total
+
+
+def decode_table_for(spec: Spec, table: Table, base: Path, what: str, on_bad_row: str, show: bool) -> Decoded:
+    """Decode a table in memory, or into disk shards when ``data.storage`` says so (auto: when the
+    decoded rows would take more than half the memory budget)."""
+    storage = spec.data.storage
+    if storage == "auto":
+        need = len(table) * decoded_bytes_per_row(spec)
+        storage = "disk" if need > spec.data.memory_budget_mb * 2**20 / 2 else "memory"
+    if storage == "memory":
+        return decode_with_progress(spec, table, what, on_bad_row, show)
     from tqdm import tqdm
 
-    total = len(table) * (len(spec.inputs) + len(spec.outputs))
-    with tqdm(total=total, desc=f"decode {what}", unit="cell", disable=not show, leave=False) as bar:
-        decoded = decode_table(spec, table, with_targets=True, on_bad_row=on_bad_row, progress=bar.update)
+    from polyfuse.nn.feature_cache import cache_root
+    from polyfuse.shards import decode_to_shards
+    from polyfuse.threads import usable_cpus
+
+    with tqdm(total=len(table), desc=f"shards {what}", unit="row", disable=not show, leave=False) as bar:
+        decoded, report = decode_to_shards(spec, table, cache_root(spec, base) / "shards", on_bad_row=on_bad_row,
+                                           workers=spec.data.workers or usable_cpus(), progress=bar.update)
+    log(f"{what}: {len(decoded)} rows on disk in {report['shards']} shards ({report['built']} built, "
+        f"{report['reused']} reused, {report['rebuilt']} rebuilt after a failed checksum; {report['mb']} MB in "
+        f"{report['root']})")
+    _log_bad(decoded, table, what)
+    if len(decoded) == 0:
+        raise BadInputError(f"{what}: no usable rows in {table.name} ({len(decoded.bad)} bad)")
+    return decoded
+
+
+def _log_bad(decoded: Decoded, table: Table, what: str) -> None:
     if decoded.bad:
         log(f"{what}: skipped {len(decoded.bad)} bad row(s) of {len(table)} in {table.name}:")
         for bad in decoded.bad[:20]:
             log(f"  {bad}")
         if len(decoded.bad) > 20:
             log(f"  ... and {len(decoded.bad) - 20} more (all are listed in metrics.json)")
+
+
+def decode_with_progress(spec: Spec, table: Table, what: str, on_bad_row: str, show: bool) -> Decoded:
+    from tqdm import tqdm
+
+    total = len(table) * (len(spec.inputs) + len(spec.outputs))
+    with tqdm(total=total, desc=f"decode {what}", unit="cell", disable=not show, leave=False) as bar:
+        decoded = decode_table(spec, table, with_targets=True, on_bad_row=on_bad_row, progress=bar.update)
+    _log_bad(decoded, table, what)
     if len(decoded) == 0:
         raise BadInputError(f"{what}: no usable rows in {table.name} ({len(decoded.bad)} bad)")
     return decoded

@@ -6,6 +6,7 @@ is the cheap per-batch step that training and serving share.
 from __future__ import annotations
 
 import io
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -123,14 +124,25 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
 
 def fit(values: list[np.ndarray | None], cfg: Any) -> dict:
     """Per-channel mean/std over the training images (unless the spec fixes them)."""
-    present = [v for v in values if v is not None]
     if cfg.mean is not None and cfg.std is not None:
         mean, std = np.broadcast_to(cfg.mean, (cfg.channels,)), np.broadcast_to(cfg.std, (cfg.channels,))
-    elif present:
-        stack = np.stack(present)
-        mean, std = stack.mean(axis=(0, 2, 3)), stack.std(axis=(0, 2, 3))
     else:
-        mean, std = np.full(cfg.channels, 0.5), np.full(cfg.channels, 0.25)
+        # sums over chunks: a stack of every training image would not fit in memory on large tables
+        total, total_sq, count, chunk = np.zeros(cfg.channels), np.zeros(cfg.channels), 0, []
+        for v in itertools.chain(values, [None]):  # None last: flushes the final chunk
+            if v is not None:
+                chunk.append(v)
+            if chunk and (len(chunk) == 256 or v is None):
+                stack = np.stack(chunk).astype(np.float64)
+                total += stack.sum(axis=(0, 2, 3))
+                total_sq += (stack**2).sum(axis=(0, 2, 3))
+                count += stack.shape[0] * stack.shape[2] * stack.shape[3]
+                chunk = []
+        if count:
+            mean = total / count
+            std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+        else:
+            mean, std = np.full(cfg.channels, 0.5), np.full(cfg.channels, 0.25)
     return {"mean": [float(m) for m in mean], "std": [max(float(s), 1e-6) for s in std]}
 
 

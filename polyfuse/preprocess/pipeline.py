@@ -73,8 +73,15 @@ class Decoded:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def on_disk(self) -> bool:
+        """Whether the values are read lazily from shards on disk (polyfuse.shards)."""
+        return any(hasattr(v, "take") for v in self.inputs.values())
+
     def subset(self, idx: Sequence[int]) -> "Decoded":
-        pick = lambda values: [values[i] for i in idx]  # noqa: E731
+        def pick(values: Any) -> Any:  # a lazy on-disk column gives a view; a list, a list
+            return values.take(idx) if hasattr(values, "take") else [values[i] for i in idx]
+
         return Decoded({k: pick(v) for k, v in self.inputs.items()}, {k: pick(v) for k, v in self.targets.items()},
                        pick(self.rows), self.bad, {k: pick(v) for k, v in self.features.items()})
 
