@@ -1,6 +1,8 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # torch is installed first and pinned to the CPU wheel: a looser requirement resolved by pip
 # could otherwise pull a multi-GB CUDA build. pyproject keeps a range for other installs.
+# The demo and the tests use every part, so both install the `all` extra (the base install is
+# only the torch-free runtime).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -12,11 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[all]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[all,test]'
 	bash .ci/setup-browser.sh   # Debian chromium + chromedriver for the web-page test
 	touch $@
 

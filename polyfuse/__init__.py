@@ -15,10 +15,14 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __version__ = "0.1.0"
 __all__ = ["train", "load", "__version__"]
+RUNTIME_HINT = "an exported model runs without it: polyfuse.runtime.Runtime(path)"
 
 
 def train(spec: Any, data: Any = None, **kwargs: Any):
     """Train a fusion model from a spec (YAML path or dict); ``data`` may be a DataFrame."""
+    from polyfuse.extras import require
+
+    require("train", "polyfuse.train")
     from polyfuse.estimator import train as _train
 
     return _train(spec, data=data, **kwargs)
@@ -27,6 +31,9 @@ def train(spec: Any, data: Any = None, **kwargs: Any):
 def load(path: Any, **kwargs: Any):
     """Load a saved model directory (verifies its manifest first); ``key_env=`` names the variable
     holding an encrypted model's key, ``verify_key=`` a PEM public key its signature must match."""
+    from polyfuse.extras import require
+
+    require("train", "polyfuse.load", hint=RUNTIME_HINT)
     from polyfuse.estimator import load as _load
 
     return _load(path, **kwargs)

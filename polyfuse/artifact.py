@@ -151,7 +151,10 @@ def _key(folder: Path, key_env: str | None) -> bytes | None:
     encryption = manifest.get(ENCRYPTION) if isinstance(manifest, dict) else None  # verify names a corrupt one
     if encryption is None:
         return None
+    from polyfuse.extras import require
     from polyfuse.privacy import crypto
+
+    require("crypto", "opening an encrypted model")  # before asking for a key that could not be used
 
     return crypto.key_from_env(key_env or crypto.DEFAULT_KEY_ENV, encryption)
 

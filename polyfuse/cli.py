@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from polyfuse.errors import PolyfuseError
+from polyfuse.extras import EXTRAS, require
 from polyfuse.privacy import commands as privacy
 from polyfuse.threads import single_threaded_blas
 
@@ -20,6 +21,7 @@ def bars(args: argparse.Namespace) -> bool:
 
 
 def cmd_init(args: argparse.Namespace) -> None:
+    require("tables", "polyfuse init", modules=("pandas",))
     from polyfuse.infer_spec import init_yaml
 
     print(init_yaml(args.table, target=args.target), end="")
@@ -32,6 +34,7 @@ def cmd_schema(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    require("train", "polyfuse train")
     from polyfuse import report
     from polyfuse.estimator import train
 
@@ -54,6 +57,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    require("train", "polyfuse evaluate")
     from polyfuse import report
     from polyfuse.estimator import load
 
@@ -67,6 +71,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    if args.runtime == "torch":
+        require("train", "polyfuse predict --runtime torch",
+                hint="`--runtime onnx` runs an exported model with the base install and the tables extra")
+    require("tables", "polyfuse predict")  # reads the table file and shows a progress bar
     from polyfuse.batch import predict_table
 
     if args.runtime == "torch":
@@ -83,6 +91,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    require("train", "polyfuse embed")
     from polyfuse.embed import embed_table
     from polyfuse.estimator import load
 
@@ -94,6 +103,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    require("train", "polyfuse export", modules=(*EXTRAS["train"][1], "onnx", "onnxscript"))
     from polyfuse.export.exporter import export
 
     entry = export(args.model, to=args.to, quantize=args.quantize, calibration=args.calibration, data=args.data,
@@ -102,6 +112,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    require("train", "polyfuse bench")
     from polyfuse.bench import run_bench
 
     run_bench(args.model, args.data, repeats=args.repeats, threads=args.threads)
@@ -109,6 +120,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
+
+    require("serve", "polyfuse serve")
 
     from polyfuse.serve.config import ServeConfig
     from polyfuse.serve.server import serve
@@ -129,6 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_robustness(args: argparse.Namespace) -> None:
+    require("train", "polyfuse robustness")
     from polyfuse import robustness
     from polyfuse.estimator import set_threads
 
@@ -140,6 +154,7 @@ def cmd_robustness(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    require("train", "polyfuse demo", modules=(*EXTRAS["train"][1], "espeakng_loader"))
     from polyfuse.demo import run_demo
 
     run_demo(root=args.data_dir, out=Path(args.out), epochs=args.epochs, show_progress=bars(args),

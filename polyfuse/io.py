@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from polyfuse.errors import BadInputError
+from polyfuse.extras import require
 
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json"}
 
@@ -65,14 +66,16 @@ def read_table(source: Any, base: Path | None = None) -> Table:
         return Table.from_records(list(source), base)
     if type(source).__name__ == "DataFrame":
         return Table.from_frame(source, base, "<DataFrame>")
-    import pandas as pd
-
     path = Path(source)
     if not path.is_absolute():
         path = base / path
     if not path.is_file():
         raise BadInputError(f"table {str(source)!r} not found (looked for {path}); check the path")
     suffix = path.suffix.lower()
+    require("tables", f"reading the table file {path.name!r}",
+            modules=("pandas", "pyarrow") if suffix in (".parquet", ".pq") else ("pandas",))
+    import pandas as pd
+
     try:
         if suffix in (".csv", ".tsv"):
             sep = "\t" if suffix == ".tsv" else ","
@@ -138,9 +141,10 @@ def detect_encoding(data: bytes) -> tuple[str, str]:
 
 def iter_table_chunks(path: str | Path, chunk_rows: int = 1024) -> Iterator[Table]:
     """Stream a large CSV/JSONL in chunks (Parquet is read whole); row index is kept global."""
+    path = Path(path)
+    require("tables", f"reading the table file {path.name!r}", modules=("pandas",))
     import pandas as pd
 
-    path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         reader = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", chunksize=chunk_rows)

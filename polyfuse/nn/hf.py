@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from polyfuse.errors import SpecError
+from polyfuse.extras import require
 from polyfuse.spec import HFEncoder, Spec, hf_encoder
 
 # model types whose pooler is the right "first token" summary (a trained layer norm or projection);
@@ -28,6 +29,7 @@ TOWERS = {"image": ("vision_model",), "text": ("text_model",), "audio": ("encode
 # attention projections LoRA adapts by default, in the order they are looked for
 LORA_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("q", "v"), ("q_lin", "v_lin"), ("qkv",))
 DEFAULT_POOLING = {"text": "mean", "image": "cls", "audio": "mean"}
+NEEDS_HF = "a spec with `encoder: {hf: ...}`"  # how a missing [hf] extra is named (the runtime needs none)
 
 
 # ----------------------------------------------------------------------------- finding and building
@@ -39,6 +41,7 @@ def resolve_model(enc: HFEncoder, base: Path) -> Path:
         if candidate.is_dir():
             return candidate.resolve()
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not enc.download
+    require("hf", NEEDS_HF)
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -55,6 +58,7 @@ def resolve_model(enc: HFEncoder, base: Path) -> Path:
 
 def read_config(folder: Path) -> dict:
     """The backbone's config.json as a dict (what :func:`build_backbone` rebuilds it from)."""
+    require("hf", NEEDS_HF)
     from transformers import AutoConfig
 
     try:
@@ -89,6 +93,7 @@ def tower(model: nn.Module, kind: str) -> nn.Module:
 
 def build_backbone(config: dict, kind: str) -> nn.Module:
     """A randomly initialised backbone (its tower for ``kind``) from a stored config dict."""
+    require("hf", NEEDS_HF)
     from transformers import AutoConfig, AutoModel
 
     settings = {k: v for k, v in config.items() if k != "model_type"}
@@ -199,6 +204,7 @@ def build_encoder(cfg: Any, state: dict) -> PretrainedEncoder:
 def load_pretrained(net: nn.Module, spec: Spec, base: Path) -> None:
     """Copy each backbone's pretrained weights in (a CLIP folder serving two inputs is loaded once),
     then freeze it, unfreeze its last layers, or add LoRA adapters, as its spec says."""
+    require("hf", NEEDS_HF)
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -252,6 +258,7 @@ def lora_targets(backbone: nn.Module, enc: HFEncoder) -> list[str]:
 
 def add_lora(encoder: PretrainedEncoder, enc: HFEncoder) -> None:
     """Inject LoRA adapters (peft) into the frozen backbone: only they (and the head) train."""
+    require("hf", "encoder.lora", modules=("peft",))
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=enc.lora.r, lora_alpha=enc.lora.alpha, lora_dropout=enc.lora.dropout,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from polyfuse.errors import BadInputError
+from polyfuse.extras import require
 from polyfuse.preprocess import ngrams
 from polyfuse.privacy import pii
 
@@ -27,10 +28,9 @@ _jieba = None
 def _segmenter() -> Any:
     global _jieba
     if _jieba is None:
-        try:
-            import jieba
-        except ImportError:
-            raise BadInputError("tokenizer 'jieba' needs the jieba package: pip install jieba") from None
+        require("jieba", "`tokenizer: jieba`")
+        import jieba
+
         jieba.setLogLevel(logging.WARNING)  # it logs its dictionary loading at INFO on every start
         _jieba = jieba
     return _jieba

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from polyfuse.errors import ArtifactError
+from polyfuse.extras import require
 
 MAGIC = b"POLYFUSE-AESGCM1\n"
 ALGORITHM = "AES-256-GCM"
@@ -66,6 +67,7 @@ def is_sealed(data: bytes) -> bool:
 
 def seal(data: bytes, key: bytes, name: str) -> bytes:
     """Encrypt one file's bytes; ``name`` (its path in the artifact) is authenticated too."""
+    require("crypto", "encrypting a model")
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     nonce = secrets.token_bytes(_NONCE)  # random 96-bit nonces: safe for far more files than an artifact holds
@@ -74,6 +76,7 @@ def seal(data: bytes, key: bytes, name: str) -> bytes:
 
 def open_sealed(data: bytes, key: bytes, name: str) -> bytes:
     """Decrypt in memory; a modified file or a wrong key fails authentication with a clear error."""
+    require("crypto", "opening an encrypted model")
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 

@@ -14,10 +14,12 @@ from typing import Any
 
 from polyfuse.artifact import MANIFEST, SIGNATURE, atomic_write_text, verify
 from polyfuse.errors import ArtifactError
+from polyfuse.extras import require
 
 
 def keygen(out: str | Path) -> tuple[Path, Path]:
     """Write a new Ed25519 key pair: ``out`` (private, PEM, readable by the owner only) and ``out.pub``."""
+    require("crypto", "writing a signing key")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -36,6 +38,7 @@ def keygen(out: str | Path) -> tuple[Path, Path]:
 
 
 def _load(path: str | Path, private: bool) -> Any:
+    require("crypto", "signing a model" if private else "checking a model's signature (a verify key)")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -66,10 +69,10 @@ def sign_artifact(folder: str | Path, key_file: str | Path) -> Path:
 
 def check(folder: str | Path, public_key_file: str | Path) -> None:
     """Refuse an unsigned artifact or one whose manifest does not match its signature."""
+    folder = Path(folder)
+    key = _load(public_key_file, private=False)  # first: names the crypto extra when it is missing
     from cryptography.exceptions import InvalidSignature
 
-    folder = Path(folder)
-    key = _load(public_key_file, private=False)
     sig_path = folder / SIGNATURE
     if not sig_path.is_file():
         raise ArtifactError(f"{folder} is not signed (no {SIGNATURE}) but a verify key was given; "

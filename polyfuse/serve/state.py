@@ -59,6 +59,9 @@ def load_backend(path: Path, cfg: ServeConfig) -> Backend:
         rt = Runtime(path, variant=cfg.variant, threads=cfg.threads, key_env=cfg.key_env, verify_key=cfg.verify_key)
         return Backend(path.name, "1", sha256(rt.model_file), "polyfuse_onnxruntime", rt.spec, rt.preprocessor,
                        rt.run_arrays)
+    from polyfuse.extras import require
+
+    require("train", f"serving {path.name} with torch", hint=f"`polyfuse export {path}` lets the base runtime serve it")
     from polyfuse.estimator import load, set_threads
 
     set_threads(cfg.threads)
