@@ -1,5 +1,5 @@
-"""The `polyfuse` command line: init, schema, train, evaluate, predict, embed, export, bench, serve, robustness, demo,
-keygen, encrypt, sign."""
+"""The `polyfuse` command line: init, schema, train, evaluate, predict, embed, export, bench, serve, k8s, robustness,
+demo, keygen, encrypt, sign."""
 from __future__ import annotations
 
 import argparse
@@ -71,6 +71,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    if args.engine == "ray":
+        from polyfuse.scale import require_ray
+
+        require_ray("--engine ray")
+        from polyfuse.scale.ray_data import predict_ray
+
+        counts = predict_ray(args.model, args.data, args.out, address=args.address, variant=args.variant,
+                             id_column=args.id_column, chunk_rows=args.chunk_rows)
+        print(f"{counts['rows']} rows predicted on Ray, {counts['bad']} bad rows (see the 'error' column) -> "
+              f"{args.out} ({counts['shards']} Parquet shards)")
+        return
     if args.runtime == "torch":
         require("train", "polyfuse predict --runtime torch",
                 hint="`--runtime onnx` runs an exported model with the base install and the tables extra")
@@ -138,7 +149,36 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       max_audio_rate=args.max_audio_rate, max_decode_mb=args.max_decode_mb,
                       max_header_bytes=args.max_header_kb << 10, header_timeout_s=args.header_timeout,
                       drain_s=args.drain, threads=args.threads, key_env=args.key_env, verify_key=args.verify_key)
+    if args.ray:
+        from polyfuse.scale import require_ray
+
+        require_ray("serve --ray")
+        from polyfuse.scale.ray_serve import serve_ray
+
+        serve_ray(args.model, cfg, replicas=args.replicas, autoscale=parse_autoscale(args.autoscale))
+        return
     serve(args.model, cfg)
+
+
+def parse_autoscale(text: str | None) -> tuple[int, int] | None:
+    """'MIN,MAX' -> (min, max) replicas."""
+    if text is None:
+        return None
+    try:
+        low, high = (int(v) for v in text.split(","))
+    except ValueError:
+        raise PolyfuseError(f"--autoscale {text!r}: expected MIN,MAX replicas, e.g. 1,4") from None
+    if not 0 <= low <= high or high < 1:
+        raise PolyfuseError(f"--autoscale {text!r}: expected 0 <= MIN <= MAX and MAX >= 1")
+    return low, high
+
+
+def cmd_k8s(args: argparse.Namespace) -> None:
+    from polyfuse.scale.k8s import write_manifests
+
+    written = write_manifests(args.model, args.out, image=args.image, storage_uri=args.storage_uri,
+                              replicas=args.replicas, max_replicas=args.max_replicas, cpu=args.cpu, memory=args.memory)
+    print("wrote " + ", ".join(str(p) for p in written))
 
 
 def cmd_robustness(args: argparse.Namespace) -> None:
@@ -200,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="onnx: the torch-free ONNX Runtime path")
     p.add_argument("--variant", default="fp32", help="with --runtime onnx: fp32, int8, int8-dynamic or int8-static")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="ray: Ray Data actors run the torch-free ONNX runtime; DATA may be a folder of Parquet "
+                        "files and --out is a folder of Parquet shards")
+    p.add_argument("--address", default=None, help="with --engine ray: an existing cluster (default: a local Ray)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_predict)
 
@@ -255,8 +299,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds to receive a request's headers before the connection is closed")
     p.add_argument("--drain", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM")
     p.add_argument("--threads", type=int, default=1, help="model threads (requests already run concurrently)")
+    p.add_argument("--ray", action="store_true", help="serve as a Ray Serve application (replicas, autoscaling)")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=1, help="with --ray: this many replicas")
+    scale.add_argument("--autoscale", default=None, metavar="MIN,MAX", help="with --ray: autoscale between these")
     privacy.add_key_options(p)
     p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("k8s", help="write a KServe InferenceService and the Dockerfile of its server image")
+    p.add_argument("model")
+    p.add_argument("--out", required=True, help="folder to write inference_service.yaml and Dockerfile into")
+    p.add_argument("--image", default=None, help="image name (default: polyfuse-<model>:latest)")
+    p.add_argument("--storage-uri", default=None,
+                   help="where KServe pulls the model from (s3://, gs://, pvc://...); default: baked into the image")
+    p.add_argument("--replicas", type=int, default=1, help="minimum replicas")
+    p.add_argument("--max-replicas", type=int, default=1)
+    p.add_argument("--cpu", default="1")
+    p.add_argument("--memory", default="2Gi")
+    p.set_defaults(fn=cmd_k8s)
 
     p = sub.add_parser("robustness", help="accuracy under corrupted and missing inputs: curves, table, JSON, PNG")
     p.add_argument("model")

@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
 
 from polyfuse.runtime import MODALITY_WEIGHTS
+from polyfuse.serve.batching import Batcher
 from polyfuse.serve.config import ServeConfig
 from polyfuse.serve.guard import Guard, within
 from polyfuse.serve.observability import flush_access_log
@@ -35,11 +36,13 @@ def _error(status: int, message: str, v2: bool, headers: dict | None = None) -> 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_app(model_dir: str | Path, cfg: ServeConfig | None = None) -> FastAPI:
+def create_app(model_dir: str | Path, cfg: ServeConfig | None = None,
+               batcher: Callable[..., Batcher] = Batcher) -> FastAPI:
+    """The app over one model; ``batcher`` as in ``ServerState`` (Ray Serve passes its own)."""
     cfg = cfg or ServeConfig()
     single_threaded_blas()  # requests preprocess in parallel threads; see polyfuse.threads
     backend = load_backend(Path(model_dir), cfg)
-    state = ServerState(backend, cfg)
+    state = ServerState(backend, cfg, batcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

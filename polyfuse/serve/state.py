@@ -111,8 +111,10 @@ def map_large_allocations() -> None:
 class ServerState:
     """The backend, limits, lanes, batcher and the counters the Guard and the drain read."""
 
-    def __init__(self, backend: Backend, cfg: ServeConfig):
-        self.backend, self.cfg = backend, cfg
+    def __init__(self, backend: Backend, cfg: ServeConfig, batcher: Callable[..., Batcher] = Batcher):
+        """``batcher``: what batches requests, built like ``Batcher`` (run, max_batch, max_delay_s,
+        queue_size, observe); Ray Serve passes one that hands them to ``@serve.batch``."""
+        self.backend, self.cfg, self.make_batcher = backend, cfg, batcher
         map_large_allocations()
         self.metrics = Metrics(backend.name, backend.digest, backend.platform)
         self.log = access_logger()
@@ -143,7 +145,7 @@ class ServerState:
             if not pays:
                 self.batching_note += ": batching is not cheaper for this model, so requests run one at a time"
                 max_batch = 1
-        self.batcher = Batcher(b.run_arrays, max_batch, cfg.max_delay_ms / 1e3, cfg.queue_size,
+        self.batcher = self.make_batcher(b.run_arrays, max_batch, cfg.max_delay_ms / 1e3, cfg.queue_size,
                                self.metrics.observe_batch)
         self.batcher.start()
         self.ready = True
