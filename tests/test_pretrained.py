@@ -385,3 +385,16 @@ def test_an_output_that_cannot_be_pooled_is_named():
     odd = SimpleNamespace(config=SimpleNamespace(model_type="oddnet"))
     with pytest.raises(SpecError, match="oddnet.*cannot be pooled"):
         hidden_size(odd)
+
+
+def test_the_servers_batching_check_times_text_at_a_requests_length(trained):
+    from polyfuse.preprocess.pipeline import Decoded
+    from polyfuse.serve.state import sized_like_requests
+
+    out, _ = trained
+    model = polyfuse.load(out)
+    empty = model.preprocessor.collate(Decoded({n: [None] for n in model.spec.inputs}, {}, [0]))
+    assert empty["note"].shape == (1, 1)  # an absent text is one pad token: no measure of a transformer's cost
+    row = sized_like_requests(model.spec, empty)
+    assert row["note"].shape == (1, 16) and row["note__length"].tolist() == [16]  # max_length 16 in this spec
+    assert model.run_arrays(row)["label"].shape == (1, 3)
