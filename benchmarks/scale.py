@@ -144,7 +144,8 @@ def ddp_figures(tmp: Path) -> None:
     one, _, t1 = train(spec, tmp, "ddp1")
     two, _, t2 = train(spec, tmp, "ddp2", "--nproc", "2")
     a1, a2 = (m["test"]["outputs"]["label"]["accuracy"] for m in (one, two))
-    record(f"4. {what} test accuracy, 2 processes vs 1", f"{a2:.3f} vs {a1:.3f}", "within 1 pt", abs(a2 - a1) <= 0.01)
+    # "reaches the single-process accuracy within 1 point": two processes may not fall more than a point short
+    record(f"4. {what} test accuracy, 2 processes vs 1", f"{a2:.3f} vs {a1:.3f}", ">= 1-proc - 1 pt", a2 >= a1 - 0.01)
     record("   wall time, 2 processes / 1 (2 cores)", f"{t2:.0f}/{t1:.0f} s={t2 / t1:.2f}x")
 
 
