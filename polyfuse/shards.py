@@ -6,8 +6,8 @@ uint8, a quarter of float32), variable-length waveforms concatenated with offset
 targets as JSON. A shard's folder is named by the sha256 of its cells (file paths with their size
 and modification time) and of the spec's decoding settings, so it is reused by later runs and
 rebuilt when the data or the decoding changes; each file's sha256 is checked on opening, and a
-corrupt or truncated shard is rebuilt. Columns open as lazy sequences over memory maps, so an
-epoch streams its batches with bounded memory.
+corrupt or truncated shard is rebuilt. Columns open as lazy sequences that read rows with
+``pread``, so an epoch streams its batches with bounded memory.
 """
 from __future__ import annotations
 
@@ -154,9 +154,36 @@ def intact(folder: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- reading
+class RowFile:
+    """Rows of a ``.npy`` file read with ``pread``: unlike a memory map, pages read once are not kept
+    in this process's resident set (an epoch over a memory map grows RSS to the whole file)."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            self.offset = f.tell()
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.row_items = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def items(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) along the first axis (for a 1-D file: items)."""
+        size = self.dtype.itemsize * self.row_items
+        data = os.pread(self.fd, (stop - start) * size, self.offset + start * size)
+        return np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[1:])).copy()
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except (OSError, AttributeError):
+            pass
+
+
 @dataclass
 class ShardColumn(Sequence):
-    """One input (or target) over every shard, read lazily from memory maps; ``take`` gives a view."""
+    """One input (or target) over every shard, read lazily row by row; ``take`` gives a view."""
 
     parts: list[tuple[dict, Path, str]]  # (column meta, shard folder, column file stem)
     index: np.ndarray  # global row -> (shard, local row), as a [n, 2] array
@@ -174,7 +201,7 @@ class ShardColumn(Sequence):
             if meta["kind"] == "json":
                 data: Any = json.loads((folder / f"{stem}.json").read_text())
             else:
-                data = np.load(folder / f"{stem}.npy", mmap_mode="r")
+                data = RowFile(folder / f"{stem}.npy")
             offsets = np.load(folder / f"{stem}.offsets.npy") if meta["kind"] == "ragged" else None
             self._open[s] = (meta, present, data, offsets)
         return self._open[s]
@@ -189,8 +216,8 @@ class ShardColumn(Sequence):
         if meta["kind"] == "json":
             return data[j]
         if meta["kind"] == "ragged":
-            return np.array(data[offsets[j] : offsets[j + 1]])
-        value = np.array(data[j])
+            return data.items(int(offsets[j]), int(offsets[j + 1]))
+        value = data.items(int(j), int(j) + 1)[0]
         return value.astype(np.float32) / meta["scale"] if meta.get("scale") else value
 
     def __iter__(self) -> Iterator[Any]:
@@ -198,7 +225,7 @@ class ShardColumn(Sequence):
 
     def take(self, idx: Sequence[int]) -> "ShardColumn":
         view = ShardColumn(self.parts, self.index[np.asarray(idx, dtype=np.int64)])
-        view._open = self._open  # the memory maps are shared, not reopened
+        view._open = self._open  # the open files are shared, not reopened
         return view
 
 
