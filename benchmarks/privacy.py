@@ -8,7 +8,7 @@
    (../shared/data/avdigits; the demo data when absent), the epsilon actually spent, and training
    time relative to the non-private run. Target: at epsilon 8, <= 5 points below non-private.
 
-    .venv/bin/python benchmarks/privacy.py [--repeats 7] [--per-type 100] [--dp-epochs 8] [--only dp]
+    .venv/bin/python benchmarks/privacy.py [--repeats 7] [--per-type 100] [--dp-epochs 8] [--dp-lr LR] [--dp-batch N] [--only dp]
 """
 from __future__ import annotations
 
@@ -119,7 +119,10 @@ def dp_spec(work: Path, epochs: int) -> dict:
     return spec
 
 
-def dp_accuracy(epochs: int, epsilons: tuple[float, ...] = (1.0, 3.0, 8.0)) -> bool:
+def dp_accuracy(epochs: int, lr: float | None, batch: int | None, epsilons: tuple[float, ...] = (1.0, 3.0, 8.0)
+                ) -> bool:
+    """The non-private run with the reference spec's settings; the private ones with ``lr`` and
+    ``batch`` when given (DP-SGD usually wants larger batches and rates: the noise is per step)."""
     work = Path(tempfile.mkdtemp(prefix="polyfuse-dp-bench-"))
     try:
         spec = dp_spec(work, epochs)
@@ -128,13 +131,15 @@ def dp_accuracy(epochs: int, epsilons: tuple[float, ...] = (1.0, 3.0, 8.0)) -> b
             run = {**spec, "train": {**spec["train"]}}
             if eps is not None:
                 run["train"]["privacy"] = {"epsilon": eps, "delta": 1e-5, "max_grad_norm": 1.0}
+                run["train"].update({k: v for k, v in (("lr", lr), ("batch_size", batch)) if v})
             t0 = time.perf_counter()
             model = polyfuse.train(run, out=work / f"eps-{eps}", show_progress=False)
             seconds = time.perf_counter() - t0
             acc = model.metrics["test"]["outputs"]["label"]["accuracy"]
             rows.append((eps, model.metrics.get("privacy"), acc, model.metrics["train_seconds"], seconds))
         base_acc, base_train = rows[0][2], rows[0][3]
-        print(f"\nDP-SGD on {spec['data']['train']} ({epochs} epochs, batch {spec['train']['batch_size']}, "
+        print(f"\nDP-SGD on {spec['data']['train']} ({epochs} epochs; non-private: batch {spec['train']['batch_size']}, "
+              f"lr {spec['train']['lr']}; private: batch {batch or spec['train']['batch_size']}, lr {lr or spec['train']['lr']}, "
               f"max_grad_norm 1.0, delta 1e-5, RDP accountant; test split):")
         print(f"  {'target eps':>10} {'spent':>7} {'noise':>6} {'accuracy':>9} {'vs non-private':>15} {'train time':>11}")
         ok = True
@@ -156,6 +161,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--per-type", type=int, default=100)
     parser.add_argument("--dp-epochs", type=int, default=8, help="epochs of each DP-SGD accuracy run")
+    parser.add_argument("--dp-lr", type=float, help="learning rate of the private runs (default: the spec's)")
+    parser.add_argument("--dp-batch", type=int, help="expected batch size of the private runs (default: the spec's)")
     parser.add_argument("--only", choices=["deid", "crypto", "dp"], help="run one part")
     args = parser.parse_args()
     ok = True
@@ -164,7 +171,7 @@ def main() -> int:
         if args.only != "deid":
             ok &= encryption(corpus, args.repeats)
     if args.only in (None, "dp"):
-        ok &= dp_accuracy(args.dp_epochs)
+        ok &= dp_accuracy(args.dp_epochs, args.dp_lr, args.dp_batch)
     return 0 if ok else 1
 
 
