@@ -79,6 +79,22 @@ def _pretrained(model: Any) -> str:
     return ("Pretrained backbones (their licences and training data apply):\n" + "\n".join(lines) + "\n") if lines else ""
 
 
+def _privacy(metrics: dict[str, Any]) -> str:
+    """Markdown: the differential-privacy guarantee of a DP-SGD run, or that there is none."""
+    p = metrics.get("privacy")
+    if not p:
+        return "Trained without differential privacy (`train.privacy` unset): the weights may reveal training rows."
+    target = f" (target {p['target_epsilon']})" if p.get("target_epsilon") else ""
+    return (f"Trained with DP-SGD ({p['library']}): **(ε = {p['epsilon']}{target}, δ = {p['delta']:g})-differential "
+            f"privacy** for each training row, by the {p['accountant'].upper()} accountant.\n\n"
+            f"- noise multiplier {p['noise_multiplier']}, per-row gradient clipping at {p['max_grad_norm']}\n"
+            f"- Poisson sampling, rate {p['sample_rate']} (expected batch {p['expected_batch_size']} of {p['rows']} "
+            f"rows), {p['steps']} steps = {p['epochs']} epochs\n"
+            "- Covers the network's weights. Not covered: the fitted preprocessing (vocabularies, means, IDF "
+            "weights) and the baseline scores, computed from the training rows without noise; the temperature "
+            "and the best epoch are chosen on validation rows.")
+
+
 def render(model: Any, exports: dict[str, Any] | None = None) -> str:
     spec, m = model.spec, model.metrics
     inputs = "\n".join(f"- `{n}`: {c.type} (column `{spec.column(n)}`, encoder {encoder_text(c)})"
@@ -120,6 +136,9 @@ valid {sizes.get('valid', '?')}, test {sizes.get('test', '?')}
 
 ## Baseline
 {_baseline(m, spec)}
+
+## Privacy
+{_privacy(m)}
 
 ## Deployment builds
 {_exports(exports or {})}

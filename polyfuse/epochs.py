@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -131,14 +131,25 @@ def restore(ckpt_dir: Path | None, spec: Spec, net: FusionModel, optimizer: Any,
 
 @dataclass
 class Stepper:
-    """How a batch becomes a weight update: the loss module (DDP-wrapped under torchrun), the
-    optimiser, the placement (device, autocast) and, for fp16, the gradient scaler."""
+    """How the rows of an epoch become batches and a batch a weight update: the loss module
+    (DDP-wrapped under torchrun), the optimiser, the placement (device, autocast) and, for fp16, the
+    gradient scaler. DP-SGD's :class:`polyfuse.privacy.dp.PrivateStepper` draws Poisson batches
+    and clips and noises the update instead."""
 
     loss: torch.nn.Module
     optimizer: Any
     place: Placement = CPU
     dist: Dist = SINGLE
     scaler: Any = None
+    batch_size: int = 64  # this rank's share of train.batch_size
+
+    def batches(self, order: np.ndarray, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """The epoch's batches of row indices: consecutive slices of the shuffled ``order``."""
+        return batches_of(order, self.batch_size)
+
+    def summary(self) -> dict[str, Any]:
+        """What the stepper adds to the epoch's record (nothing here; DP-SGD: the epsilon spent)."""
+        return {}
 
     def step(self, xb: dict, yb: dict) -> torch.Tensor:
         with self.place.autocast():
@@ -155,10 +166,14 @@ class Stepper:
         return loss
 
 
-def make_stepper(spec: Spec, net: FusionModel, weights: dict, optimizer: Any, place: Placement, dist: Dist) -> Stepper:
+def make_stepper(spec: Spec, net: FusionModel, weights: dict, optimizer: Any, place: Placement, dist: Dist,
+                 private: Any = None, history: list[dict] | None = None) -> Stepper:
+    """The run's stepper; with ``private`` (:func:`polyfuse.privacy.dp.start`) the DP-SGD one."""
     module = distributed.StepLoss(net, lambda n, xb, yb: step_loss(spec, n, xb, yb, weights))
     scaler = torch.amp.GradScaler(place.device.type) if place.scaled else None
-    return Stepper(distributed.wrap(module, dist), optimizer, place, dist, scaler)
+    stepper = Stepper(distributed.wrap(module, dist), optimizer, place, dist, scaler,
+                      distributed.batch_size(spec.train.batch_size, dist))
+    return private.wrap(stepper, net, history or []) if private is not None else stepper
 
 
 def train_epoch(spec: Spec, net: FusionModel, pre: Preprocessor, train: Decoded, fixed: dict | None,
@@ -184,7 +199,7 @@ def train_epoch(spec: Spec, net: FusionModel, pre: Preprocessor, train: Decoded,
     net.train()
     t_epoch, seen, loss_sum = time.perf_counter(), 0, 0.0
     bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="row", disable=not show, leave=False)
-    chunks = batches_of(order, distributed.batch_size(cfg.batch_size, dist))
+    chunks = stepper.batches(order, rng)
     # cached batches are a slice away: a helper thread would only add GIL hand-offs
     batches = (make(idx) for idx in chunks) if fixed is not None else prefetch(chunks, make)
     t_wait = time.perf_counter()
@@ -202,7 +217,8 @@ def train_epoch(spec: Spec, net: FusionModel, pre: Preprocessor, train: Decoded,
     bar.close()
     loss_sum, seen = distributed.all_sum([loss_sum, float(seen)], dist)
     return {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "lr": stepper.optimizer.param_groups[0]["lr"],
-            "rows_per_s": seen / max(time.perf_counter() - t_epoch, 1e-9), **{k: round(v, 4) for k, v in timing.items()}}
+            "rows_per_s": seen / max(time.perf_counter() - t_epoch, 1e-9), **{k: round(v, 4) for k, v in timing.items()},
+            **stepper.summary()}
 
 
 def validate(spec: Spec, net: FusionModel, pre: Preprocessor, batch: dict, target: dict, weights: dict,
@@ -244,10 +260,10 @@ def set_threads(governor: ThreadGovernor | None) -> None:
 
 def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel, valid_batch: dict | None, *,
                 out: Path | None, resume: bool, show: bool, callback: Callable[[int, dict], None] | None,
-                place: Placement = CPU, dist: Dist = SINGLE, governor: ThreadGovernor | None = None
-                ) -> tuple[list[dict], float]:
+                place: Placement = CPU, dist: Dist = SINGLE, governor: ThreadGovernor | None = None,
+                private: Any = None) -> tuple[list[dict], float]:
     """The epoch loop with early stopping and per-epoch checkpoints (written by rank 0); leaves the
-    best weights in ``net``, back on the CPU."""
+    best weights in ``net``, back on the CPU. ``private``: train with DP-SGD (:mod:`polyfuse.privacy.dp`)."""
     cfg = spec.train
     target = pre.targets(splits.train)
     # unaugmented rows are collated once, unless they live on disk (then each batch is read as it comes)
@@ -256,9 +272,9 @@ def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel,
     net.to(place.device)
     optimizer, scheduler = optim.build(spec, net)
     weights = {k: None if w is None else w.to(place.device) for k, w in class_weights(spec, pre, target).items()}
-    stepper = make_stepper(spec, net, weights, optimizer, place, dist)
     ckpt_dir = Path(str(out) + ".checkpoint") if out else None
     loop = restore(ckpt_dir, spec, net, optimizer, scheduler) if resume else Loop(best_state=copy.deepcopy(net.state_dict()))
+    stepper = make_stepper(spec, net, weights, optimizer, place, dist, private, loop.history)
     started = time.perf_counter()
     stopped_early = bool(loop.history and loop.history[-1].get("stop"))
     for epoch in range(loop.start, cfg.epochs):

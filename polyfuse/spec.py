@@ -287,6 +287,31 @@ class OutputSpec(_Strict):
         return self
 
 
+class PrivacySpec(_Strict):
+    """Differential privacy in training (DP-SGD, Opacus): each row's gradient is clipped to
+    max_grad_norm and Gaussian noise is added to every step; batches are Poisson-sampled. Give a
+    target epsilon (the noise is chosen to spend it by the last epoch) or a fixed noise_multiplier
+    (the epsilon it spends is reported), not both."""
+
+    epsilon: float | None = Field(None, gt=0, description="target privacy budget (smaller: more private, less "
+                                  "accurate; 1-10 is the usual range)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="probability the guarantee fails; keep it well below "
+                         "1 / (training rows)")
+    noise_multiplier: float | None = Field(None, gt=0, description="noise std relative to max_grad_norm, instead "
+                                           "of epsilon")
+    max_grad_norm: float = Field(1.0, gt=0, description="each row's gradient is clipped to this L2 norm")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="how the epsilon spent is computed: rdp (Renyi DP, "
+                                              "a safe upper bound) or prv (privacy random variables, tighter)")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "PrivacySpec":
+        if (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("give exactly one of epsilon (a target budget; the noise is chosen to spend it) or "
+                             "noise_multiplier (a fixed noise; the epsilon it spends is reported), e.g. "
+                             "{epsilon: 8, delta: 1.0e-5, max_grad_norm: 1.0}")
+        return self
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -307,6 +332,7 @@ class TrainSpec(_Strict):
     calibrate: bool = Field(True, description="fit temperature scaling on the validation split")
     baseline: bool = Field(True, description="fit the linear baseline floor (per input and all together) and warn "
                            "when it beats the network")
+    privacy: PrivacySpec | None = Field(None, description="differential privacy (DP-SGD with Opacus); default off")
 
 
 class Spec(_Strict):
@@ -331,6 +357,28 @@ class Spec(_Strict):
         clash = set(self.inputs) & set(self.outputs)
         if clash:
             raise ValueError(f"{sorted(clash)} is both an input and an output")
+        return self
+
+    @model_validator(mode="after")
+    def _private(self) -> "Spec":
+        """What DP-SGD cannot cover: parts fitted on the training rows without noise, or losses whose
+        per-row gradients depend on other rows (then clipping no longer bounds one row's influence)."""
+        if self.train.privacy is None:
+            return self
+        problems = []
+        if self.fusion.alone_loss:
+            problems.append("fusion.alone_loss reruns the fusion on row subsets; set it to 0")
+        if self.train.precision != "fp32":
+            problems.append(f"train.precision {self.train.precision!r}: DP-SGD runs in fp32 only")
+        for name, out in self.outputs.items():
+            if out.head.type != "softmax":
+                problems.append(f"outputs.{name}.head {out.head.type!r} is fitted on the training rows without "
+                                "noise; use head: softmax")
+            if out.class_weights is not None and out.type == "category":
+                problems.append(f"outputs.{name}.class_weights: a weighted mean loss makes each row's gradient "
+                                "depend on the others' labels; remove it")
+        if problems:
+            raise ValueError("train.privacy: " + "; ".join(problems))
         return self
 
     def column(self, name: str) -> str:

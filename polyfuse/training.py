@@ -21,6 +21,7 @@ from polyfuse.epochs import (Loop, alone_losses, class_weights, fit_network, res
 from polyfuse.evaluate import evaluate
 from polyfuse.nn import hf
 from polyfuse.nn.model import FusionModel
+from polyfuse.privacy import dp
 from polyfuse.preprocess.pipeline import BadRow, Preprocessor
 from polyfuse.spec import Spec, hf_encoder
 from polyfuse.threads import ThreadGovernor, single_threaded_blas, usable_cpus
@@ -117,8 +118,11 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     cached = prepare_pretrained(spec, pre, net, splits, base, show) if pretrained else {}  # 3a. backbones
     wide = {} if resume else fit_wide(spec, pre, net, splits.train, splits.valid)  # 3b. its linear half
     valid_batch = pre.collate(splits.valid) if splits.valid else None  # collated once, used in 4 and 5
+    private = dp.start(spec, net, len(splits.train), dist) if spec.train.privacy else None  # 3c. DP-SGD checks
     history, seconds = fit_network(spec, pre, splits, net, valid_batch, out=out, resume=resume, show=show,
-                                   callback=callback, place=place, dist=dist, governor=governor)  # 4. train
+                                   callback=callback, place=place, dist=dist, governor=governor,
+                                   private=private)                  # 4. train
+    privacy = private.finish(net) if private is not None else None  # 4a. plain layers back, epsilon spent
     distributed.finish(dist)
     if not dist.main:  # rank 0 alone finishes, evaluates and writes the artifact
         return TrainResult(pre, net, history, {}, splits.bad_rows, splits.sizes(), seconds, splits.info, main=False)
@@ -127,6 +131,8 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     result = finish(spec, pre, net, splits, valid_batch, wide)       # 5. blend, heads, calibrate, evaluate
     if cached:
         result["pretrained_cache"] = cached
+    if privacy:
+        result["privacy"] = privacy
     warn_if_beaten(spec, result, history)                            # 6. the baseline floor
     if data_warnings:
         result["data_warnings"] = data_warnings

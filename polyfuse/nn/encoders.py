@@ -2,9 +2,15 @@
 
 Encoders do not look at presence masks; fusion does. They must stay ONNX-exportable, so
 no packed sequences: padded steps are masked out in pooling instead.
+
+``private`` (the spec's ``train.privacy``) builds the variant DP-SGD can train: GroupNorm where
+BatchNorm would mix rows of a batch (the same layer opacus' ``ModuleValidator.fix`` substitutes,
+chosen here from the spec so that a loaded or exported model has the architecture it was trained
+with, without opacus) and a dense n-gram table (DP noise makes every update dense anyway).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -22,8 +28,15 @@ def masked_pool(h: torch.Tensor, length: torch.Tensor | None) -> torch.Tensor:
     return torch.cat([mean, peak], dim=-1)
 
 
-def _conv2d(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def norm(channels: int, dims: int, private: bool = False) -> nn.Module:
+    """BatchNorm over a batch, or for DP-SGD GroupNorm(gcd(32, C), C) -- opacus' own substitute."""
+    if private:
+        return nn.GroupNorm(math.gcd(32, channels), channels)
+    return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+
+
+def _conv2d(cin: int, cout: int, stride: int = 1, private: bool = False) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), norm(cout, 2, private), nn.ReLU(inplace=True))
 
 
 class ImageCNN(nn.Module):
@@ -33,13 +46,13 @@ class ImageCNN(nn.Module):
     summary pool is sized from the (fixed) input size, so the graph has only static shapes.
     """
 
-    def __init__(self, channels: int, dim: int, size: tuple[int, int] = (28, 28)):
+    def __init__(self, channels: int, dim: int, size: tuple[int, int] = (28, 28), private: bool = False):
         super().__init__()
         h, w = size[0] // 4, size[1] // 4
         self.features = nn.Sequential(
-            _conv2d(channels, 16), nn.MaxPool2d(2),
-            _conv2d(16, 32), nn.MaxPool2d(2),
-            _conv2d(32, 64), nn.MaxPool2d((max(1, -(-h // 3)), max(1, -(-w // 3))), ceil_mode=True),
+            _conv2d(channels, 16, private=private), nn.MaxPool2d(2),
+            _conv2d(16, 32, private=private), nn.MaxPool2d(2),
+            _conv2d(32, 64, private=private), nn.MaxPool2d((max(1, -(-h // 3)), max(1, -(-w // 3))), ceil_mode=True),
         )
         with torch.no_grad():
             flat = self.features(torch.zeros(2, channels, *size)).flatten(1).shape[1]
@@ -50,11 +63,12 @@ class ImageCNN(nn.Module):
 
 
 class _Residual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, private: bool = False):
         super().__init__()
-        self.body = nn.Sequential(_conv2d(cin, cout, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.body = nn.Sequential(_conv2d(cin, cout, stride, private), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                                  norm(cout, 2, private))
         self.skip = nn.Identity() if cin == cout and stride == 1 else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout, 2, private))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.skip(x))
@@ -63,10 +77,11 @@ class _Residual(nn.Module):
 class ImageResNet(nn.Module):
     """ResNet-style CNN: stem, three residual stages (32/64/128), global average pooling."""
 
-    def __init__(self, channels: int, dim: int):
+    def __init__(self, channels: int, dim: int, private: bool = False):
         super().__init__()
         self.features = nn.Sequential(
-            _conv2d(channels, 32), _Residual(32, 32, 1), _Residual(32, 64, 2), _Residual(64, 128, 2),
+            _conv2d(channels, 32, private=private), _Residual(32, 32, 1, private), _Residual(32, 64, 2, private),
+            _Residual(64, 128, 2, private),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.proj = nn.Sequential(nn.Linear(128, dim), nn.ReLU(inplace=True))
@@ -75,17 +90,17 @@ class ImageResNet(nn.Module):
         return self.proj(self.features(x))
 
 
-def _conv1d(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv1d(cin, cout, k, 1, k // 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True))
+def _conv1d(cin: int, cout: int, k: int, private: bool = False) -> nn.Sequential:
+    return nn.Sequential(nn.Conv1d(cin, cout, k, 1, k // 2, bias=False), norm(cout, 1, private), nn.ReLU(inplace=True))
 
 
 class AudioCNN(nn.Module):
     """1-D CNN over feature frames [B, T, F] with masked mean+max pooling over valid frames."""
 
-    def __init__(self, n_features: int, dim: int, lstm: bool = False):
+    def __init__(self, n_features: int, dim: int, lstm: bool = False, private: bool = False):
         super().__init__()
-        self.convs = nn.Sequential(_conv1d(n_features, 64, 5), nn.MaxPool1d(2), _conv1d(64, 128, 3), nn.MaxPool1d(2),
-                                   _conv1d(128, 128, 3))
+        self.convs = nn.Sequential(_conv1d(n_features, 64, 5, private), nn.MaxPool1d(2), _conv1d(64, 128, 3, private),
+                                   nn.MaxPool1d(2), _conv1d(128, 128, 3, private))
         self.lstm = nn.LSTM(128, 64, batch_first=True, bidirectional=True) if lstm else None
         self.proj = nn.Sequential(nn.Linear(256, dim), nn.ReLU(inplace=True))
 
@@ -117,12 +132,13 @@ class TextNgram(nn.Module):
     the n-grams' embeddings. Few operations per token and no recurrence, which is why it is strong
     on small data and fast to serve; the n-grams are hashed in the shared numpy preprocessing."""
 
-    def __init__(self, buckets: int, dim: int, idf: Any = None, drop: float = 0.0, width: int | None = None):
+    def __init__(self, buckets: int, dim: int, idf: Any = None, drop: float = 0.0, width: int | None = None,
+                 sparse: bool = True):
         super().__init__()
         self.drop = drop
         width = width or dim
         # sparse gradients: a batch touches a few thousand of the table's rows (see polyfuse.optim)
-        self.embed = nn.Embedding(buckets, width, padding_idx=0, sparse=True)
+        self.embed = nn.Embedding(buckets, width, padding_idx=0, sparse=sparse)
         nn.init.uniform_(self.embed.weight, -1.0 / width, 1.0 / width)
         with torch.no_grad():
             self.embed.weight[0].zero_()
@@ -181,23 +197,25 @@ class CategoryEmbedding(nn.Module):
         return self.embed(x)
 
 
-def build_encoder(cfg: Any, state: dict) -> nn.Module:
-    """The encoder a spec input asks for, sized from the fitted preprocessing state."""
+def build_encoder(cfg: Any, state: dict, private: bool = False) -> nn.Module:
+    """The encoder a spec input asks for, sized from the fitted preprocessing state; ``private``: the
+    variant DP-SGD can train (see the module's docstring)."""
     if not isinstance(cfg.encoder, str):  # {hf: ...}: a pretrained backbone
         from polyfuse.nn import hf
 
         return hf.build_encoder(cfg, state)
     if cfg.type == "image":
         if cfg.encoder == "resnet":
-            return ImageResNet(cfg.channels, cfg.dim)
-        return ImageCNN(cfg.channels, cfg.dim, tuple(cfg.size))
+            return ImageResNet(cfg.channels, cfg.dim, private)
+        return ImageCNN(cfg.channels, cfg.dim, tuple(cfg.size), private)
     if cfg.type == "audio":
-        return AudioCNN(len(state["mean"]), cfg.dim, lstm=cfg.encoder == "cnn_lstm")
+        return AudioCNN(len(state["mean"]), cfg.dim, lstm=cfg.encoder == "cnn_lstm", private=private)
     if cfg.type == "text":
         if cfg.encoder == "ngram":
             from polyfuse.preprocess.ngrams import idf_table
 
-            return TextNgram(cfg.buckets, cfg.dim, idf_table(state, cfg.buckets) if cfg.pooling == "tfidf" else None)
+            return TextNgram(cfg.buckets, cfg.dim, idf_table(state, cfg.buckets) if cfg.pooling == "tfidf" else None,
+                             sparse=not private)
         vocab = len(state["vocab"])
         if cfg.encoder == "cnn":
             return TextCNN(vocab, cfg.dim)

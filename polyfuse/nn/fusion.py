@@ -10,15 +10,28 @@ import torch
 from torch import nn
 
 
+class AbsentVectors(nn.ParameterList):
+    """One learned "absent" vector per input, swapped in where the input is missing, concatenated.
+
+    A module of its own, called on tensors only, so that DP-SGD (opacus) can take its per-row
+    gradients (:mod:`polyfuse.privacy.dp` registers them); its weights keep the names of the plain
+    ParameterList it replaced (``absent.0``, ...), so models saved before still load."""
+
+    __call__ = nn.Module.__call__  # a ParameterList refuses to be called; this one runs forward (with hooks)
+
+    def forward(self, present: torch.Tensor, *vectors: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.where(present[:, i : i + 1], v, a.expand_as(v))
+                          for i, (v, a) in enumerate(zip(vectors, self))], dim=-1)
+
+
 class ConcatFusion(nn.Module):
     def __init__(self, dims: list[int], dim: int, dropout: float):
         super().__init__()
-        self.absent = nn.ParameterList([nn.Parameter(torch.zeros(d)) for d in dims])
+        self.absent = AbsentVectors([nn.Parameter(torch.zeros(d)) for d in dims])
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(sum(dims), dim), nn.ReLU(inplace=True), nn.Dropout(dropout))
 
     def forward(self, vectors: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
-        parts = [torch.where(present[:, i : i + 1], v, a.expand_as(v)) for i, (v, a) in enumerate(zip(vectors, self.absent))]
-        return self.proj(torch.cat(parts, dim=-1))
+        return self.proj(self.absent(present, *vectors))
 
 
 class PoolFusion(nn.Module):

@@ -29,7 +29,8 @@ class FusionModel(nn.Module):
     def __init__(self, spec: Spec, state: dict[str, dict]):
         super().__init__()
         self.names = list(spec.inputs)
-        self.encoders = nn.ModuleDict({n: build_encoder(c, state[n]) for n, c in spec.inputs.items()})
+        private = spec.train.privacy is not None  # DP-SGD-trainable layers (polyfuse.nn.encoders)
+        self.encoders = nn.ModuleDict({n: build_encoder(c, state[n], private) for n, c in spec.inputs.items()})
         self.drop_p = [c.modality_dropout if c.modality_dropout is not None else spec.fusion.modality_dropout
                        for c in spec.inputs.values()]
         dims = [c.dim for c in spec.inputs.values()]

@@ -34,4 +34,8 @@ def wide_outputs(spec: object, state: dict) -> list[tuple[str, int]]:
 
 
 def wide_inputs(spec: object) -> list[str]:
+    """The ngram text inputs with a wide path. None under ``train.privacy``: the linear half is fitted
+    on the training rows without noise, which DP-SGD's guarantee would not cover."""
+    if spec.train.privacy is not None:
+        return []
     return [n for n, c in spec.inputs.items() if c.type == "text" and c.encoder == "ngram" and c.wide]
