@@ -3,20 +3,29 @@
 1. de-identification recall per entity type on the seeded English/Chinese PII corpus
    (polyfuse.privacy.corpus), and false positives on clean sentences full of numbers;
 2. loading an encrypted artifact against the same artifact in plain files: polyfuse.load (torch)
-   and Runtime (ONNX), median of repeats, interleaved. Target: encrypted <= 1.2x plain;
-3. DP-SGD (train.privacy): test accuracy at epsilon 1, 3, 8 and without privacy (inf) on avdigits
+   and Runtime (ONNX), median of repeats, interleaved. Target: encrypted <= 1.2x plain.
+3. the audit log's cost to a server: two `polyfuse serve` subprocesses of the same model on
+   127.0.0.1, one with --audit-log; closed-loop concurrent clients, rounds interleaved (off-on, on-off,
+   ...), each bounded in requests and seconds; the median over pairs of on/off requests/s (target
+   >= 0.95), server CPU per request, then `audit verify` on what was written (one line per answered
+   prediction); before it, the writer's own cost per line in process; --control adds an A/A run.
+4. DP-SGD (train.privacy): test accuracy at epsilon 1, 3, 8 and without privacy (inf) on avdigits
    (../shared/data/avdigits; the demo data when absent), the epsilon actually spent, and training
    time relative to the non-private run. Target: at epsilon 8, <= 5 points below non-private.
 
-    .venv/bin/python benchmarks/privacy.py [--repeats 7] [--per-type 100] [--dp-epochs 8] [--dp-lr LR] [--dp-batch N] [--only dp]
+    .venv/bin/python benchmarks/privacy.py [--repeats 7] [--per-type 100] [--rounds 10] [--clients 8] [--steps 1234]
+                                           [--control] [--dp-epochs 8] [--dp-lr LR] [--dp-batch N]
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,38 +76,160 @@ def _seconds(fn) -> float:
     return time.perf_counter() - t0
 
 
-def encryption(corpus: list, repeats: int) -> bool:
-    work = Path(tempfile.mkdtemp(prefix="polyfuse-privacy-bench-"))
+def build_model(corpus: list, work: Path) -> Path:
+    """A text model (de-identified input) over the PII corpus, exported to ONNX."""
+    table = work / "pii.csv"
+    pd.DataFrame({"text": [t for t, _, _ in corpus], "kind": [k for _, k, _ in corpus]}).to_csv(table, index=False)
+    spec = {"data": {"train": str(table), "split": {"valid": 0.2, "seed": 0}},
+            "inputs": {"text": {"type": "text", "deidentify": True}},
+            "outputs": {"kind": {"type": "category"}},
+            "train": {"epochs": 2, "batch_size": 32, "seed": 0}}
+    plain = work / "plain"
+    polyfuse.train(spec, out=plain, show_progress=False)
+    export(plain, data=table)
+    return plain
+
+
+def encryption(plain: Path, work: Path, repeats: int) -> bool:
+    enc = work / "encrypted"
+    shutil.copytree(plain, enc)
+    os.environ["POLYFUSE_KEY"] = crypto.new_key()
+    crypto.encrypt_artifact(enc, crypto.parse_key(os.environ["POLYFUSE_KEY"], "POLYFUSE_KEY"))
+    size = sum(p.stat().st_size for p in plain.iterdir()) / 1e6
+    print(f"\nencrypted artifact ({size:.1f} MB, {len(list(plain.iterdir()))} files), median of {repeats} loads:")
+    ok = True
+    for what, load in (("polyfuse.load", polyfuse.load), ("Runtime", Runtime)):
+        load(plain), load(enc)  # warm imports and caches for both
+        plain_times, enc_times = [], []
+        for _ in range(repeats):  # interleaved, so drift in the machine's load hits both alike
+            plain_times.append(_seconds(lambda: load(plain)))
+            enc_times.append(_seconds(lambda: load(enc)))
+        t_plain, t_enc = statistics.median(plain_times), statistics.median(enc_times)
+        ratio = t_enc / t_plain
+        ok &= ratio <= 1.2
+        print(f"  {what:<14} plain {t_plain * 1e3:7.1f} ms  encrypted {t_enc * 1e3:7.1f} ms  "
+              f"ratio {ratio:.2f}x  target <= 1.2x  {'PASS' if ratio <= 1.2 else 'FAIL'}")
+    return ok
+
+
+# ----------------------------------------------------------------------------- 3. audit log overhead
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(model: Path, extra: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli", "serve", str(model), "--host", "127.0.0.1",
+                             "--port", str(port), *extra], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server not ready in 120 s")
+
+
+async def _round(url: str, bodies: list[dict], clients: int, requests: int, max_s: float) -> tuple[float, int]:
+    """Closed loop: ``clients`` workers share ``requests`` requests (at most ``max_s`` s); (req/s, 200s)."""
+    import httpx
+
+    left, ok = [requests], [0]
+    deadline = time.monotonic() + max_s
+
+    async def worker(c: httpx.AsyncClient, i: int) -> None:
+        while left[0] > 0 and time.monotonic() < deadline:
+            left[0] -= 1
+            r = await c.post("/predict", json=bodies[(left[0] + i) % len(bodies)])
+            ok[0] += r.status_code == 200
+
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=clients)) as c:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(c, i) for i in range(clients)))
+        return (requests - max(left[0], 0)) / (time.perf_counter() - t0), ok[0]
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (its threads included), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def writer_cost(work: Path, corpus: list, n: int = 5000) -> None:
+    """The audit log's own cost, in process (immune to other load): the request side (queueing) and the
+    writer's thread (digests, JSON, chain hash, write) per line."""
+    import numpy as np
+
+    from polyfuse.privacy.audit import AuditLog
+
+    log = AuditLog(work / "writer" / "a.log", "0" * 64)
+    probs = {"kind": np.full((1, 6), 1 / 6, dtype=np.float32)}
+    t0 = time.perf_counter()
+    for i in range(n):
+        log.record(f"r{i}", "k", [{"text": corpus[i % len(corpus)][0]}], {"kind": ["email"]}, probs, 0.001)
+    t1 = time.perf_counter()
+    log.close()
+    t2 = time.perf_counter()
+    print(f"\naudit writer in process, {n} lines: {(t1 - t0) / n * 1e6:.1f} us on the request's path, "
+          f"{(t2 - t0) / n * 1e6:.1f} us per line in all")
+
+
+def audit_overhead(plain: Path, work: Path, corpus: list, rounds: int, clients: int, requests: int,
+                   control: bool = False) -> bool:
+    """``control``: both servers without the log (an A/A run), to show what the machine's noise alone gives."""
+    from polyfuse.privacy.audit import verify
+
+    bodies = [{"records": [{"text": t}]} for t, _, _ in corpus[:200]]
+    audit = work / "audit" / "predictions.log"
+    servers = {}
     try:
-        table = work / "pii.csv"
-        pd.DataFrame({"text": [t for t, _, _ in corpus], "kind": [k for _, k, _ in corpus]}).to_csv(table, index=False)
-        spec = {"data": {"train": str(table), "split": {"valid": 0.2, "seed": 0}},
-                "inputs": {"text": {"type": "text", "deidentify": True}},
-                "outputs": {"kind": {"type": "category"}},
-                "train": {"epochs": 2, "batch_size": 32, "seed": 0}}
-        plain, enc = work / "plain", work / "encrypted"
-        polyfuse.train(spec, out=plain, show_progress=False)
-        export(plain, data=table)
-        shutil.copytree(plain, enc)
-        os.environ["POLYFUSE_KEY"] = crypto.new_key()
-        crypto.encrypt_artifact(enc, crypto.parse_key(os.environ["POLYFUSE_KEY"], "POLYFUSE_KEY"))
-        size = sum(p.stat().st_size for p in plain.iterdir()) / 1e6
-        print(f"\nencrypted artifact ({size:.1f} MB, {len(list(plain.iterdir()))} files), median of {repeats} loads:")
-        ok = True
-        for what, load in (("polyfuse.load", polyfuse.load), ("Runtime", Runtime)):
-            load(plain), load(enc)  # warm imports and caches for both
-            plain_times, enc_times = [], []
-            for _ in range(repeats):  # interleaved, so drift in the machine's load hits both alike
-                plain_times.append(_seconds(lambda: load(plain)))
-                enc_times.append(_seconds(lambda: load(enc)))
-            t_plain, t_enc = statistics.median(plain_times), statistics.median(enc_times)
-            ratio = t_enc / t_plain
-            ok &= ratio <= 1.2
-            print(f"  {what:<14} plain {t_plain * 1e3:7.1f} ms  encrypted {t_enc * 1e3:7.1f} ms  "
-                  f"ratio {ratio:.2f}x  target <= 1.2x  {'PASS' if ratio <= 1.2 else 'FAIL'}")
-        return ok
+        for name, extra in (("off", []), ("on", [] if control else ["--audit-log", str(audit)])):
+            servers[name] = _start(plain, extra, work / f"serve-{name}.log")
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        cpu: dict[str, list[float]] = {"off": [], "on": []}  # server CPU ms per request: robust to other load
+        answered = 0
+        for name in ("off", "on"):  # warm-up: first requests pay lazy imports and allocations
+            _, ok = asyncio.run(_round(servers[name][1], bodies, clients, 100, 30))
+            answered += ok if name == "on" else 0
+        for i in range(rounds):
+            # interleaved, the order alternating (off-on, on-off, ...): drift in the machine's load and any
+            # trend within a pair hit both alike
+            for name in (("off", "on") if i % 2 == 0 else ("on", "off")):
+                before = _cpu_s(servers[name][0].pid)
+                rate, ok = asyncio.run(_round(servers[name][1], bodies, clients, requests, 60))
+                cpu[name].append((_cpu_s(servers[name][0].pid) - before) * 1e3 / max(ok, 1))
+                rates[name].append(rate)
+                answered += ok if name == "on" else 0
+        off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+        ratio = statistics.median(b / a for a, b in zip(rates["off"], rates["on"]))  # per pair: robust to load swings
+        if control:
+            print(f"\ncontrol (A/A: neither server logs), {rounds} pairs: per pair {ratio:.3f}, of medians "
+                  f"{on / off:.3f}; a ratio this far from 1 is the machine's noise, not the log")
+            return True
+        time.sleep(1)  # the writer thread flushes what is queued
+        v = verify(audit)
+        print(f"\naudit log, {clients} concurrent clients, {rounds} interleaved rounds of {requests} requests, "
+              f"medians:\n  off {off:7.1f} req/s   on {on:7.1f} req/s   on/off per pair {ratio:.3f} (of medians "
+              f"{on / off:.3f})  target >= 0.95  "
+              f"{'PASS' if ratio >= 0.95 else 'FAIL'}\n  rounds off {[round(r) for r in rates['off']]} "
+              f"on {[round(r) for r in rates['on']]}\n  server CPU per request: off {statistics.median(cpu['off']):.2f} ms, "
+              f"on {statistics.median(cpu['on']):.2f} ms\n  audit verify: {'intact' if v.ok else v.problem}, "
+              f"{v.lines} lines in {v.files} file(s) for {answered} predictions answered with it on")
+        return ratio >= 0.95 and v.ok and v.lines == answered
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for proc, _ in servers.values():
+            proc.kill()
+            proc.wait(10)
 
 
 def dp_spec(work: Path, epochs: int) -> dict:
@@ -160,17 +291,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--per-type", type=int, default=100)
-    parser.add_argument("--dp-epochs", type=int, default=8, help="epochs of each DP-SGD accuracy run")
-    parser.add_argument("--dp-lr", type=float, help="learning rate of the private runs (default: the spec's)")
-    parser.add_argument("--dp-batch", type=int, help="expected batch size of the private runs (default: the spec's)")
-    parser.add_argument("--only", choices=["deid", "crypto", "dp"], help="run one part")
+    parser.add_argument("--rounds", type=int, default=10, help="audit step: interleaved rounds per server")
+    parser.add_argument("--clients", type=int, default=8, help="audit step: concurrent clients")
+    parser.add_argument("--requests", type=int, default=400, help="audit step: requests per round")
+    parser.add_argument("--steps", default="1234", help="which steps to run, e.g. 34")
+    parser.add_argument("--control", action="store_true", help="audit step: also an A/A run (both servers off)")
+    parser.add_argument("--dp-epochs", type=int, default=8, help="DP step: epochs of each accuracy run")
+    parser.add_argument("--dp-lr", type=float, help="DP step: learning rate of the private runs (default: the spec's)")
+    parser.add_argument("--dp-batch", type=int, help="DP step: expected batch size of the private runs")
     args = parser.parse_args()
     ok = True
-    if args.only in (None, "deid", "crypto"):
-        corpus = deidentification(args.per_type)
-        if args.only != "deid":
-            ok &= encryption(corpus, args.repeats)
-    if args.only in (None, "dp"):
+    if set(args.steps) & set("123"):
+        corpus = deidentification(args.per_type) if "1" in args.steps else pii_corpus(per_type=args.per_type)
+        work = Path(tempfile.mkdtemp(prefix="polyfuse-privacy-bench-"))
+        try:
+            plain = build_model(corpus, work)
+            ok = encryption(plain, work, args.repeats) if "2" in args.steps else True
+            if "3" in args.steps:
+                writer_cost(work, corpus)
+                ok &= audit_overhead(plain, work, corpus, args.rounds, args.clients, args.requests)
+                if args.control:
+                    audit_overhead(plain, work, corpus, args.rounds, args.clients, args.requests, control=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    if "4" in args.steps:
         ok &= dp_accuracy(args.dp_epochs, args.dp_lr, args.dp_batch)
     return 0 if ok else 1
 

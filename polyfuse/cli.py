@@ -1,5 +1,5 @@
 """The `polyfuse` command line: init, schema, train, evaluate, predict, embed, export, bench, serve, k8s, robustness,
-demo, keygen, encrypt, sign."""
+demo, keygen, encrypt, sign, audit."""
 from __future__ import annotations
 
 import argparse
@@ -61,7 +61,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from polyfuse import report
     from polyfuse.estimator import load
 
-    model = load(args.model)
+    model = load(args.model, key_env=args.key_env, verify_key=args.verify_key)
     result = model.evaluate(args.data, on_bad_row=args.on_bad_row)
     print(report.summary(result, model.spec, title=f"{args.data}: {result['rows']} rows"))
     for bad in result["bad_rows"]:
@@ -78,7 +78,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         from polyfuse.scale.ray_data import predict_ray
 
         counts = predict_ray(args.model, args.data, args.out, address=args.address, variant=args.variant,
-                             id_column=args.id_column, chunk_rows=args.chunk_rows)
+                             id_column=args.id_column, chunk_rows=args.chunk_rows, key_env=args.key_env,
+                             verify_key=args.verify_key)
         print(f"{counts['rows']} rows predicted on Ray, {counts['bad']} bad rows (see the 'error' column) -> "
               f"{args.out} ({counts['shards']} Parquet shards)")
         return
@@ -91,11 +92,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.runtime == "torch":
         from polyfuse.estimator import load as load_model
 
-        model = load_model(args.model)
+        model = load_model(args.model, key_env=args.key_env, verify_key=args.verify_key)
     else:  # torch is never imported on this path
         from polyfuse.runtime import Runtime
 
-        model = Runtime(args.model, variant=args.variant, threads=args.threads)
+        model = Runtime(args.model, variant=args.variant, threads=args.threads, key_env=args.key_env,
+                        verify_key=args.verify_key)
     counts = predict_table(model.spec, model.preprocessor, model.run_arrays, args.data, args.out,
                            chunk_rows=args.chunk_rows, id_column=args.id_column, show_progress=bars(args))
     print(f"{counts['rows']} rows predicted, {counts['bad']} bad rows (see the 'error' column) -> {args.out}")
@@ -134,9 +136,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     require("serve", "polyfuse serve")
 
+    from polyfuse.serve.access import check_tls, parse_rate
     from polyfuse.serve.config import ServeConfig
     from polyfuse.serve.server import serve
 
+    check_tls(args.tls_cert, args.tls_key)
+    if args.audit_log and args.ray:
+        raise PolyfuseError("--audit-log with --ray: every replica would write its own chain into one file; run "
+                            "without --ray (or one replica per log) for an audit trail")
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
@@ -148,7 +155,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       max_pixels=args.max_pixels, max_audio_seconds=args.max_audio_seconds,
                       max_audio_rate=args.max_audio_rate, max_decode_mb=args.max_decode_mb,
                       max_header_bytes=args.max_header_kb << 10, header_timeout_s=args.header_timeout,
-                      drain_s=args.drain, threads=args.threads, key_env=args.key_env, verify_key=args.verify_key)
+                      drain_s=args.drain, threads=args.threads, key_env=args.key_env, verify_key=args.verify_key,
+                      api_keys_file=args.api_keys, rate_limit=parse_rate(args.rate_limit) if args.rate_limit else None,
+                      audit_log=args.audit_log, audit_max_mb=args.audit_max_mb, tls_cert=args.tls_cert,
+                      tls_key=args.tls_key)
     if args.ray:
         from polyfuse.scale import require_ray
 
@@ -229,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data")
     p.add_argument("--out", help="also write the metrics as JSON here")
     p.add_argument("--on-bad-row", choices=["skip", "error"], default="skip")
+    privacy.add_key_options(p)
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict every row of a table into a CSV")
@@ -245,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                         "files and --out is a folder of Parquet shards")
     p.add_argument("--address", default=None, help="with --engine ray: an existing cluster (default: a local Ray)")
     p.add_argument("--quiet", action="store_true")
+    privacy.add_key_options(p)
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("embed", help="fused and per-input embeddings of every row of a table, as Parquet")
@@ -280,7 +292,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
                    help="auto: ONNX Runtime when the model is exported, else torch")
     p.add_argument("--variant", default="fp32", help="ONNX variant: fp32, int8, int8-dynamic, int8-static")
-    p.add_argument("--api-key-env", default=None, help="require this environment variable's value as x-api-key")
+    p.add_argument("--api-key-env", default=None, help="require this environment variable's value as x-api-key "
+                   "(key id 'default')")
+    p.add_argument("--api-keys", default=None, metavar="FILE",
+                   help="YAML/JSON of API keys: a mapping id -> key, or a list of {id, key, rate}")
+    p.add_argument("--rate-limit", default=None, metavar="N/s",
+                   help="predict/infer requests per key (10/s, 600/min; per client address without keys); "
+                        "keys with their own rate keep it; beyond it: 429 with Retry-After")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate (chain): serve HTTPS (with --tls-key)")
+    p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    p.add_argument("--audit-log", default=None, metavar="PATH",
+                   help="append a hash-chained JSON line per prediction (ids, input digests, outputs; never inputs)")
+    p.add_argument("--audit-max-mb", type=float, default=100.0, help="rotate the audit log past this size")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=5.0)
     p.add_argument("--queue-size", type=int, default=256, help="predict requests admitted at once (being preprocessed, queued or run); more get 503")

@@ -317,9 +317,12 @@ def _open_each(name: str, cells: list, folder: Path, read: Any, stats: FileStats
 def _read_image_header(source: Any, stats: FileStats) -> None:
     from PIL import Image, UnidentifiedImageError
 
+    from polyfuse.preprocess.image import upright_size
+
     try:
         with Image.open(source) as img:  # lazy: reads the header, not the pixels
-            stats.sizes.append((img.size[1], img.size[0]))
+            width, height = upright_size(img)  # as decoded: EXIF orientation applied
+            stats.sizes.append((height, width))
             stats.modes[img.mode] += 1
     except UnidentifiedImageError as e:
         raise ValueError(f"not an image ({e})") from None

@@ -26,7 +26,7 @@ from polyfuse.io import Table
 from polyfuse.preprocess.pipeline import BadRow, Decoded, decode_table
 from polyfuse.spec import Spec, hf_encoder
 
-FORMAT = "polyfuse.shards/1"
+FORMAT = "polyfuse.shards/2"  # 2: images decoded upright (EXIF orientation applied)
 ROWS_PER_SHARD = 2048
 # fields that change only the network, never what a cell decodes to
 _NOT_DECODING = {"augment", "encoder", "dim", "modality_dropout", "wide", "pooling", "buckets", "max_ngrams",

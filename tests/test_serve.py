@@ -59,10 +59,13 @@ def free_port() -> int:
 class Server:
     """One `polyfuse serve` subprocess; its output goes to a log file (a pipe could fill and block it)."""
 
+    scheme: str = "http"
+    verify: Any = True  # a TLS server's tests set https and an SSL context trusting its certificate
+
     def __init__(self, model_dir: Path, args: list[str], log_dir: Path, env: dict[str, str] | None = None,
                  cwd: Path | None = None):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"serve-{self.port}.log"
         self._log = open(self.log_path, "wb")
         cmd = [sys.executable, "-m", "polyfuse.cli", "serve", str(model_dir), "--host", "127.0.0.1",
@@ -80,7 +83,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode} while starting:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/v2/health/ready", timeout=2, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -89,7 +92,7 @@ class Server:
         raise AssertionError(f"server not ready within {START_TIMEOUT_S:g} s:\n{self.log()}")
 
     def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kw)
+        return httpx.Client(base_url=self.url, timeout=30, verify=self.verify, **kw)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -118,14 +118,36 @@ def test_v2_responses_conform_to_the_protocol_schemas(server, oip_spec, referenc
 
 
 # ---------------------------------------------------------------------------- schemathesis
-def test_schemathesis_finds_no_server_errors(server, oip_spec, tmp_path):
-    """Fuzz every V2 operation of the protocol's OpenAPI file (positive and negative data, random
-    and real model names) against the live server: no response may be a 5xx."""
-    import schemathesis
+def fuzz_operation(strategy: Any, url: str, label: str, mode: Any, examples: int, statuses: dict[str, set[int]],
+                   failures: list[str], note: str = "") -> None:
+    """``examples`` schemathesis cases of one operation against the live server at ``url``: their statuses
+    go into ``statuses[label]``, a 5xx (or any other failure) into ``failures`` (test_fuzz.py uses it too)."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis.errors import Unsatisfiable
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
+
+    @given(case=strategy)
+    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    def run(case) -> None:
+        response = case.call(base_url=url, timeout=30)
+        statuses.setdefault(label, set()).add(response.status_code)
+        case.validate_response(response, checks=[not_a_server_error])
+
+    try:
+        run()
+    except Unsatisfiable:  # nothing to negate in an operation without parameters or body
+        assert mode == GenerationMode.NEGATIVE
+    except Exception as e:  # collect every failing operation, then report them together
+        failures.append(f"{label} [{mode.value}{note}]: {e}")
+
+
+def test_schemathesis_finds_no_server_errors(server, oip_spec, tmp_path):
+    """Fuzz every V2 operation of the protocol's OpenAPI file (positive and negative data, random
+    and real model names) against the live server: no response may be a 5xx."""
+    import schemathesis
+    from schemathesis import GenerationMode
 
     text = SPEC.read_text().replace("${MODEL_NAME}", "{MODEL_NAME}").replace("${MODEL_VERSION}", "{MODEL_VERSION}")
     rewritten = tmp_path / "open_inference_rest.yaml"
@@ -143,21 +165,8 @@ def test_schemathesis_finds_no_server_errors(server, oip_spec, tmp_path):
             for path_parameters in ([None, fixed] if fixed else [None]):
                 strategy = op.as_strategy(mode, path_parameters=path_parameters) if path_parameters \
                     else op.as_strategy(mode)
-
-                @given(case=strategy)
-                @settings(max_examples=20, deadline=None, database=None, phases=[Phase.generate],
-                          suppress_health_check=list(HealthCheck))
-                def run(case) -> None:
-                    response = case.call(base_url=server.url, timeout=30)
-                    statuses.setdefault(op.label, set()).add(response.status_code)
-                    case.validate_response(response, checks=[not_a_server_error])
-
-                try:
-                    run()
-                except Unsatisfiable:  # nothing to negate in an operation without parameters or body
-                    assert mode == GenerationMode.NEGATIVE
-                except Exception as e:  # collect every failing operation, then report them together
-                    failures.append(f"{op.label} [{mode.value}, path {path_parameters}]: {e}")
+                fuzz_operation(strategy, server.url, op.label, mode, 20, statuses, failures,
+                               f", path {path_parameters}")
     assert not failures, "\n\n".join(failures)
     # the real model name reached the inference parser, a random one got 404
     assert 404 in statuses["POST /v2/models/{MODEL_NAME}/versions/{MODEL_VERSION}/infer"]

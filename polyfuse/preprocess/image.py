@@ -2,6 +2,11 @@
 
 numpy + pillow only. ``decode`` is the expensive step (done once, then cached); ``collate``
 is the cheap per-batch step that training and serving share.
+
+Metadata never goes past decoding: a file's EXIF orientation is applied first (a phone's portrait
+photo is stored sideways with a tag saying so, and every viewer shows it upright, so that is what
+the model sees too), then everything else (EXIF with GPS, camera, owner; XMP; ICC; comments) is
+dropped and only pixels go on.
 """
 from __future__ import annotations
 
@@ -92,9 +97,45 @@ def load_image(source: bytes | Path | np.ndarray, convert: Callable[[Any], Any],
     try:
         img.load()
         budget.check()
-        return convert(img)
+        return pixels_only(convert(upright(img)))
     except (OSError, SyntaxError, ValueError) as e:
         raise _undecodable(source, where, e) from None
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def orientation(img: Any) -> int:
+    """The EXIF orientation (1-8; 1 = as stored), 1 when absent or unreadable."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block is metadata we drop anyway, not a bad image
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def upright(img: Any) -> Any:
+    """The image turned as its EXIF orientation says (unchanged without one, or with a broken one)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img) if orientation(img) != 1 else img
+
+
+def upright_size(img: Any) -> tuple[int, int]:
+    """(width, height) as decoded: orientations 5-8 turn the image a quarter."""
+    width, height = img.size
+    return (height, width) if orientation(img) >= 5 else (width, height)
+
+
+def pixels_only(img: Any) -> Any:
+    """``img`` with every piece of metadata dropped (Pillow copies ``info`` through convert and resize)."""
+    from PIL import ImageFile
+
+    if isinstance(img, ImageFile.ImageFile):  # still the opened file (no conversion was needed): it can
+        img = img.copy()                       # re-read EXIF from its TIFF tags; a plain copy holds pixels
+    img.info = {}
+    img._exif = None  # the parsed EXIF cache getexif() would otherwise still return
+    return img
 
 
 def decode_image(source: bytes | Path | np.ndarray, size: tuple[int, int], channels: int, where: str = "",

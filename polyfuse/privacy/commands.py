@@ -1,5 +1,5 @@
-"""`polyfuse keygen`, `polyfuse encrypt` and `polyfuse sign`: the command-line side of
-:mod:`polyfuse.privacy.crypto` and :mod:`polyfuse.privacy.sign`. Keys never travel in argv:
+"""`polyfuse keygen`, `polyfuse encrypt`, `polyfuse sign` and `polyfuse audit verify`: the command-line
+side of :mod:`polyfuse.privacy.crypto`, :mod:`polyfuse.privacy.sign` and :mod:`polyfuse.privacy.audit`. Keys never travel in argv:
 the encryption key comes from an environment variable, the signing key from a file."""
 from __future__ import annotations
 
@@ -51,6 +51,16 @@ def cmd_sign(args: argparse.Namespace) -> None:
     print(f"wrote {sign_artifact(args.model, args.key_file)}")
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> None:
+    from polyfuse.privacy.audit import AuditError, verify
+
+    v = verify(args.log)
+    if not v.ok:
+        raise AuditError(f"audit log NOT intact after {v.lines} good entries: {v.problem}")
+    print(f"{args.log}: intact, {v.lines} entries in {v.files} file(s); last hash {v.head} (keep a copy elsewhere "
+          "to show later that nothing was removed from the end)")
+
+
 def add_key_options(p: argparse.ArgumentParser) -> None:
     """--key-env / --verify-key for every command that opens a model."""
     p.add_argument("--key-env", default=None,
@@ -73,3 +83,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model")
     p.add_argument("--key-file", required=True, help="PEM private key (`polyfuse keygen --sign`)")
     p.set_defaults(fn=cmd_sign)
+
+    p = sub.add_parser("audit", help="check a served model's audit log (`polyfuse serve --audit-log`)")
+    audit = p.add_subparsers(dest="audit_command", required=True)
+    p = audit.add_parser("verify", help="check the hash chain over every rotated file; name the first bad line")
+    p.add_argument("log", help="the --audit-log PATH (its rotated PATH.000001... files are found beside it)")
+    p.set_defaults(fn=cmd_audit_verify)

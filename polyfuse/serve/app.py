@@ -97,7 +97,8 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None,
             else:
                 raise RequestError(415, f"unsupported content type {ctype or 'none'!r}: send application/json "
                                         "or multipart/form-data")
-            probs, labels, _ = await state.predict(parse, size, request.scope["state"]["deadline"])
+            probs, labels, _ = await state.predict(parse, size, request.scope["state"]["deadline"],
+                                                  request.scope["state"])
             return JSONResponse({"model": backend.name, "request_id": request.state.request_id,
                                  "predictions": _predictions(backend, state.classes, probs, labels)})
 

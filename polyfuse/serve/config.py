@@ -30,6 +30,12 @@ class ServeConfig:
     check_batching: bool = True  # measure at start-up whether batching is cheaper than singles
     key_env: str | None = None  # the variable holding an encrypted model's key (default POLYFUSE_KEY)
     verify_key: str | None = None  # a PEM public key file: refuse unsigned or mis-signed models
+    api_keys_file: str | None = None  # YAML/JSON: id -> key, or a list of {id, key, rate} (serve/access.py)
+    rate_limit: float | None = None  # requests/s per key (per client address without keys); None: unlimited
+    audit_log: str | None = None  # the hash-chained audit trail (privacy/audit.py); None: off
+    audit_max_mb: float = 100.0  # the audit file is rotated past this size
+    tls_cert: str | None = None  # PEM certificate (chain) and its private key: HTTPS when both are given
+    tls_key: str | None = None
 
     def budget(self, deadline: float | None = None) -> DecodeBudget:
         """A fresh decode budget for one request with these limits."""

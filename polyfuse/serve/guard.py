@@ -1,5 +1,5 @@
-"""ASGI middleware in front of every request: request ids, the API key, the body limit, admission
-control, metrics and the access log.
+"""ASGI middleware in front of every request: request ids, API keys and rate limits (serve/access.py),
+the body limit, admission control, metrics and the access log.
 
 /predict and /infer bodies are read here in full (bounded in size and by the request's deadline)
 before an admission slot is taken: a client that sends slowly holds a connection, never a slot,
@@ -8,13 +8,14 @@ and one that has not finished sending by the deadline gets 408.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import json
+import math
 import os
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
+from polyfuse.serve.access import Access
 from polyfuse.serve.observability import log_access
 from polyfuse.serve.requests import RequestError
 
@@ -108,6 +109,8 @@ class Guard:
     def __init__(self, app: Any, state: "ServerState"):
         self.app, self.state = app, state
         self.server = state
+        cfg = state.cfg
+        self.access = Access(cfg.api_key, cfg.api_keys_file, cfg.rate_limit)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -117,7 +120,7 @@ class Guard:
         deadline = time.monotonic() + cfg.timeout_s
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get("x-request-id") or f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
-        scope.setdefault("state", {}).update(request_id=request_id, deadline=deadline)
+        scope.setdefault("state", {}).update(request_id=request_id, deadline=deadline, started=started, key_id=None)
         path, kind = scope["path"], endpoint(scope["path"])
         status_box = {"status": 500, "started": False}
 
@@ -139,11 +142,19 @@ class Guard:
         detail, admitted = None, False
         try:
             length = headers.get("content-length")
-            if cfg.api_key and not path.startswith(OPEN_PATHS) and path != "/":
-                if not hmac.compare_digest(api_key(headers).encode(), cfg.api_key.encode()):
+            key_id = None
+            if self.access.required and not path.startswith(OPEN_PATHS) and path != "/":
+                key_id = scope["state"]["key_id"] = self.access.identify(api_key(headers))
+                if key_id is None:
                     detail = "missing or wrong API key"
                     return await reject(401, "missing or wrong API key: send it in the x-api-key header",
                                         {"www-authenticate": "Bearer"})
+            if kind in ADMITTED:  # before the body is read: a throttled client costs no more than its headers
+                wait = self.access.throttle(key_id or (scope.get("client") or ["?"])[0])
+                if wait > 0:
+                    detail = f"rate limited ({key_id or 'client'})"
+                    return await reject(429, "too many requests for this key's rate limit; retry after the "
+                                             "Retry-After seconds", {"retry-after": str(max(1, math.ceil(wait)))})
             if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
                 detail = "body too large"
                 return await reject(413, f"request body of {length} bytes is over the limit of {cfg.max_body_bytes}")

@@ -52,7 +52,8 @@ def serve(model_dir: str | Path, cfg: ServeConfig) -> None:
     state = app.server
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=int(cfg.drain_s) + 1, lifespan="on",
-                            http=limited_protocol(cfg.max_header_bytes, cfg.header_timeout_s))
+                            http=limited_protocol(cfg.max_header_bytes, cfg.header_timeout_s),
+                            ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key)
     server = DrainingServer(config, state, cfg.drain_s)
     original_startup = server.startup
 
@@ -65,7 +66,8 @@ def serve(model_dir: str | Path, cfg: ServeConfig) -> None:
         gc.freeze()
         b = state.backend
         note = f"; {state.batching_note}" if state.batching_note else ""
-        print(f"polyfuse serve: {b.name} ({b.platform}) on http://{cfg.host}:{cfg.port} ready in "
+        scheme = "https" if cfg.tls_cert else "http"
+        print(f"polyfuse serve: {b.name} ({b.platform}) on {scheme}://{cfg.host}:{cfg.port} ready in "
               f"{time.perf_counter() - t0:.2f} s; max batch {state.batcher.max_batch}, max delay {cfg.max_delay_ms:g} ms"
               f"{note}", file=sys.stderr, flush=True)
 

@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,18 +48,20 @@ class Backend:
     spec: Any
     preprocessor: Any
     run_arrays: Callable[[dict], dict]
+    manifest_digest: str = ""  # sha256 of manifest.json: names the whole artifact (the audit log's model)
 
 
 def load_backend(path: Path, cfg: ServeConfig) -> Backend:
     """ONNX Runtime when the artifact has an ONNX export (torch is then never imported), else torch."""
     digest = sha256(path / "weights.safetensors") if (path / "weights.safetensors").exists() else ""
+    manifest = sha256(path / "manifest.json") if (path / "manifest.json").exists() else ""
     use_onnx = cfg.runtime == "onnx" or (cfg.runtime == "auto" and (path / "model.onnx").exists())
     if use_onnx:
         from polyfuse.runtime import Runtime
 
         rt = Runtime(path, variant=cfg.variant, threads=cfg.threads, key_env=cfg.key_env, verify_key=cfg.verify_key)
         return Backend(path.name, "1", sha256(rt.model_file), "polyfuse_onnxruntime", rt.spec, rt.preprocessor,
-                       rt.run_arrays)
+                       rt.run_arrays, manifest)
     from polyfuse.extras import require
 
     require("train", f"serving {path.name} with torch", hint=f"`polyfuse export {path}` lets the base runtime serve it")
@@ -66,7 +69,8 @@ def load_backend(path: Path, cfg: ServeConfig) -> Backend:
 
     set_threads(cfg.threads)
     model = load(path, key_env=cfg.key_env, verify_key=cfg.verify_key)
-    return Backend(path.name, "1", digest, "polyfuse_pytorch", model.spec, model.preprocessor, model.run_arrays)
+    return Backend(path.name, "1", digest, "polyfuse_pytorch", model.spec, model.preprocessor, model.run_arrays,
+                   manifest)
 
 
 def prep_threads() -> int:
@@ -130,6 +134,11 @@ class ServerState:
         self.drain_expired = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.classes = {n: backend.preprocessor.classes(n) for n in backend.spec.outputs}
+        self.audit = None
+        if cfg.audit_log:
+            from polyfuse.privacy.audit import AuditLog
+
+            self.audit = AuditLog(cfg.audit_log, backend.manifest_digest, int(cfg.audit_max_mb * (1 << 20)))
 
     def start(self) -> None:
         """Start the batcher (once the event loop runs), deciding first whether batching pays."""
@@ -157,6 +166,8 @@ class ServerState:
             await self.batcher.stop()
         for pool in (self.prep, self.heavy):
             pool.shutdown(wait=False, cancel_futures=True)
+        if self.audit is not None:
+            self.audit.close()
 
     def expire_drain(self) -> None:
         """The drain deadline passed: every request still being handled is answered 503 now."""
@@ -173,8 +184,8 @@ class ServerState:
         finally:
             release_memory()  # after large requests only: a trim walks the whole heap
 
-    async def predict(self, parse: Parse, body_bytes: int,
-                      deadline: float) -> tuple[dict[str, np.ndarray], dict[str, list], Any]:
+    async def predict(self, parse: Parse, body_bytes: int, deadline: float,
+                      who: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, list], Any]:
         """Parse and preprocess off the event loop, queue for the batcher, await the model's answer.
 
         ``parse`` turns the request body into (records, context), checking media headers against the
@@ -183,6 +194,9 @@ class ServerState:
         """
         loop = asyncio.get_running_loop()
         assert self.batcher is not None  # admission (Guard) already capped the requests that get here
+        if self.audit is not None and self.audit.error:  # no prediction goes unrecorded
+            raise RequestError(503, "the audit log cannot be written; predictions are refused until an operator "
+                                    "fixes it")
         budget = self.cfg.budget(deadline)
         heavy = body_bytes > HEAVY_BODY_BYTES
 
@@ -215,7 +229,11 @@ class ServerState:
         except asyncio.QueueFull:
             raise RequestError(503, "the server is at capacity; retry shortly") from None
         probs = await future
-        return probs, decode_outputs(self.backend.spec, self.backend.preprocessor.state, probs), context
+        labels = decode_outputs(self.backend.spec, self.backend.preprocessor.state, probs)
+        if self.audit is not None and who is not None:
+            self.audit.record(who["request_id"], who.get("key_id"), records, labels, probs,
+                              time.perf_counter() - who["started"])
+        return probs, labels, context
 
 
 def sized_like_requests(spec: Any, row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

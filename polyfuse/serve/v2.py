@@ -73,7 +73,7 @@ def add_v2_routes(app: FastAPI, state: ServerState, guarded: Callable[..., Any])
             body, header = await request.body(), request.headers.get(protocol.HEADER)
             probs, labels, req = await state.predict(
                 lambda budget: protocol.parse_infer(body, header, backend.spec, cfg, budget), len(body),
-                request.scope["state"]["deadline"])
+                request.scope["state"]["deadline"], request.scope["state"])
             content, headers = protocol.build_response(backend.name, backend.version, req, probs, labels)
             return Response(content, headers=headers)
 
