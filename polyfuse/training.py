@@ -20,6 +20,7 @@ from polyfuse.epochs import (Loop, alone_losses, class_weights, fit_network, res
                              step_loss, total_loss, train_epoch, validate)
 from polyfuse.evaluate import evaluate
 from polyfuse.nn import hf
+from polyfuse.memory import map_large_allocations
 from polyfuse.nn.model import FusionModel
 from polyfuse.privacy import dp
 from polyfuse.preprocess.pipeline import BadRow, Preprocessor
@@ -105,6 +106,7 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     governor = ThreadGovernor(spec.train.threads, max(1, usable_cpus() // dist.world))
     torch.set_num_threads(governor.threads())
     single_threaded_blas()  # augmentation recomputes audio features beside torch's threads
+    map_large_allocations()  # batches come and go every step: fragmented heap blocks would stay resident
     show = show and dist.main
 
     pretrained = any(hf_encoder(c) for c in spec.inputs.values())

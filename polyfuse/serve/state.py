@@ -9,9 +9,6 @@ not the ordinary ones. Every request carries a DecodeBudget with its deadline: w
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +22,7 @@ from polyfuse.errors import BadInputError, DeadlineExceeded, MediaTooLarge
 from polyfuse.preprocess.budget import DecodeBudget
 from polyfuse.preprocess.pipeline import Decoded
 from polyfuse.preprocess.targets import decode_outputs
+from polyfuse.memory import map_large_allocations, release_memory  # noqa: F401 (used here and re-exported)
 from polyfuse.serve.batching import Batcher, batching_pays
 from polyfuse.serve.config import ServeConfig
 from polyfuse.serve.observability import Metrics, access_logger
@@ -79,37 +77,6 @@ def prep_threads() -> int:
     on both benchmark models (p99 73 -> 62 ms on the network-bound one): a second thread mostly
     contends for the GIL and takes the model's core."""
     return max(1, usable_cpus() - 1)
-
-
-def _glibc() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim.argtypes, libc.mallopt.argtypes = [ctypes.c_size_t], [ctypes.c_int, ctypes.c_int]
-        return libc
-    except (OSError, AttributeError):  # not glibc (musl has neither function)
-        return None
-
-
-_LIBC = _glibc()
-M_MMAP_THRESHOLD = -3
-
-
-def release_memory() -> None:
-    """glibc's malloc_trim: what a large request freed goes back to the OS instead of staying in the
-    heap's free lists (RSS after a 16 MB body of records stayed ~470 MB up without it)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def map_large_allocations() -> None:
-    """Allocations of 1 MB or more (bodies, decoded images and clips) get their own mapping, unmapped
-    when freed. glibc's default threshold adapts upward after the first large free (up to 32 MB), after
-    which 15 MB bodies came from the heap and, fragmented, stayed: RSS after 100 worst-case requests
-    measured 1.26-1.53x start-up without this (benchmarks/attack.py step 3)."""
-    if _LIBC is not None:
-        _LIBC.mallopt(M_MMAP_THRESHOLD, 1 << 20)
 
 
 class ServerState:
