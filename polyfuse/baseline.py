@@ -96,6 +96,20 @@ def _number(values: list, cfg: Any) -> Features:
     return lambda vals: fitted(clean(vals))
 
 
+def _timeseries(values: list, cfg: Any) -> Features:
+    def rows(series: list[np.ndarray]) -> np.ndarray:
+        """Per channel: mean, std, min, max and mean absolute step change over the readings (gaps ignored)."""
+        out = []
+        for x in series:
+            with np.errstate(all="ignore"):
+                feats = [np.nanmean(x, 0), np.nanstd(x, 0), np.nanmin(x, 0), np.nanmax(x, 0),
+                         np.nanmean(np.abs(np.diff(x, axis=0)), 0) if len(x) > 1 else np.zeros(x.shape[1])]
+            out.append(np.nan_to_num(np.concatenate(feats)))
+        return np.asarray(out, dtype=np.float64)
+
+    return _dense(values, rows)
+
+
 def _category(values: list, cfg: Any) -> Features:
     from sklearn.preprocessing import OneHotEncoder
 
@@ -139,9 +153,11 @@ def _text(values: list, cfg: Any) -> Features:
 
 FEATURES: dict[str, Callable[[list, Any], Features]] = {
     "image": _image, "audio": _audio, "text": _text, "number": _number, "category": _category,
+    "timeseries": _timeseries,
 }
 DESCRIBE = {"image": "8x8 grey pixels + colour histograms", "audio": "MFCC mean/std", "number": "standardised numbers",
-            "text": "TF-IDF word 1-2-grams + char n-grams", "category": "one-hot categories"}
+            "text": "TF-IDF word 1-2-grams + char n-grams", "category": "one-hot categories",
+            "timeseries": "per-channel mean/std/min/max/mean step change"}
 
 
 def text_info(values: list, cfg: Any) -> dict[str, float]:

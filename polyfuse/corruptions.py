@@ -143,6 +143,16 @@ def drop_value(value: Any, p: float, rng: np.random.Generator) -> Any:
     return None if rng.random() < p else value
 
 
+def series_gaps(series: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Make ``fraction`` of a time series' steps gaps (NaN: masked, as a sensor that drops readings); 0 is the identity."""
+    if fraction <= 0 or len(series) == 0:
+        return series
+    out = np.array(series, dtype=np.float32, copy=True)
+    k = min(len(out) - 1, int(round(fraction * len(out))))
+    out[rng.choice(len(out), size=k, replace=False)] = np.nan
+    return out
+
+
 # ----------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Corruption:
@@ -184,6 +194,10 @@ CORRUPTIONS: dict[str, tuple[Corruption, ...]] = {
     ),
     "number": (Corruption("drop", drop_value, "drop probability", _DROPS),),
     "category": (Corruption("drop", drop_value, "drop probability", _DROPS),),
+    "timeseries": (
+        Corruption("gaps", series_gaps, "fraction of steps missing", (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)),
+        Corruption("drop", drop_value, "drop probability", _DROPS),
+    ),
 }
 
 

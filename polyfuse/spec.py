@@ -231,8 +231,45 @@ class CategoryInput(_Strict):
     modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
 
 
+class TimeseriesAugment(_Strict):
+    jitter: float = Field(0.0, ge=0.0, description="Gaussian noise of this many (fitted) standard deviations")
+    random_crop: bool = Field(False, description="a random `length`-step window of a longer series (else the "
+                              "`window` one); a shorter series is shifted by up to 10 % of `length`")
+    scale: float = Field(0.0, ge=0.0, lt=1.0, description="multiply each series by a factor in [1-scale, 1+scale]")
+
+
+class TimeseriesInput(_Strict):
+    """Sensor readings: a file (CSV, NPY or Parquet; rows = time steps, columns = channels) or an inline
+    array [steps, channels] (or [steps] for one channel). NaN / empty values are gaps: masked steps."""
+
+    type: Literal["timeseries"]
+    column: str | None = None
+    channels: int | list[str] = Field(1, description="the channel count, or the names of the file columns to read")
+    sample_rate: float = Field(1.0, gt=0, description="Hz of the data")
+    resample_to: float | None = Field(None, gt=0, description="Hz to resample to (linear interpolation)")
+    length: int = Field(128, ge=2, le=65536, description="steps after resampling: longer series are cut, shorter "
+                        "padded (padding is masked)")
+    window: Literal["head", "tail", "center"] = Field("head", description="which steps a longer series keeps")
+    max_steps: int = Field(1_000_000, gt=0, description="a series with more raw steps is a bad input")
+    augment: TimeseriesAugment = TimeseriesAugment()
+    encoder: Literal["cnn1d", "gru", "lstm", "transformer"] = "cnn1d"
+    dim: int = Field(64, gt=0)
+    modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+    @property
+    def n_channels(self) -> int:
+        return self.channels if isinstance(self.channels, int) else len(self.channels)
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: int | list[str]) -> int | list[str]:
+        if isinstance(v, int) and v < 1 or isinstance(v, list) and not v:
+            raise ValueError("expected a positive channel count or a non-empty list of column names")
+        return v
+
+
 InputSpec = Annotated[
-    Union[ImageInput, AudioInput, TextInput, NumberInput, CategoryInput], Field(discriminator="type")
+    Union[ImageInput, AudioInput, TextInput, NumberInput, CategoryInput, TimeseriesInput], Field(discriminator="type")
 ]
 
 
@@ -412,14 +449,14 @@ def _describe(err: dict) -> str:
     elif err["type"] == "union_tag_invalid":
         msg = f"unknown type; expected one of {ctx.get('expected_tags')}"
     elif err["type"] == "union_tag_not_found":
-        msg = "missing 'type'; expected one of 'image', 'audio', 'text', 'number', 'category'"
+        msg = "missing 'type'; expected one of 'image', 'audio', 'text', 'number', 'category', 'timeseries'"
     elif err["type"] == "extra_forbidden":
         msg = "unknown field (check its spelling; `polyfuse schema` lists every field)"
     value = "" if err["type"] == "missing" else f" (got {repr(err.get('input'))[:80]})"
     return f"  {path or '<spec>'}: {msg}{value}"
 
 
-_TYPE_TAGS = {"image", "audio", "text", "number", "category"}
+_TYPE_TAGS = {"image", "audio", "text", "number", "category", "timeseries"}
 
 
 def load_spec(source: str | Path | dict | Spec) -> tuple[Spec, Path]:

@@ -68,6 +68,8 @@ def decoded_bytes_per_row(spec: Spec) -> int:
             total += 4 * cfg.channels * cfg.size[0] * cfg.size[1]
         elif cfg.type == "audio":
             total += int(4 * cfg.sample_rate * cfg.max_seconds)
+        elif cfg.type == "timeseries":
+            total += 4 * cfg.length * cfg.n_channels
         else:
             total += 256
     return total

@@ -224,4 +224,8 @@ def build_encoder(cfg: Any, state: dict, private: bool = False) -> nn.Module:
         return NumberMLP(cfg.dim, linear=cfg.encoder == "linear")
     if cfg.type == "category":
         return CategoryEmbedding(len(state["vocab"]), cfg.dim)
+    if cfg.type == "timeseries":
+        from polyfuse.nn import timeseries
+
+        return timeseries.build(cfg, state, private)
     raise ValueError(f"no encoder for input type {cfg.type!r}")

@@ -63,6 +63,9 @@ class FusionModel(nn.Module):
         cached = batch.get(f"{name}__features")
         if cached is not None:
             return self.encoders[name].head(cached, batch.get(f"{name}__length"))
+        mask = batch.get(f"{name}__mask")  # per-step validity (time series with gaps)
+        if mask is not None:
+            return self.encoders[name](batch[name], batch.get(f"{name}__length"), mask)
         return self.encoders[name](batch[name], batch.get(f"{name}__length"))
 
     def drop_inputs(self, present: torch.Tensor) -> torch.Tensor:
