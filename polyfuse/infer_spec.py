@@ -167,6 +167,38 @@ def _audio(name: str, kind: Kind, folder: Path, seed: int) -> tuple[dict, dict[s
     return entry, why, f"{stats.opened} files opened: {rates}; seconds p50 {p50:.2f} p95 {p95:.2f}"
 
 
+def _timeseries(kind: Kind, folder: Path, seed: int) -> tuple[dict, dict[str, str], str]:
+    """Channels and length from a few sampled series (read whole: series files are small)."""
+    from types import SimpleNamespace
+
+    from polyfuse.errors import BadInputError
+    from polyfuse.preprocess.timeseries import read_series
+
+    probe = SimpleNamespace(channels=1, max_steps=10_000_000)
+    shapes, failed = [], []
+    for cell in sample(kind.present, 50, seed):
+        try:
+            shapes.append(read_series(cell, probe, folder)[0].shape)
+        except BadInputError as e:
+            failed.append(e.reason)
+    if not shapes:
+        raise SpecError(f"no sampled time series could be read (e.g. {failed[0] if failed else 'no cells'})")
+    channels = Counter(c for _, c in shapes).most_common(1)[0][0]
+    steps = [s for s, _ in shapes]
+    length = nice_ceil(percentile(steps, 95), 8, 4096)
+    why = {"channels": f"{channels} columns in the sampled series" + (
+               f" ({sum(c != channels for _, c in shapes)} differ and will be bad rows)"
+               if any(c != channels for _, c in shapes) else ""),
+           "sample_rate": "unknown from the data: set the true rate (Hz) to resample series recorded at others",
+           "length": f"steps of {len(steps)} sampled series: median {percentile(steps, 50):.0f}, p95 "
+                     f"{percentile(steps, 95):.0f}, max {max(steps)}; longer series are cut, shorter padded"}
+    if failed:
+        why["type"] = f"{len(failed)} of {len(failed) + len(shapes)} sampled series unreadable (e.g. {failed[0]})"
+    entry = {"type": "timeseries", "channels": int(channels), "sample_rate": 1.0, "length": length,
+             "encoder": "cnn1d"}
+    return entry, why, f"{len(shapes)} series read: {channels} channels, steps p95 {percentile(steps, 95):.0f}"
+
+
 def _unreadable(stats: FileStats) -> str:
     return (f"{stats.n_failed} of {stats.opened + stats.n_failed} sampled files could not be opened "
             f"(e.g. {stats.failed[0]}); their rows will be skipped as bad rows")
@@ -287,6 +319,8 @@ def infer(table_path: str | Path, target: str | None = None, seed: int = 0) -> I
             continue
         if kind.kind == "text":
             entry, why, summary = _text(kind, seed)
+        elif kind.kind == "timeseries":
+            entry, why, summary = _timeseries(kind, table.folder, seed)
         elif kind.kind in ("image", "audio"):
             entry, why, summary = (_image if kind.kind == "image" else _audio)(col, kind, table.folder, seed)
         else:

@@ -25,6 +25,7 @@ MAX_VALUES = 2000
 MAX_FILES = 200
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
+SERIES_EXT = {".npy", ".parquet", ".pq", ".csv"}  # a cell naming one of these holds a time series
 ID_NAMES = ("id", "uid", "uuid", "row_id", "index", "key")
 # Scripts written without spaces between words: a whitespace/\w+ tokenizer turns a whole
 # sentence into one token. (First word of the Unicode character name.)
@@ -85,6 +86,8 @@ def _media_of_str(value: str, folder: Path) -> str | None:
         return None
     suffix = Path(text).suffix.lower()
     kind = "image" if suffix in IMAGE_EXT else "audio" if suffix in AUDIO_EXT else None
+    if suffix in SERIES_EXT:
+        kind = "timeseries"
     if kind and any(ch.isspace() for ch in text):  # "look at pic.jpg" is prose unless that file exists
         path = Path(text).expanduser()
         return kind if (path if path.is_absolute() else folder / path).is_file() else None
@@ -130,6 +133,9 @@ def classify(name: str, values: list, folder: Path, seed: int = 0) -> Kind:
     if all(isinstance(v, (int, float, np.integer, np.floating)) for v in cells):
         return _classify_numbers(name, kind)
     if not all(isinstance(v, str) for v in cells):
+        if all(isinstance(v, (list, tuple, np.ndarray)) and len(v) > 1 for v in cells):
+            kind.kind, kind.reason = "timeseries", "cells hold arrays of readings"
+            return kind
         if any(isinstance(v, (list, dict, tuple)) for v in cells):
             kind.kind, kind.reason = "unsupported", "cells hold lists or mappings"
             return kind

@@ -209,3 +209,15 @@ def test_save_load_onnx_parity_and_torch_free_runtime(trained, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert np.abs(np.array(json.loads(done.stdout.strip().splitlines()[-1])) - ref).max() <= 1e-4
+
+
+def test_init_proposes_a_timeseries_input(tmp_path):
+    from polyfuse.infer_spec import guess_spec, init_yaml
+
+    table = make_table(tmp_path, n=30)
+    spec_ = guess_spec(table)
+    entry = spec_["inputs"]["motion"]
+    assert entry["type"] == "timeseries" and entry["channels"] == 2 and entry["length"] == 64
+    text = init_yaml(table)
+    assert "unreadable" in text and "set the true rate" in text
+    load_spec(spec_)
