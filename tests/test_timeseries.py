@@ -124,6 +124,11 @@ def test_resample_window_pad_and_standardise():
     aug = cfg(length=8, augment=TimeseriesAugment(jitter=0.1, random_crop=True))
     a = ts.collate([x], aug, state, True, np.random.default_rng(0))
     assert a[""].shape == (1, 8, 2) and ts.augments(aug)
+    from polyfuse.corruptions import for_input, series_gaps
+
+    holed = series_gaps(np.ones((20, 2), np.float32), 0.25, np.random.default_rng(0))
+    assert np.isnan(holed[:, 0]).sum() == 5 and [c.name for c in for_input(SimpleNamespace(type="timeseries"))] == [
+        "gaps", "drop"]
 
 
 def test_spec_fields_and_errors():
