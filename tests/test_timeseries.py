@@ -226,3 +226,23 @@ def test_init_proposes_a_timeseries_input(tmp_path):
     text = init_yaml(table)
     assert "unreadable" in text and "set the true rate" in text
     load_spec(spec_)
+
+
+def test_server_takes_arrays_and_base64_files_never_server_paths():
+    import base64
+    import io
+
+    from polyfuse.preprocess.budget import UNLIMITED
+    from polyfuse.serve.requests import RequestError, clean_record
+
+    s, _ = load_spec({"inputs": {"imu": {"type": "timeseries", "channels": 2}}, "outputs": {"y": {"type": "number"}}})
+    got = clean_record({"imu": [[1, 2], [None, 3]]}, 0, s, UNLIMITED)["imu"]
+    assert got.shape == (2, 2) and np.isnan(got[1, 0])
+    buf = io.BytesIO()
+    np.save(buf, np.ones((4, 2), np.float32))
+    raw = clean_record({"imu": base64.b64encode(buf.getvalue()).decode()}, 0, s, UNLIMITED)["imu"]
+    assert ts.decode(raw, s.inputs["imu"], Path("/nonexistent")).shape == (4, 2)
+    with pytest.raises(RequestError, match="not valid base64"):
+        clean_record({"imu": "/etc/passwd"}, 0, s, UNLIMITED)
+    with pytest.raises(RequestError, match="expected an array of readings"):
+        clean_record({"imu": [["a", "b"]]}, 0, s, UNLIMITED)

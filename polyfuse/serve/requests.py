@@ -41,6 +41,30 @@ def _b64(value: str, record: int, field: str) -> bytes:
                                 "base64 strings in JSON, or as files in multipart)", record, field) from None
 
 
+def _series(value: Any, record: int, field: str) -> Any:
+    """A time series from a request: an array of readings ([steps] or [steps][channels], null for a gap),
+    a JSON array in a string, or a base64 file (CSV/NPY/Parquet) -- never a path on the server."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            return value  # parsed (and checked) by the timeseries decoder
+        return _b64(value, record, field)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, list):
+        import numpy as np
+
+        try:
+            arr = np.asarray([[np.nan if c is None else c for c in r] if isinstance(r, list) else
+                              (np.nan if r is None else r) for r in value], dtype=np.float32)
+        except (TypeError, ValueError):
+            arr = None
+        if arr is not None and arr.ndim in (1, 2) and arr.size:
+            return arr
+    raise RequestError(400, f"record {record}, field '{field}': expected an array of readings ([steps] or "
+                            f"[steps][channels] numbers, null for a gap) or a base64 CSV/NPY/Parquet file, got "
+                            f"{type(value).__name__}", record, field)
+
+
 def check_media(kind: str, data: bytes, record: int, field: str, budget: DecodeBudget) -> None:
     """Size limits read from the file header before anything is decoded: the record's own (pixels,
     seconds, samples per second) and the request's total decoded size, both in ``budget``."""
@@ -82,6 +106,8 @@ def clean_record(raw: Any, index: int, spec: Any, budget: DecodeBudget) -> dict[
                 raise RequestError(400, f"record {index}, field '{field}': expected a base64 string, "
                                         f"got {type(value).__name__}", index, field)
             check_media(cfg_in.type, bytes(value), index, field, budget)
+        elif cfg_in.type == "timeseries":
+            value = _series(value, index, field)
         elif cfg_in.type == "number":
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise RequestError(400, f"record {index}, field '{field}': expected a number, got "
