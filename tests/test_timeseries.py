@@ -57,9 +57,9 @@ def make_table(folder: Path, n: int = 90, seed: int = 0) -> Path:
     return table
 
 
-def spec(table: Path, encoder: str = "cnn1d", **train) -> dict:
+def spec(table: Path, encoder: str = "cnn1d", length: int = 64, **train) -> dict:
     return {"data": {"train": str(table), "split": {"valid": 0.2, "test": 0.2, "seed": 0}},
-            "inputs": {"motion": {"type": "timeseries", "channels": 2, "sample_rate": 64, "length": 64,
+            "inputs": {"motion": {"type": "timeseries", "channels": 2, "sample_rate": 64, "length": length,
                                   "encoder": encoder, "dim": 32, "augment": {"jitter": 0.05}}},
             "outputs": {"label": {"type": "category"}},
             "train": {"epochs": 12, "batch_size": 16, "lr": 3e-3, "seed": 0, "threads": 1, "baseline": False,
@@ -179,7 +179,7 @@ def test_other_encoders_train_and_export(tmp_path, encoder):
     from polyfuse.export.exporter import export
 
     table = make_table(tmp_path, n=30)
-    polyfuse.train(spec(table, encoder, epochs=1), out=tmp_path / "m", show_progress=False)
+    polyfuse.train(spec(table, encoder, length=16, epochs=1), out=tmp_path / "m", show_progress=False)
     export(tmp_path / "m", data=table)
     entry = json.loads((tmp_path / "m" / "exports.json").read_text())["model.onnx"]
     assert entry["verification"]["passed"]
