@@ -83,7 +83,7 @@ def image_spec(csv: Path, side: int, cache: Path, **data) -> dict:
 
 
 def big_figures(tmp: Path, quick: bool) -> None:
-    side, budget_gb = 112, 1.0
+    side, budget_gb = 64, 1.0  # small photos: many rows, a light network, so the rows dominate
     per_row = 4 * 3 * side * side
     rows = 3000 if quick else int(5 * budget_gb * 2**30 / per_row) + 1
     csv = image_table(tmp / "big", rows, side=side)
