@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from polyfuse.artifact import sha256
 from polyfuse.io import Table
 from polyfuse.preprocess.pipeline import BadRow, Decoded, decode_table
 from polyfuse.spec import Spec, hf_encoder
@@ -129,26 +130,18 @@ def build_shard(spec: Spec, table: Table, start: int, stop: int, folder: Path, o
         columns[f"out.{name}"] = _write_column(tmp, f"out.{name}", values, False)
     (tmp / "rows.json").write_text(json.dumps({"rows": [_jsonable(r) for r in decoded.rows],
                                                "bad": [[_jsonable(b.row), b.column, b.message] for b in decoded.bad]}))
-    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    files = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
     (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "n": len(decoded), "columns": columns, "files": files}))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def intact(folder: Path) -> bool:
     """Whether a shard is complete and every file matches its recorded checksum."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        return meta.get("format") == FORMAT and all(_sha256(folder / f) == s for f, s in meta["files"].items())
+        return meta.get("format") == FORMAT and all(sha256(folder / f) == s for f, s in meta["files"].items())
     except (OSError, ValueError, KeyError):
         return False
 

@@ -13,7 +13,6 @@ gets its message in the ``error`` column and never stops the job.
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,18 +87,21 @@ class Predictor:
     """A Ray Data actor: loads the Runtime once, then turns units into output rows (Arrow tables)."""
 
     def __init__(self, model_dir: str, variant: str, id_column: str | None, chunk_rows: int,
-                 key_env: str | None = None, verify_key: str | None = None):
+                 key_env: str | None = None, verify_key: str | None = None, units: list | None = None):
         from polyfuse.runtime import Runtime
         from polyfuse.threads import single_threaded_blas
 
         single_threaded_blas()  # each actor has one CPU; see polyfuse.threads
         self.rt = Runtime(model_dir, variant=variant, threads=1, key_env=key_env, verify_key=verify_key)
         self.id_column, self.chunk_rows = id_column, chunk_rows
+        self.units = units or []  # object-store references to the units, fetched by index
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[Any]:
         rt = self.rt
-        for unit in batch["unit"]:
-            for table in pickle.loads(unit).tables(self.chunk_rows):
+        import ray
+
+        for index in batch["unit"]:
+            for table in ray.get(self.units[int(index)]).tables(self.chunk_rows):
                 idc = id_column_of(table, self.id_column)
                 values, _ = predict_chunk(rt.spec, rt.preprocessor, rt.run_arrays, table, idc, workers=1)
                 yield to_arrow(rt.spec, output_columns(rt.spec, idc), values)
@@ -149,11 +151,12 @@ def predict_ray(model_dir: str | Path, data: str | Path, out: str | Path, *, add
     n = max(1, min(actors or cpus, len(units)))
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    # units travel pickled (they are polyfuse's own dataclasses): Arrow cannot hold them as values
-    ds = ray.data.from_items([{"unit": pickle.dumps(u)} for u in units], override_num_blocks=len(units))
+    # units live in Ray's object store and travel by index (Arrow cannot hold them as values)
+    refs = [ray.put(u) for u in units]
+    ds = ray.data.from_items([{"unit": i} for i in range(len(units))], override_num_blocks=len(units))
     ds = ds.map_batches(Predictor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1,
                         batch_format="numpy",
-                        fn_constructor_args=(str(model_dir), variant, id_column, chunk_rows, key_env, verify_key))
+                        fn_constructor_args=(str(model_dir), variant, id_column, chunk_rows, key_env, verify_key, refs))
     ds.write_parquet(str(tmp.resolve()))
     counts = count_output(tmp)
     if out.exists():
