@@ -232,5 +232,11 @@ def test_schemathesis_over_the_servers_own_openapi(server):
             fuzz_operation(op.as_strategy(mode), server.url, op.label, mode, 50 if op.label == "POST /predict" else 5,
                            statuses, failures)
     assert not failures, "\n\n".join(failures)
-    assert {200, 400} <= statuses["POST /predict"], statuses["POST /predict"]
+    assert 400 in statuses["POST /predict"], statuses["POST /predict"]
+    # random records rarely decode (photo and sound are random strings), so the model's answer is checked on
+    # one record that does: the fuzzing left the server ready and answering
+    ok = httpx.post(server.url + "/predict", json={"records": [{"note": "fuzzed", "weight": 1.5, "color": "red"}]},
+                    timeout=30)
+    assert ok.status_code == 200, ok.text
+    assert len(ok.json()["predictions"]) == 1
     httpx.get(server.url + "/v2/health/ready", timeout=10).raise_for_status()

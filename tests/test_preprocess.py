@@ -159,6 +159,18 @@ def test_number_impute_standardise_and_bad_value():
         tabular.decode_number("abc", cfg, None)
 
 
+def test_numbers_beyond_float32_are_refused_and_outliers_stay_finite():
+    """3.8e261 parses as a Python float but is inf in float32: refused with the range named. A huge but
+    representable outlier is clipped after standardising, so no layer can overflow into NaN answers."""
+    cfg = _cfg(n={"type": "number"})["n"]
+    with pytest.raises(BadInputError, match="out of range.*largest float32"):
+        tabular.decode_number(3.8e261, cfg, None)
+    state = {"mean": 0.0, "std": 1.0, "impute": 0.0}
+    out = tabular.collate_number([3e38, -3e38, 1.5], cfg, state, False, None)[""][:, 0]
+    assert np.isfinite(out).all()
+    assert out.tolist() == [tabular.CLIP_STD, -tabular.CLIP_STD, 1.5]
+
+
 def test_category_vocab_and_unknown_bucket():
     cfg = _cfg(c={"type": "category"})["c"]
     state = tabular.fit_category(["red", "blue", "red", None], cfg)

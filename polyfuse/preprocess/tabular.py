@@ -11,6 +11,10 @@ import numpy as np
 from polyfuse.errors import BadInputError
 
 UNKNOWN = "<unk>"
+# float32 holds up to 3.4e38; beyond it a number becomes inf inside the network and the answer NaN
+LARGEST = float(np.finfo(np.float32).max)
+# standardised values are clipped here so that an extreme outlier cannot overflow a layer into inf
+CLIP_STD = 1e4
 
 
 def _shape(value: Any) -> str:
@@ -31,6 +35,9 @@ def decode_number(value: Any, cfg: Any, folder: Path, budget: Any = None) -> flo
         raise BadInputError(f"expected a number, got {_shape(value)}; fix the cell or leave it empty") from None
     if math.isinf(number):
         raise BadInputError("expected a finite number, got infinity")
+    if abs(number) > LARGEST:
+        raise BadInputError(f"number out of range: its magnitude exceeds {LARGEST:.3g}, the largest float32; "
+                            "rescale the column (e.g. another unit) or leave the cell empty")
     return number
 
 
@@ -46,7 +53,7 @@ def fit_number(values: list[float | None], cfg: Any) -> dict:
 def collate_number(values: list[float | None], cfg: Any, state: dict, train: bool, rng: Any) -> dict[str, np.ndarray]:
     present = np.asarray([v is not None and not math.isnan(v) for v in values], dtype=bool)
     raw = np.asarray([v if p else state["impute"] for v, p in zip(values, present)], dtype=np.float32)
-    x = ((raw - state["mean"]) / state["std"]).astype(np.float32)
+    x = np.clip((raw.astype(np.float64) - state["mean"]) / state["std"], -CLIP_STD, CLIP_STD).astype(np.float32)
     aug = getattr(cfg, "augment", None)
     if train and rng is not None and aug is not None:  # training only: learn to cope with absent/noisy values
         if aug.noise:
