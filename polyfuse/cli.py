@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default="fp32", help="with --runtime onnx: fp32, int8, int8-dynamic or int8-static")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="ray: Ray Data actors run the torch-free ONNX runtime; DATA may be a folder of Parquet "
+                   help="ray: Ray Data tasks run the torch-free ONNX runtime (one model per worker process); DATA may be a folder of Parquet "
                         "files and --out is a folder of Parquet shards")
     p.add_argument("--address", default=None, help="with --engine ray: an existing cluster (default: a local Ray)")
     p.add_argument("--quiet", action="store_true")

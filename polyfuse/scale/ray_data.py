@@ -1,11 +1,11 @@
-"""Batch prediction on Ray Data: actors that each hold the torch-free Runtime map over units of rows
-and write Parquet shards with the columns of local `polyfuse predict` (``polyfuse.batch``).
+"""Batch prediction on Ray Data: tasks whose worker processes each hold the torch-free Runtime map over
+units of rows and write Parquet shards with the columns of local `polyfuse predict` (``polyfuse.batch``).
 
 A unit is a piece of the input that knows how to produce its rows as a ``Table`` with global row ids:
 - a CSV/JSONL/Parquet file is read on the driver in chunks exactly as local predict reads it
   (``iter_table_chunks``: the same pandas parsing, so the same values and row ids), and the chunks
-  travel to the actors through the object store;
-- a folder of Parquet files is read by the actors themselves, one row group each (row ids follow the
+  travel to the workers through the object store;
+- a folder of Parquet files is read by the workers themselves, one row group each (row ids follow the
   files in sorted order, from the footers' row counts), so the data never passes through the driver.
 Each row goes through ``polyfuse.batch.predict_chunk``, the very code local predict runs: a bad row
 gets its message in the ``error`` column and never stops the job.
@@ -84,27 +84,54 @@ def plan_units(data: str | Path, chunk_rows: int, units_wanted: int = 8) -> list
 
 
 class Predictor:
-    """A Ray Data actor: loads the Runtime once, then turns units into output rows (Arrow tables)."""
+    """The torch-free Runtime of one model in one Ray worker process, turning units into output rows."""
 
     def __init__(self, model_dir: str, variant: str, id_column: str | None, chunk_rows: int,
-                 key_env: str | None = None, verify_key: str | None = None, units: list | None = None):
+                 key_env: str | None = None, verify_key: str | None = None):
         from polyfuse.runtime import Runtime
         from polyfuse.threads import single_threaded_blas
 
-        single_threaded_blas()  # each actor has one CPU; see polyfuse.threads
+        single_threaded_blas()  # each task has one CPU; see polyfuse.threads
         self.rt = Runtime(model_dir, variant=variant, threads=1, key_env=key_env, verify_key=verify_key)
         self.id_column, self.chunk_rows = id_column, chunk_rows
-        self.units = units or []  # object-store references to the units, fetched by index
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[Any]:
+    def __call__(self, unit: Chunks | RowGroup) -> Iterator[Any]:
         rt = self.rt
-        import ray
+        for table in unit.tables(self.chunk_rows):
+            idc = id_column_of(table, self.id_column)
+            values, _ = predict_chunk(rt.spec, rt.preprocessor, rt.run_arrays, table, idc, workers=1)
+            yield to_arrow(rt.spec, output_columns(rt.spec, idc), values)
 
-        for index in batch["unit"]:
-            for table in ray.get(self.units[int(index)]).tables(self.chunk_rows):
-                idc = id_column_of(table, self.id_column)
-                values, _ = predict_chunk(rt.spec, rt.preprocessor, rt.run_arrays, table, idc, workers=1)
-                yield to_arrow(rt.spec, output_columns(rt.spec, idc), values)
+
+# Ray reuses its worker processes across tasks, so each process loads a model once and keeps it here: the
+# model stays resident as an actor would hold it, without the seconds an actor pool takes to start
+_PREDICTORS: dict[tuple, Predictor] = {}
+
+
+def hold(predictor: tuple) -> None:
+    """Load ``Predictor(*predictor)`` into this worker process's cache (if it is not there already)."""
+    if predictor not in _PREDICTORS:
+        _PREDICTORS[predictor] = Predictor(*predictor)
+
+
+def predict_units(batch: dict[str, np.ndarray], *, predictor: tuple, units: list, out: str) -> dict[str, np.ndarray]:
+    """The Ray Data map function: each unit named by index in ``batch`` (its data comes from Ray's object
+    store) is predicted by this process's cached ``Predictor(*predictor)`` and written to its own shard
+    ``out/part-<unit>.parquet``, so results never travel back through the object store."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    hold(predictor)
+    held = _PREDICTORS[predictor]
+    rows = []
+    for index in batch["unit"]:
+        table = pa.concat_tables(list(held(ray.get(units[int(index)]))))
+        shard = Path(out) / f"part-{int(index):05d}.parquet"
+        pq.write_table(table, shard.with_suffix(".tmp"))
+        os.replace(shard.with_suffix(".tmp"), shard)  # a retried task never leaves half a shard
+        rows.append(len(table))
+    return {"rows": np.asarray(rows, dtype=np.int64)}
 
 
 def to_arrow(spec: Any, header: list[str], values: list[list]) -> Any:
@@ -130,7 +157,7 @@ def to_arrow(spec: Any, header: list[str], values: list[list]) -> Any:
 
 def predict_ray(model_dir: str | Path, data: str | Path, out: str | Path, *, address: str | None = None,
                 variant: str = "fp32", id_column: str | None = None, chunk_rows: int = 512,
-                actors: int | None = None, key_env: str | None = None,
+                workers: int | None = None, key_env: str | None = None,
                 verify_key: str | None = None) -> dict[str, int]:
     """Predict every row of ``data`` on Ray into Parquet shards in the folder ``out``.
 
@@ -145,19 +172,23 @@ def predict_ray(model_dir: str | Path, data: str | Path, out: str | Path, *, add
     import ray.data
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    # a few units per actor balance the load; more would only add tasks and tiny shards
-    units = plan_units(data, chunk_rows, units_wanted=4 * (actors or cpus))
-    # one actor per CPU (each runs its Runtime on one thread), never more than there are units
-    n = max(1, min(actors or cpus, len(units)))
+    predictor = (str(model_dir), variant, id_column, chunk_rows, key_env, verify_key)
+    # the workers load the model while the driver reads the table: the first units then find it resident
+    warming = [ray.remote(num_cpus=1)(hold).remote(predictor) for _ in range(workers or cpus)]
+    # a few units per worker balance the load; more would only add tasks and tiny shards
+    units = plan_units(data, chunk_rows, units_wanted=4 * (workers or cpus))
+    # one task per CPU at a time (each runs its Runtime on one thread), never more than there are units
+    n = max(1, min(workers or cpus, len(units)))
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     # units live in Ray's object store and travel by index (Arrow cannot hold them as values)
     refs = [ray.put(u) for u in units]
+    ray.get(warming)  # a model that fails to load fails here, once, with its own message
     ds = ray.data.from_items([{"unit": i} for i in range(len(units))], override_num_blocks=len(units))
-    ds = ds.map_batches(Predictor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1,
-                        batch_format="numpy",
-                        fn_constructor_args=(str(model_dir), variant, id_column, chunk_rows, key_env, verify_key, refs))
-    ds.write_parquet(str(tmp.resolve()))
+    tmp.mkdir(parents=True)
+    ds = ds.map_batches(predict_units, batch_size=1, num_cpus=1, concurrency=n, batch_format="numpy",
+                        fn_kwargs={"predictor": predictor, "units": refs, "out": str(tmp.resolve())})
+    ds.materialize()
     counts = count_output(tmp)
     if out.exists():
         out.rmdir()  # empty (checked above): the finished folder takes its place
