@@ -362,7 +362,13 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
     from polyfuse.io import resolve_media  # local: keeps this module's import light for the runtime
 
     source = resolve_media(value, folder)
-    return decode_audio(source, cfg.sample_rate, where=str(value) if isinstance(value, str) else "", budget=budget)
+    where = str(value) if isinstance(value, str) else ""
+    if getattr(cfg, "track", None) == "audio" and not isinstance(source, np.ndarray):  # the sound of a video
+        from polyfuse.preprocess.video import decode_audio_track
+
+        label = f"video file '{where}'" if where and not where.startswith("data:") else "video data (bytes)"
+        source = decode_audio_track(source, cfg.sample_rate, label, budget)  # mono, at the input's rate
+    return decode_audio(source, cfg.sample_rate, where=where, budget=budget)
 
 
 def fit(values: list[np.ndarray | None], cfg: Any) -> dict:
