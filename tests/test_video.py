@@ -159,12 +159,12 @@ def make_table(folder: Path, n: int = 24) -> Path:
     return table
 
 
-def spec(table: Path, encoder: str, epochs: int) -> dict:
+def spec(table: Path, encoder: str, epochs: int, baseline: bool = False) -> dict:
     return {"data": {"train": str(table), "split": {"valid": 0.2, "test": 0.2, "seed": 0}},
             "inputs": {"clip": {"type": "video", "fps": 4, "max_frames": 6, "size": 16, "encoder": encoder,
                                 "dim": 32}},
             "outputs": {"label": {"type": "category"}},
-            "train": {"epochs": epochs, "batch_size": 8, "lr": 3e-3, "seed": 0, "threads": 1, "baseline": False,
+            "train": {"epochs": epochs, "batch_size": 8, "lr": 3e-3, "seed": 0, "threads": 1, "baseline": baseline,
                       "calibrate": False}}
 
 
@@ -179,7 +179,7 @@ def test_train_and_export_with_parity(table, tmp_path, encoder, epochs):
     from polyfuse.export.exporter import export
 
     out = tmp_path / "m"
-    model = polyfuse.train(spec(table, encoder, epochs), out=out, show_progress=False)
+    model = polyfuse.train(spec(table, encoder, epochs, baseline=encoder == "cnn3d"), out=out, show_progress=False)
     metrics = json.loads((out / "metrics.json").read_text())
     assert "broken.mp4" in json.dumps(metrics) or any("broken.mp4" in str(b) for b in getattr(model, "bad_rows", []))
     if encoder == "cnn_pool":
@@ -199,3 +199,22 @@ def _flatten(d, prefix=""):
         elif isinstance(v, (int, float)):
             out[f"{prefix}{k}"] = v
     return out
+
+
+def test_init_proposes_a_video_input(table):
+    from polyfuse.infer_spec import guess_spec
+
+    spec_ = guess_spec(table)
+    assert spec_["inputs"]["clip"]["type"] == "video"
+    load_spec(spec_)
+
+
+def test_a_missing_pyav_names_the_video_extra(monkeypatch, tmp_path):
+    import sys
+
+    from polyfuse.errors import MissingExtra
+
+    write_video(tmp_path / "a.mp4", square_clip("left"), fps=8)
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(MissingExtra, match=r"pip install 'polyfuse\[video\]'"):
+        vid.decode("a.mp4", cfg(), tmp_path)
