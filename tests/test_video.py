@@ -218,3 +218,24 @@ def test_a_missing_pyav_names_the_video_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(MissingExtra, match=r"pip install 'polyfuse\[video\]'"):
         vid.decode("a.mp4", cfg(), tmp_path)
+
+
+def test_server_takes_base64_videos_never_server_paths(tmp_path):
+    import base64
+
+    from polyfuse.preprocess.budget import UNLIMITED
+    from polyfuse.serve.requests import RequestError, clean_record
+
+    t = np.arange(16000) / 16000
+    data = write_video(tmp_path / "v.mp4", square_clip("left"), fps=8, audio=0.5 * np.sin(2 * np.pi * 300 * t)).read_bytes()
+    s, _ = load_spec({"inputs": {"clip": {"type": "video", "size": 16},
+                                 "sound": {"type": "audio", "column": "clip", "track": "audio"}},
+                      "outputs": {"y": {"type": "number"}}})
+    raw = clean_record({"clip": base64.b64encode(data).decode()}, 0, s, UNLIMITED)["clip"]
+    assert raw == data
+    assert vid.decode(raw, s.inputs["clip"], Path("/nonexistent")).shape == (4, 16, 16, 3)
+    from polyfuse.preprocess import audio
+
+    assert audio.decode(raw, s.inputs["sound"], Path("/nonexistent")).ndim == 1
+    with pytest.raises(RequestError, match="not valid base64"):
+        clean_record({"clip": "/etc/passwd"}, 0, s, UNLIMITED)
