@@ -239,3 +239,26 @@ def test_server_takes_base64_videos_never_server_paths(tmp_path):
     assert audio.decode(raw, s.inputs["sound"], Path("/nonexistent")).ndim == 1
     with pytest.raises(RequestError, match="not valid base64"):
         clean_record({"clip": "/etc/passwd"}, 0, s, UNLIMITED)
+
+
+def test_video_and_its_sound_train_and_export_together(tmp_path):
+    import polyfuse
+    from polyfuse.export.exporter import export
+
+    rng = np.random.default_rng(3)
+    t = np.arange(16000) / 16000
+    rows = []
+    for i in range(12):
+        label = "left" if i % 2 else "right"
+        tone = 0.5 * np.sin(2 * np.pi * (300 if i % 2 else 700) * t)
+        write_video(tmp_path / f"v{i}.mp4", square_clip(label, rng=rng), fps=8, audio=tone)
+        rows.append({"clip": f"v{i}.mp4", "label": label})
+    table = tmp_path / "t.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    sp = spec(table, "cnn_pool", 1)
+    sp["inputs"]["sound"] = {"type": "audio", "column": "clip", "track": "audio", "sample_rate": 8000,
+                             "max_seconds": 1.0, "n_mels": 32, "n_mfcc": 13, "dim": 16}
+    polyfuse.train(sp, out=tmp_path / "m", show_progress=False)
+    export(tmp_path / "m", data=table)
+    entry = json.loads((tmp_path / "m" / "exports.json").read_text())["model.onnx"]
+    assert entry["verification"]["passed"]
