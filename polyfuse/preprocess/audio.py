@@ -363,11 +363,10 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
 
     source = resolve_media(value, folder)
     where = str(value) if isinstance(value, str) else ""
-    if getattr(cfg, "track", None) == "audio" and not isinstance(source, np.ndarray):  # the sound of a video
-        from polyfuse.preprocess.video import decode_audio_track
+    if getattr(cfg, "track", None) == "audio":  # the sound of a video: mono, at the input's rate
+        from polyfuse.preprocess.video import sound_of
 
-        label = f"video file '{where}'" if where and not where.startswith("data:") else "video data (bytes)"
-        source = decode_audio_track(source, cfg.sample_rate, label, budget)  # mono, at the input's rate
+        source = sound_of(source, cfg, where, cfg.sample_rate, budget)
     return decode_audio(source, cfg.sample_rate, where=where, budget=budget)
 
 

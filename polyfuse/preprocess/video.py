@@ -208,6 +208,15 @@ def decode_audio_track(source: bytes | Path, sample_rate: int, label: str, budge
     return np.concatenate(chunks)
 
 
+def sound_of(source: Any, cfg: Any, where: str, sample_rate: int, budget: DecodeBudget = UNLIMITED) -> Any:
+    """For an audio input with ``track: audio``: a video file's sound as a mono waveform at
+    ``sample_rate`` (arrays pass through, taken to be that sound already); otherwise ``source`` as is."""
+    if getattr(cfg, "track", None) != "audio" or isinstance(source, np.ndarray):
+        return source
+    label = f"video file '{where}'" if where and not where.startswith("data:") else "video data (bytes)"
+    return decode_audio_track(source, sample_rate, label, budget)
+
+
 # ----------------------------------------------------------------------------- fitted state, batches
 def _as_images(clip: np.ndarray) -> np.ndarray:
     """uint8 [frames, H, W, 3] -> float32 [frames, 3, H, W] in [0, 1]."""
