@@ -74,6 +74,14 @@ def _image(values: list, cfg: Any) -> Features:
     return _dense(values, _chunked(image_rows))
 
 
+def _video(values: list, cfg: Any) -> Features:
+    """The image features of each clip's mean frame (uint8 [frames, H, W, 3] -> [3, H, W] in [0, 1])."""
+    def mean_frames(clips: list[np.ndarray]) -> np.ndarray:
+        return image_rows([c.mean(0).transpose(2, 0, 1) / 255.0 for c in clips])
+
+    return _dense(values, _chunked(mean_frames))
+
+
 def _audio(values: list, cfg: Any) -> Features:
     from polyfuse.preprocess.audio import AudioFeatureConfig, features_batch
 
@@ -153,11 +161,12 @@ def _text(values: list, cfg: Any) -> Features:
 
 FEATURES: dict[str, Callable[[list, Any], Features]] = {
     "image": _image, "audio": _audio, "text": _text, "number": _number, "category": _category,
-    "timeseries": _timeseries,
+    "timeseries": _timeseries, "video": _video,
 }
 DESCRIBE = {"image": "8x8 grey pixels + colour histograms", "audio": "MFCC mean/std", "number": "standardised numbers",
             "text": "TF-IDF word 1-2-grams + char n-grams", "category": "one-hot categories",
-            "timeseries": "per-channel mean/std/min/max/mean step change"}
+            "timeseries": "per-channel mean/std/min/max/mean step change",
+            "video": "8x8 grey pixels + colour histograms of the mean frame"}
 
 
 def text_info(values: list, cfg: Any) -> dict[str, float]:

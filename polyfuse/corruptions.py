@@ -194,6 +194,7 @@ CORRUPTIONS: dict[str, tuple[Corruption, ...]] = {
     ),
     "number": (Corruption("drop", drop_value, "drop probability", _DROPS),),
     "category": (Corruption("drop", drop_value, "drop probability", _DROPS),),
+    "video": (Corruption("drop", drop_value, "drop probability", _DROPS),),
     "timeseries": (
         Corruption("gaps", series_gaps, "fraction of steps missing", (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)),
         Corruption("drop", drop_value, "drop probability", _DROPS),

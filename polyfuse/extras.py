@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tables": ("the tables extra", ("pandas", "pyarrow", "tqdm")),
     "jieba": ("the jieba extra", ("jieba",)),
     "ray": ("the Ray extra", ("ray",)),
+    "video": ("the video extra", ("av",)),
 }
 
 

@@ -167,6 +167,14 @@ def _audio(name: str, kind: Kind, folder: Path, seed: int) -> tuple[dict, dict[s
     return entry, why, f"{stats.opened} files opened: {rates}; seconds p50 {p50:.2f} p95 {p95:.2f}"
 
 
+def _video(kind: Kind) -> tuple[dict, dict[str, str], str]:
+    """Video files: the defaults (4 frames a second, at most 16, 64x64), which suit clips of a few seconds."""
+    why = {"fps": "4 frames a second by timestamp, at most max_frames (16) spread evenly over a longer clip",
+           "size": "frames resized and center-cropped to 64x64: small enough to train a CNN per frame on a CPU"}
+    return ({"type": "video", "fps": 4, "max_frames": 16, "size": 64, "encoder": "cnn_pool"}, why,
+            f"{len(kind.present)} video files")
+
+
 def _timeseries(kind: Kind, folder: Path, seed: int) -> tuple[dict, dict[str, str], str]:
     """Channels and length from a few sampled series (read whole: series files are small)."""
     from types import SimpleNamespace
@@ -321,6 +329,8 @@ def infer(table_path: str | Path, target: str | None = None, seed: int = 0) -> I
             entry, why, summary = _text(kind, seed)
         elif kind.kind == "timeseries":
             entry, why, summary = _timeseries(kind, table.folder, seed)
+        elif kind.kind == "video":
+            entry, why, summary = _video(kind)
         elif kind.kind in ("image", "audio"):
             entry, why, summary = (_image if kind.kind == "image" else _audio)(col, kind, table.folder, seed)
         else:

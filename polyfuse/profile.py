@@ -25,6 +25,7 @@ MAX_VALUES = 2000
 MAX_FILES = 200
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
+VIDEO_EXT = {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ogv"}
 SERIES_EXT = {".npy", ".parquet", ".pq", ".csv"}  # a cell naming one of these holds a time series
 ID_NAMES = ("id", "uid", "uuid", "row_id", "index", "key")
 # Scripts written without spaces between words: a whitespace/\w+ tokenizer turns a whole
@@ -82,12 +83,16 @@ def _media_of_str(value: str, folder: Path) -> str | None:
         return "image"
     if text.startswith("data:audio/"):
         return "audio"
+    if text.startswith("data:video/"):
+        return "video"
     if "\n" in text or len(text) > 1000:
         return None
     suffix = Path(text).suffix.lower()
     kind = "image" if suffix in IMAGE_EXT else "audio" if suffix in AUDIO_EXT else None
     if suffix in SERIES_EXT:
         kind = "timeseries"
+    elif suffix in VIDEO_EXT:
+        kind = "video"
     if kind and any(ch.isspace() for ch in text):  # "look at pic.jpg" is prose unless that file exists
         path = Path(text).expanduser()
         return kind if (path if path.is_absolute() else folder / path).is_file() else None

@@ -143,6 +143,8 @@ class AudioInput(_Strict):
     max_seconds: float = Field(1.0, gt=0)
     deltas: bool = False
     denoise: bool = False
+    track: Literal["audio"] | None = Field(None, description="audio: the cells are video files (e.g. `column:` naming a "
+                                           "video input's column) and their audio track is decoded (PyAV)")
     augment: AudioAugment = AudioAugment()
     encoder: Literal["cnn", "cnn_lstm"] | HFEncoder = Field("cnn", description="cnn, cnn_lstm, or {hf: MODEL, ...}: "
                                                              "a pretrained audio backbone (wav2vec2/HuBERT, Whisper "
@@ -268,8 +270,32 @@ class TimeseriesInput(_Strict):
         return v
 
 
+class VideoInput(_Strict):
+    """Video files (mp4, webm, avi, mkv... anything FFmpeg reads, decoded by PyAV): frames sampled at
+    ``fps`` by timestamp, at most ``max_frames`` (evenly spread over a longer clip), each resized and
+    center-cropped to ``size`` x ``size`` RGB; a shorter clip is padded with masked frames."""
+
+    type: Literal["video"]
+    column: str | None = None
+    fps: float = Field(4.0, gt=0, le=120, description="frames per second sampled from the video")
+    max_frames: int = Field(16, ge=1, le=512, description="frames kept; a longer clip is sampled evenly over its length")
+    size: int = Field(64, ge=8, le=512, description="side of the square frames (resize + center crop)")
+    mean: float | list[float] | None = Field(None, description="normalisation mean; default: fitted on train")
+    std: float | list[float] | None = None
+    encoder: Literal["cnn_pool", "cnn_gru", "cnn3d"] = Field(
+        "cnn_pool", description="cnn_pool: a small per-frame CNN, masked mean/max over frames; cnn_gru: the same "
+        "CNN, then a GRU over frames; cnn3d: a small 3-D CNN over (time, height, width)")
+    dim: int = Field(128, gt=0)
+    modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+    @property
+    def channels(self) -> int:
+        return 3
+
+
 InputSpec = Annotated[
-    Union[ImageInput, AudioInput, TextInput, NumberInput, CategoryInput, TimeseriesInput], Field(discriminator="type")
+    Union[ImageInput, AudioInput, TextInput, NumberInput, CategoryInput, TimeseriesInput, VideoInput],
+    Field(discriminator="type")
 ]
 
 
@@ -449,14 +475,14 @@ def _describe(err: dict) -> str:
     elif err["type"] == "union_tag_invalid":
         msg = f"unknown type; expected one of {ctx.get('expected_tags')}"
     elif err["type"] == "union_tag_not_found":
-        msg = "missing 'type'; expected one of 'image', 'audio', 'text', 'number', 'category', 'timeseries'"
+        msg = "missing 'type'; expected one of 'image', 'audio', 'text', 'number', 'category', 'timeseries', 'video'"
     elif err["type"] == "extra_forbidden":
         msg = "unknown field (check its spelling; `polyfuse schema` lists every field)"
     value = "" if err["type"] == "missing" else f" (got {repr(err.get('input'))[:80]})"
     return f"  {path or '<spec>'}: {msg}{value}"
 
 
-_TYPE_TAGS = {"image", "audio", "text", "number", "category", "timeseries"}
+_TYPE_TAGS = {"image", "audio", "text", "number", "category", "timeseries", "video"}
 
 
 def load_spec(source: str | Path | dict | Spec) -> tuple[Spec, Path]:

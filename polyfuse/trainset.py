@@ -70,6 +70,8 @@ def decoded_bytes_per_row(spec: Spec) -> int:
             total += int(4 * cfg.sample_rate * cfg.max_seconds)
         elif cfg.type == "timeseries":
             total += 4 * cfg.length * cfg.n_channels
+        elif cfg.type == "video":
+            total += cfg.max_frames * cfg.size * cfg.size * 3  # uint8 frames
         else:
             total += 256
     return total

@@ -97,7 +97,8 @@ def test_text_and_tabular_drops():
 def test_every_corruption_is_deterministic_and_starts_clean():
     values = {"image": np.random.default_rng(0).uniform(0, 1, (1, 16, 16)).astype(np.float32), "audio": sine(0.3),
               "text": ["a", "small", "catish", "thing"], "number": 2.5, "category": "red",
-              "timeseries": np.sin(np.linspace(0, 6, 40))[:, None].astype(np.float32)}
+              "timeseries": np.sin(np.linspace(0, 6, 40))[:, None].astype(np.float32),
+              "video": np.zeros((4, 16, 16, 3), np.uint8)}
     for kind in C.CORRUPTIONS:
         for c in C.for_input(SimpleNamespace(type=kind, sample_rate=SR)):
             v = values[kind]

@@ -228,4 +228,8 @@ def build_encoder(cfg: Any, state: dict, private: bool = False) -> nn.Module:
         from polyfuse.nn import timeseries
 
         return timeseries.build(cfg, state, private)
+    if cfg.type == "video":
+        from polyfuse.nn import video
+
+        return video.build(cfg, state, private)
     raise ValueError(f"no encoder for input type {cfg.type!r}")

@@ -362,7 +362,12 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
     from polyfuse.io import resolve_media  # local: keeps this module's import light for the runtime
 
     source = resolve_media(value, folder)
-    return decode_audio(source, cfg.sample_rate, where=str(value) if isinstance(value, str) else "", budget=budget)
+    where = str(value) if isinstance(value, str) else ""
+    if getattr(cfg, "track", None) == "audio":  # the sound of a video: mono, at the input's rate
+        from polyfuse.preprocess.video import sound_of
+
+        source = sound_of(source, cfg, where, cfg.sample_rate, budget)
+    return decode_audio(source, cfg.sample_rate, where=where, budget=budget)
 
 
 def fit(values: list[np.ndarray | None], cfg: Any) -> dict:

@@ -179,6 +179,10 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
     if cfg.type == "image":
         return _decode_image(source, processor(cfg), where, budget)
     sr = processor(cfg)["sampling_rate"]
+    if getattr(cfg, "track", None) == "audio":  # the sound of a video file
+        from polyfuse.preprocess.video import sound_of
+
+        source = sound_of(source, cfg, where, sr, budget)
     # no peak normalisation: the extractors (Whisper's log-mel above all) depend on the scale
     wave = audio_mod.decode_audio(source, sr, where=where, budget=budget, normalize=False)
     return wave[: int(round(cfg.max_seconds * sr))]

@@ -226,11 +226,16 @@ def collate(values: list[np.ndarray | None], cfg: Any, state: dict, train: bool,
             continue
         x[i] = augment(v, cfg.augment, rng) if train and rng is not None else v
         present[i] = True
-    mean = np.asarray(state["mean"], dtype=np.float32)[:, None, None]
-    std = np.asarray(state["std"], dtype=np.float32)[:, None, None]
-    x = (x - mean) / std
+    x = normalise(x, state)
     x[~present] = 0.0
     return {"": x, "present": present}
+
+
+def normalise(x: np.ndarray, state: dict) -> np.ndarray:
+    """Images [..., C, H, W] in [0, 1] -> (x - mean) / std with the fitted per-channel state."""
+    mean = np.asarray(state["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(state["std"], dtype=np.float32)[:, None, None]
+    return (x - mean) / std
 
 
 def augments(cfg: Any) -> bool:

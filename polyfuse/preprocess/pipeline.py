@@ -17,7 +17,7 @@ import numpy as np
 
 from polyfuse.errors import BadInputError
 from polyfuse.io import Table, is_missing, read_table, require_columns
-from polyfuse.preprocess import audio, hf, image, tabular, targets, text, timeseries
+from polyfuse.preprocess import audio, hf, image, tabular, targets, text, timeseries, video
 from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
 from polyfuse.spec import Spec, hf_encoder
 from polyfuse.threads import usable_cpus
@@ -40,6 +40,7 @@ MODALITIES: dict[str, Modality] = {
     "number": Modality(tabular.decode_number, tabular.fit_number, tabular.collate_number, tabular.number_augments),
     "category": Modality(tabular.decode_category, tabular.fit_category, tabular.collate_category, tabular.never_augments),
     "timeseries": Modality(timeseries.decode, timeseries.fit, timeseries.collate, timeseries.augments),
+    "video": Modality(video.decode, video.fit, video.collate, video.augments),
 }
 
 PRETRAINED = Modality(hf.decode, hf.fit, hf.collate, hf.augments)  # any input with `encoder: {hf: ...}`

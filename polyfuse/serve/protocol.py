@@ -151,7 +151,7 @@ def parse_infer(body: bytes, header_length: str | None, spec: Any, cfg: ServeCon
             if isinstance(v, (bytes, bytearray)):
                 if len(v) == 0:
                     continue
-                if kind not in ("image", "audio"):
+                if kind not in ("image", "audio", "video"):
                     try:
                         v = bytes(v).decode("utf-8")
                     except UnicodeDecodeError:

@@ -99,13 +99,20 @@ def clean_record(raw: Any, index: int, spec: Any, budget: DecodeBudget) -> dict[
         _, cfg_in = columns[field]
         if value is None:
             continue
-        if cfg_in.type in ("image", "audio"):
+        sound_of_video = cfg_in.type == "audio" and getattr(cfg_in, "track", None) == "audio"
+        if cfg_in.type in ("image", "audio") and not sound_of_video:
             if isinstance(value, str):
                 value = _b64(value, index, field)
             elif not isinstance(value, (bytes, bytearray)):
                 raise RequestError(400, f"record {index}, field '{field}': expected a base64 string, "
                                         f"got {type(value).__name__}", index, field)
             check_media(cfg_in.type, bytes(value), index, field, budget)
+        elif cfg_in.type == "video" or sound_of_video:  # base64 file bytes, never a path on the server; frames are charged
+            if not isinstance(value, (str, bytes, bytearray)):  # to the budget as they are decoded
+                raise RequestError(400, f"record {index}, field '{field}': expected a base64 string of a video "
+                                        f"file, got {type(value).__name__}", index, field)
+            value = _b64(value, index, field) if isinstance(value, str) else bytes(value)
+            budget.charge(len(value), "video")
         elif cfg_in.type == "timeseries":
             value = _series(value, index, field)
         elif cfg_in.type == "number":

@@ -1,0 +1,261 @@
+"""Video inputs: decode (PyAV), sample frames by timestamp, resize/center-crop, masks; audio tracks.
+
+numpy + PyAV + Pillow only: the torch-free runtime imports this (PyAV, the `video` extra, is imported
+when a video is decoded). A decoded clip is uint8 [frames, size, size, 3] RGB, at most
+``max_frames`` frames taken at ``fps`` by each frame's presentation time (so variable frame rate
+video is sampled at the right moments); ``collate`` scales and normalises the frames the way image
+inputs are (:func:`polyfuse.preprocess.image.normalise`), pads a shorter clip with zero frames and
+marks the real ones in a per-frame ``mask``.
+
+:func:`decode_audio_track` reads the sound of a video for an audio input with ``track: audio``; the
+audio input's own preprocessing takes it from there.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from polyfuse.errors import BadInputError
+from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
+
+FILE_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ogv", ".gif")
+_FIT_FRAMES_PER_CLIP = 4  # frames per training clip that the normalisation statistics look at
+
+
+def _av() -> Any:
+    from polyfuse.extras import require
+
+    require("video", "a video input (or an audio input with `track: audio`)")
+    import av
+
+    return av
+
+
+def _label(value: Any, source: Any) -> str:
+    if isinstance(value, str) and not value.lstrip().startswith("data:"):
+        return f"video file '{value}'"
+    return "video data (bytes)" if isinstance(source, bytes) else f"video file '{source}'"
+
+
+def _open(av: Any, source: bytes | Path, label: str) -> Any:
+    try:
+        return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source), mode="r")
+    except (av.FFmpegError, OSError, ValueError, EOFError) as e:
+        raise BadInputError(f"{label} could not be opened as a video ({_reason(e)}); re-encode it (e.g. "
+                            "ffmpeg -i IN -c:v libx264 OUT.mp4) or leave the cell empty") from None
+
+
+def _reason(e: Exception) -> str:
+    return (getattr(e, "strerror", None) or str(e) or type(e).__name__).strip()
+
+
+def _square(img: Any, size: int) -> np.ndarray:
+    """A Pillow image -> uint8 [size, size, 3]: the shorter side resized to ``size``, then center-cropped."""
+    from PIL import Image
+
+    img = img.convert("RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def _targets(fps: float, max_frames: int, duration: float | None) -> Iterator[float] | np.ndarray:
+    """Sample times (seconds from the first frame): every 1/fps, or, when the known duration holds
+    more than ``max_frames`` of them, ``max_frames`` spread evenly over it."""
+    if duration is not None and duration * fps > max_frames:
+        grid = np.arange(0.0, duration, 1.0 / fps)
+        return grid[np.linspace(0, len(grid) - 1, max_frames).round().astype(int)]
+    return (k / fps for k in range(1 << 30))
+
+
+def sample_frames(frames: Iterator[tuple[float, Any]], cfg: Any, duration: float | None, label: str,
+                  budget: DecodeBudget) -> np.ndarray:
+    """Pick from (time, frame) pairs in presentation order the frame showing at each sample time (the
+    last one that started at or before it) -> uint8 [n, size, size, 3], n <= max_frames."""
+    targets = iter(_targets(cfg.fps, cfg.max_frames, duration))
+    want = next(targets, None)
+    picked: list[np.ndarray] = []
+    prev = prev_arr = None
+    t0 = None
+    last_t = 0.0
+
+    def take(frame: Any) -> np.ndarray:
+        arr = _square(frame.to_image() if hasattr(frame, "to_image") else frame, cfg.size)
+        budget.charge(arr.nbytes, label)
+        return arr
+
+    for t, frame in frames:
+        budget.check()
+        t0 = t if t0 is None else t0
+        t = t - t0
+        while want is not None and want < t - 1e-6:  # the previous frame was on screen at `want`
+            if prev_arr is None:
+                prev_arr = take(prev if prev is not None else frame)
+            picked.append(prev_arr)
+            want = next(targets, None)
+        if want is None:
+            break
+        prev, prev_arr, last_t = frame, None, t
+    if prev is not None and want is not None and want <= last_t + 1e-6:  # the last frame's own sample time(s)
+        arr = take(prev)
+        while want is not None and want <= last_t + 1e-6:
+            picked.append(arr)
+            want = next(targets, None)
+    if not picked:
+        return np.zeros((0, cfg.size, cfg.size, 3), np.uint8)
+    out = np.stack(picked)
+    if len(out) > cfg.max_frames:  # unknown duration: spread evenly afterwards
+        out = out[np.linspace(0, len(out) - 1, cfg.max_frames).round().astype(int)]
+    return out
+
+
+def _video_frames(av: Any, container: Any, stream: Any, label: str) -> Iterator[tuple[float, Any]]:
+    rate = float(stream.average_rate or stream.guessed_rate or 25)
+    try:
+        for i, frame in enumerate(container.decode(stream)):
+            t = frame.time
+            yield (float(t) if t is not None else i / rate), frame
+    except (av.FFmpegError, OSError, ValueError, EOFError) as e:
+        raise BadInputError(f"{label} is damaged or truncated ({_reason(e)}); re-encode it or leave the cell empty") \
+            from None
+
+
+def _duration(container: Any, stream: Any) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return None
+
+
+def _from_array(value: np.ndarray, cfg: Any, budget: DecodeBudget) -> np.ndarray:
+    """Frames given as an array [frames, height, width, 3] (uint8, or floats in [0, 1]), taken to be at ``fps``."""
+    from PIL import Image
+
+    arr = np.asarray(value)
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise BadInputError(f"video array has shape {list(arr.shape)}; expected [frames, height, width, 3]")
+    if arr.dtype != np.uint8:
+        arr = (np.clip(np.nan_to_num(arr.astype(np.float32)), 0, 1) * 255).round().astype(np.uint8)
+    frames = ((i / cfg.fps, Image.fromarray(f.squeeze(-1) if f.shape[-1] == 1 else f)) for i, f in enumerate(arr))
+    return sample_frames(frames, cfg, len(arr) / cfg.fps, "video array", budget)
+
+
+def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED) -> np.ndarray:
+    """One cell (a path relative to the table's folder, file bytes, or a frame array) -> uint8
+    [frames, size, size, 3]. Raises BadInputError naming the file and what is wrong: undecodable,
+    truncated, no video stream, no frames."""
+    from polyfuse.io import resolve_media  # local: keeps this module's import light for the runtime
+
+    source = resolve_media(value, folder)
+    if isinstance(source, np.ndarray):
+        out = _from_array(source, cfg, budget)
+    else:
+        av = _av()
+        label = _label(value, source)
+        container = _open(av, source, label)
+        with container:
+            if not container.streams.video:
+                raise BadInputError(f"{label} has no video stream (streams: "
+                                    f"{[s.type for s in container.streams] or 'none'}); expected a video file")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            out = sample_frames(_video_frames(av, container, stream, label), cfg, _duration(container, stream),
+                                label, budget)
+        if len(out) == 0:
+            raise BadInputError(f"{label} has no decodable frames (empty or truncated); re-encode it or leave the "
+                                "cell empty")
+    return out
+
+
+def decode_audio_track(source: bytes | Path, sample_rate: int, label: str, budget: DecodeBudget = UNLIMITED
+                       ) -> np.ndarray:
+    """The sound of a video file, mono float32 at ``sample_rate`` (resampled by FFmpeg). Raises
+    BadInputError when the file has no audio stream or cannot be decoded."""
+    av = _av()
+    container = _open(av, source, label)
+    chunks: list[np.ndarray] = []
+    with container:
+        if not container.streams.audio:
+            raise BadInputError(f"{label} has no audio track (streams: {[s.type for s in container.streams]}); "
+                                "an audio input with `track: audio` needs a video with sound, or leave the cell "
+                                "empty")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=int(sample_rate))
+        total = 0
+        try:
+            for frame in container.decode(stream):
+                budget.check()
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray().reshape(-1).astype(np.float32)
+                    total += chunk.nbytes
+                    budget.charge(chunk.nbytes, label)
+                    chunks.append(chunk)
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1).astype(np.float32))
+        except (av.FFmpegError, OSError, ValueError, EOFError) as e:
+            raise BadInputError(f"{label}'s audio track is damaged or truncated ({_reason(e)}); re-encode it or "
+                                "leave the cell empty") from None
+    if not chunks:
+        raise BadInputError(f"{label}'s audio track holds no samples; re-encode it or leave the cell empty")
+    return np.concatenate(chunks)
+
+
+def sound_of(source: Any, cfg: Any, where: str, sample_rate: int, budget: DecodeBudget = UNLIMITED) -> Any:
+    """For an audio input with ``track: audio``: a video file's sound as a mono waveform at
+    ``sample_rate`` (arrays pass through, taken to be that sound already); otherwise ``source`` as is."""
+    if getattr(cfg, "track", None) != "audio" or isinstance(source, np.ndarray):
+        return source
+    label = f"video file '{where}'" if where and not where.startswith("data:") else "video data (bytes)"
+    return decode_audio_track(source, sample_rate, label, budget)
+
+
+# ----------------------------------------------------------------------------- fitted state, batches
+def _as_images(clip: np.ndarray) -> np.ndarray:
+    """uint8 [frames, H, W, 3] -> float32 [frames, 3, H, W] in [0, 1]."""
+    return clip.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+
+def fit(values: list[np.ndarray | None], cfg: Any) -> dict:
+    """Per-channel mean/std over (a few evenly spread frames of each) training clip, as image inputs do."""
+    from types import SimpleNamespace
+
+    from polyfuse.preprocess import image
+
+    def frames() -> Iterator[np.ndarray]:
+        for v in values:
+            if v is not None and len(v):
+                idx = np.unique(np.linspace(0, len(v) - 1, min(len(v), _FIT_FRAMES_PER_CLIP)).round().astype(int))
+                yield from _as_images(v[idx])
+
+    return image.fit(frames(), SimpleNamespace(channels=3, mean=cfg.mean, std=cfg.std))
+
+
+def collate(values: list[np.ndarray | None], cfg: Any, state: dict, train: bool,
+            rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    """``name`` [B, max_frames, 3, size, size] normalised (padding 0), ``name__mask`` [B, max_frames]
+    (1 = a real frame), ``name__length`` and ``name__present``."""
+    from polyfuse.preprocess.image import normalise
+
+    T, S = cfg.max_frames, cfg.size
+    x = np.zeros((len(values), T, 3, S, S), dtype=np.float32)
+    mask = np.zeros((len(values), T), dtype=np.float32)
+    for i, v in enumerate(values):
+        if v is None or not len(v):
+            continue
+        n = min(len(v), T)
+        x[i, :n] = normalise(_as_images(v[:n]), state)
+        mask[i, :n] = 1.0
+    length = mask.sum(1).astype(np.int64)
+    return {"": x, "mask": mask, "length": length, "present": length > 0}
+
+
+def augments(cfg: Any) -> bool:
+    return False
