@@ -168,3 +168,44 @@ def test_lstm_trains_and_exports(tmp_path):
     export(tmp_path / "m", data=table)
     entry = json.loads((tmp_path / "m" / "exports.json").read_text())["model.onnx"]
     assert entry["verification"]["passed"]
+
+
+@pytest.mark.parametrize("video_encoder, rnn", [("cnn_pool", "gru"), ("cnn_gru", "lstm"), ("cnn3d", "gru")])
+def test_video_and_series_on_one_grid(video_encoder, rnn):
+    """Video encoders give per-frame sequences too; padded frames and missing inputs change nothing."""
+    from polyfuse.nn.model import FusionModel
+
+    s, _ = load_spec({"inputs": {"v": {"type": "video", "max_frames": 5, "size": 16, "encoder": video_encoder, "dim": 8},
+                                 "s": {"type": "timeseries", "channels": 2, "length": 12, "encoder": "transformer",
+                                       "dim": 8},
+                                 "c": {"type": "category", "dim": 4}},
+                      "fusion": {"method": "sequence", "rnn": rnn, "steps": 4, "dim": 16},
+                      "outputs": {"y": {"type": "category"}}})
+    net = FusionModel(s, {"v": {}, "s": {"mean": [0.0, 0.0]}, "c": {"vocab": ["<unk>", "a", "b"]},
+                          "y": {"classes": ["p", "q", "r"]}}).eval()
+    g = torch.Generator().manual_seed(0)
+    vmask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.float32)
+    smask = torch.tensor([[1] * 12, [1] * 7 + [0] * 5, [1] * 3 + [0] * 9], dtype=torch.float32)
+    batch = {"v": torch.randn(3, 5, 3, 16, 16, generator=g) * vmask[:, :, None, None, None],
+             "v__mask": vmask, "v__length": vmask.sum(1).long(), "v__present": torch.tensor([True, True, True]),
+             "s": torch.randn(3, 12, 2, generator=g) * smask[:, :, None], "s__mask": smask,
+             "s__length": smask.sum(1).long(), "s__present": torch.tensor([True, True, False]),
+             "c": torch.tensor([1, 2, 0]), "c__present": torch.tensor([True, True, True])}
+    with torch.no_grad():
+        ref = net(batch)["y"]
+        assert ref.shape == (3, 3) and torch.isfinite(ref).all()
+        noisy = dict(batch)
+        noisy["v"] = torch.where(vmask[:, :, None, None, None] == 0, torch.randn_like(batch["v"]), batch["v"])
+        noisy["s"] = torch.where(smask[:, :, None] == 0, torch.randn_like(batch["s"]), batch["s"])
+        noisy["s"][2] = torch.randn(12, 2)  # row 2's series is missing altogether
+        assert torch.allclose(net(noisy)["y"], ref, atol=1e-6)
+
+
+def test_private_training_is_refused_with_the_layer_named(tmp_path):
+    import polyfuse
+
+    table = make_table(tmp_path, n=20)
+    s = spec(table, epochs=1)
+    s["train"]["privacy"] = {"epsilon": 5.0}
+    with pytest.raises(SpecError, match=r"train.privacy: layer `fusion.cell` \(GRUCell\)"):
+        polyfuse.train(s, out=tmp_path / "x", show_progress=False)
