@@ -429,9 +429,11 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _sequence_inputs(self) -> "Spec":
-        if self.fusion.method == "sequence" and not any(c.type in ("timeseries", "video") for c in self.inputs.values()):
-            raise ValueError("fusion.method: sequence needs at least one time-aligned input (type timeseries or "
-                             f"video); inputs are {', '.join(f'{n} ({c.type})' for n, c in self.inputs.items())}")
+        aligned = [n for n, c in self.inputs.items()
+                   if c.type in ("timeseries", "video") or c.type == "audio" and isinstance(c.encoder, str)]
+        if self.fusion.method == "sequence" and not aligned:
+            raise ValueError("fusion.method: sequence needs at least one time-aligned input (type timeseries, video, "
+                             f"or audio with a built-in encoder); inputs are {', '.join(f'{n} ({c.type})' for n, c in self.inputs.items())}")
         return self
 
     @model_validator(mode="after")

@@ -170,18 +170,20 @@ def test_lstm_trains_and_exports(tmp_path):
     assert entry["verification"]["passed"]
 
 
-@pytest.mark.parametrize("video_encoder, rnn", [("cnn_pool", "gru"), ("cnn_gru", "lstm"), ("cnn3d", "gru")])
-def test_video_and_series_on_one_grid(video_encoder, rnn):
-    """Video encoders give per-frame sequences too; padded frames and missing inputs change nothing."""
+@pytest.mark.parametrize("video_encoder, audio_encoder, rnn", [("cnn_pool", "cnn", "gru"), ("cnn_gru", "cnn_lstm", "lstm"),
+                                                               ("cnn3d", "cnn", "gru")])
+def test_video_audio_and_series_on_one_grid(video_encoder, audio_encoder, rnn):
+    """Video and audio encoders give per-frame sequences too; padded frames and missing inputs change nothing."""
     from polyfuse.nn.model import FusionModel
 
     s, _ = load_spec({"inputs": {"v": {"type": "video", "max_frames": 5, "size": 16, "encoder": video_encoder, "dim": 8},
                                  "s": {"type": "timeseries", "channels": 2, "length": 12, "encoder": "transformer",
                                        "dim": 8},
+                                 "au": {"type": "audio", "encoder": audio_encoder, "dim": 8},
                                  "c": {"type": "category", "dim": 4}},
                       "fusion": {"method": "sequence", "rnn": rnn, "steps": 4, "dim": 16},
                       "outputs": {"y": {"type": "category"}}})
-    net = FusionModel(s, {"v": {}, "s": {"mean": [0.0, 0.0]}, "c": {"vocab": ["<unk>", "a", "b"]},
+    net = FusionModel(s, {"v": {}, "s": {"mean": [0.0, 0.0]}, "au": {"mean": [0.0] * 6}, "c": {"vocab": ["<unk>", "a", "b"]},
                           "y": {"classes": ["p", "q", "r"]}}).eval()
     g = torch.Generator().manual_seed(0)
     vmask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.float32)
@@ -190,6 +192,8 @@ def test_video_and_series_on_one_grid(video_encoder, rnn):
              "v__mask": vmask, "v__length": vmask.sum(1).long(), "v__present": torch.tensor([True, True, True]),
              "s": torch.randn(3, 12, 2, generator=g) * smask[:, :, None], "s__mask": smask,
              "s__length": smask.sum(1).long(), "s__present": torch.tensor([True, True, False]),
+             "au": torch.randn(3, 24, 6, generator=g), "au__length": torch.tensor([24, 16, 9]),
+             "au__present": torch.tensor([True, True, True]),
              "c": torch.tensor([1, 2, 0]), "c__present": torch.tensor([True, True, True])}
     with torch.no_grad():
         ref = net(batch)["y"]
@@ -198,7 +202,10 @@ def test_video_and_series_on_one_grid(video_encoder, rnn):
         noisy["v"] = torch.where(vmask[:, :, None, None, None] == 0, torch.randn_like(batch["v"]), batch["v"])
         noisy["s"] = torch.where(smask[:, :, None] == 0, torch.randn_like(batch["s"]), batch["s"])
         noisy["s"][2] = torch.randn(12, 2)  # row 2's series is missing altogether
+        audio_pad = torch.arange(24)[None, :, None] >= batch["au__length"][:, None, None]
+        noisy["au"] = torch.where(audio_pad, torch.randn_like(batch["au"]), batch["au"])
         assert torch.allclose(net(noisy)["y"], ref, atol=1e-6)
+        assert net.fusion.temporal[2] == 128  # the audio input is on the grid
 
 
 def test_private_training_is_refused_with_the_layer_named(tmp_path):

@@ -13,7 +13,7 @@ from polyfuse.spec import Spec
 
 
 MODALITY_WEIGHTS = "_modality_weights"
-TIME_ALIGNED = ("timeseries", "video")  # inputs whose encoders give per-step sequences (fusion.method sequence)  # extra output of gated fusion: per-record input weights
+TIME_ALIGNED = ("timeseries", "video", "audio")  # inputs whose encoders give per-step sequences (fusion.method sequence)  # extra output of gated fusion: per-record input weights
 
 
 class FusionModel(nn.Module):

@@ -1,7 +1,7 @@
 """Sequence fusion (MM-RNN): time-aligned inputs on one grid of ``steps`` steps, one RNN over it.
 
-Each time-aligned input (timeseries, video) gives its encoder's per-step features [B, T_i, D_i] and
-step mask [B, T_i]. :func:`to_grid` resamples them in time onto ``steps`` cells by masked average
+Each time-aligned input (timeseries, video, audio with a built-in encoder) gives its encoder's
+per-step features [B, T_i, D_i] and step mask [B, T_i]. :func:`to_grid` resamples them in time onto ``steps`` cells by masked average
 pooling over equal fractions of each row's valid span (first to last real step): cell k averages the
 real steps overlapping [k/steps, (k+1)/steps) of the span, weighted by overlap, so series of any
 length and sample rate line up. A cell with no real step is masked. The grid travels to the fusion
