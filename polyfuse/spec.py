@@ -433,7 +433,8 @@ class Spec(_Strict):
                    if c.type in ("timeseries", "video") or c.type == "audio" and isinstance(c.encoder, str)]
         if self.fusion.method == "sequence" and not aligned:
             raise ValueError("fusion.method: sequence needs at least one time-aligned input (type timeseries, video, "
-                             f"or audio with a built-in encoder); inputs are {', '.join(f'{n} ({c.type})' for n, c in self.inputs.items())}")
+                             "or audio with a built-in encoder); inputs are "
+                             + ", ".join(f"{n} ({c.type})" for n, c in self.inputs.items()))
         return self
 
     @model_validator(mode="after")

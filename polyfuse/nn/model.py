@@ -12,8 +12,8 @@ from polyfuse.nn.wide import WideText, wide_inputs, wide_outputs
 from polyfuse.spec import Spec
 
 
-MODALITY_WEIGHTS = "_modality_weights"
-TIME_ALIGNED = ("timeseries", "video", "audio")  # inputs whose encoders give per-step sequences (fusion.method sequence)  # extra output of gated fusion: per-record input weights
+MODALITY_WEIGHTS = "_modality_weights"  # extra output of gated fusion: per-record input weights
+TIME_ALIGNED = ("timeseries", "video", "audio")  # inputs whose encoders can give per-step sequences (fusion sequence)
 
 
 class FusionModel(nn.Module):

@@ -1,18 +1,19 @@
 """Sequence fusion (MM-RNN): time-aligned inputs on one grid of ``steps`` steps, one RNN over it.
 
 Each time-aligned input (timeseries, video, audio with a built-in encoder) gives its encoder's
-per-step features [B, T_i, D_i] and step mask [B, T_i]. :func:`to_grid` resamples them in time onto ``steps`` cells by masked average
-pooling over equal fractions of each row's valid span (first to last real step): cell k averages the
-real steps overlapping [k/steps, (k+1)/steps) of the span, weighted by overlap, so series of any
-length and sample rate line up. A cell with no real step is masked. The grid travels to the fusion
-module flattened into one vector per input ([B, steps * (D_i + 1)], the mask last), so the model's
-encode / decide / alone plumbing stays one vector per input.
+per-step features [B, T_i, D_i] and step mask [B, T_i]. :func:`to_grid` resamples them in time onto
+``steps`` cells by masked average pooling over equal fractions of each row's valid span (first to
+last real step): cell k averages the real steps overlapping [k/steps, (k+1)/steps) of the span,
+weighted by overlap, so series of any length and sample rate line up. A cell with no real step is
+masked. The grid travels to the fusion module flattened into one vector per input ([B, steps *
+(D_i+1)], the mask last), so the model's encode / decide / alone plumbing stays one vector per
+input.
 
 The fusion projects each input's grid to a common width, concatenates per step, and runs a GRU or
-LSTM cell unrolled over the steps (static ``steps``: no data-dependent control flow, ONNX-exportable);
-a step where no input is present carries the state forward unchanged. A missing input (present
-false, also under modality dropout) is zeroed and masked. Non-temporal inputs' vectors (zeroed when
-missing) are concatenated to the final state before the output projection.
+LSTM cell unrolled over the steps (static ``steps``: no data-dependent control flow,
+ONNX-exportable); a step where no input is present carries the state forward unchanged. A missing
+input (present false, also under modality dropout) is zeroed and masked. Non-temporal inputs'
+vectors (zeroed when missing) are concatenated to the final state before the output projection.
 """
 from __future__ import annotations
 
