@@ -305,14 +305,19 @@ class FusionSpec(_Strict):
     present; mean/max: order-free pooling over present inputs; gated: learned per-record input
     weights (shown in predictions), good when one input is often noisy; attention: a small
     transformer over input tokens, for many inputs with interactions; lowrank: low-rank tensor
-    fusion, multiplicative interactions between inputs at linear cost."""
+    fusion, multiplicative interactions between inputs at linear cost; sequence: time-aligned inputs
+    (timeseries, video) resampled onto one grid of ``steps`` steps and fused step by step by a GRU or
+    LSTM (MM-RNN), the other inputs joined to its final state."""
 
-    method: Literal["concat", "mean", "max", "gated", "attention", "lowrank"] = "concat"
+    method: Literal["concat", "mean", "max", "gated", "attention", "lowrank", "sequence"] = "concat"
     dim: int = Field(128, gt=0, description="width of the fused representation")
     modality_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="chance of dropping each input per sample in training")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     alone_loss: float = Field(0.0, ge=0.0, description="weight of an extra training loss that scores each input on "
                               "its own (every other input absent), so each answers well when the others fail")
+    rnn: Literal["gru", "lstm"] = Field("gru", description="sequence: the recurrent cell run over the steps")
+    steps: int = Field(16, ge=1, le=512, description="sequence: steps of the common time grid the time-aligned "
+                       "inputs are resampled onto")
 
 
 class HeadSpec(_Strict):
@@ -420,6 +425,16 @@ class Spec(_Strict):
         clash = set(self.inputs) & set(self.outputs)
         if clash:
             raise ValueError(f"{sorted(clash)} is both an input and an output")
+        return self
+
+    @model_validator(mode="after")
+    def _sequence_inputs(self) -> "Spec":
+        aligned = [n for n, c in self.inputs.items()
+                   if c.type in ("timeseries", "video") or c.type == "audio" and isinstance(c.encoder, str)]
+        if self.fusion.method == "sequence" and not aligned:
+            raise ValueError("fusion.method: sequence needs at least one time-aligned input (type timeseries, video, "
+                             "or audio with a built-in encoder); inputs are "
+                             + ", ".join(f"{n} ({c.type})" for n, c in self.inputs.items()))
         return self
 
     @model_validator(mode="after")

@@ -103,6 +103,20 @@ class AudioCNN(nn.Module):
                                    nn.MaxPool1d(2), _conv1d(128, 128, 3, private))
         self.lstm = nn.LSTM(128, 64, batch_first=True, bidirectional=True) if lstm else None
         self.proj = nn.Sequential(nn.Linear(256, dim), nn.ReLU(inplace=True))
+        self.seq_dim = 128
+
+    def sequence(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """Per-frame features [B, T/4, 128] (after the LSTM when there is one) and their mask [B, T/4]:
+        what sequence fusion reads. Frames past ``length`` are zeroed first, so padding never leaks in."""
+        if length is not None:
+            x = x * (torch.arange(x.shape[1], device=x.device)[None, :] < length[:, None]).unsqueeze(-1).to(x.dtype)
+        h = self.convs(x.transpose(1, 2)).transpose(1, 2)
+        if self.lstm is not None:
+            h, _ = self.lstm(h)
+        steps = torch.arange(h.shape[1], device=h.device)[None, :]
+        if length is None:
+            return h, torch.ones(h.shape[:2], dtype=h.dtype, device=h.device)
+        return h, (steps < torch.div(length, 4, rounding_mode="floor").clamp(min=1)[:, None]).to(h.dtype)
 
     def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
         h = self.convs(x.transpose(1, 2)).transpose(1, 2)  # [B, T/4, 128]

@@ -13,6 +13,7 @@ from polyfuse.spec import Spec
 
 
 MODALITY_WEIGHTS = "_modality_weights"  # extra output of gated fusion: per-record input weights
+TIME_ALIGNED = ("timeseries", "video", "audio")  # inputs whose encoders can give per-step sequences (fusion sequence)
 
 
 class FusionModel(nn.Module):
@@ -34,7 +35,17 @@ class FusionModel(nn.Module):
         self.drop_p = [c.modality_dropout if c.modality_dropout is not None else spec.fusion.modality_dropout
                        for c in spec.inputs.values()]
         dims = [c.dim for c in spec.inputs.values()]
-        self.fusion = build_fusion(spec.fusion.method, dims, spec.fusion.dim, spec.fusion.dropout)
+        self.steps = None  # sequence fusion: time-aligned inputs reach it as grids of this many steps
+        if spec.fusion.method == "sequence":
+            from polyfuse.nn.sequence_fusion import SequenceFusion
+
+            temporal = [getattr(self.encoders[n], "seq_dim", None) if c.type in TIME_ALIGNED else None
+                        for n, c in spec.inputs.items()]
+            self.steps = spec.fusion.steps
+            self.fusion = SequenceFusion(dims, temporal, spec.fusion.dim, spec.fusion.dropout,
+                                         spec.fusion.rnn, spec.fusion.steps)
+        else:
+            self.fusion = build_fusion(spec.fusion.method, dims, spec.fusion.dim, spec.fusion.dropout)
         self.heads = nn.ModuleDict({n: build_head(c, state[n], spec.fusion.dim) for n, c in spec.outputs.items()})
         self.wide = build_wide(spec, state)
         self.wide_slices = {}
@@ -64,6 +75,11 @@ class FusionModel(nn.Module):
         if cached is not None:
             return self.encoders[name].head(cached, batch.get(f"{name}__length"))
         mask = batch.get(f"{name}__mask")  # per-step validity (time series with gaps)
+        if self.steps is not None and self.fusion.temporal[self.names.index(name)] is not None:
+            from polyfuse.nn.sequence_fusion import pack
+
+            seq, step_mask = self.encoders[name].sequence(batch[name], batch.get(f"{name}__length"), mask)
+            return pack(seq, step_mask, self.steps)  # the input's grid, flattened (polyfuse.nn.sequence_fusion)
         if mask is not None:
             return self.encoders[name](batch[name], batch.get(f"{name}__length"), mask)
         return self.encoders[name](batch[name], batch.get(f"{name}__length"))

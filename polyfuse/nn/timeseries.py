@@ -40,10 +40,15 @@ class SeriesCNN(nn.Module):
             cin = width
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Sequential(nn.Linear(2 * width, dim), nn.ReLU(inplace=True))
+        self.seq_dim = width
+
+    def sequence(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """Per-step features [B, T, width] and the step mask [B, T] (what sequence fusion reads)."""
+        mask = _full_mask(x, length) if mask is None else mask
+        return self.convs((x * mask.unsqueeze(-1)).transpose(1, 2)).transpose(1, 2), mask
 
     def forward(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
-        mask = _full_mask(x, length) if mask is None else mask
-        h = self.convs((x * mask.unsqueeze(-1)).transpose(1, 2)).transpose(1, 2)
+        h, mask = self.sequence(x, length, mask)
         return self.proj(masked_mean_max(h, mask))
 
 
@@ -55,10 +60,16 @@ class SeriesRNN(nn.Module):
         self.inp = nn.Linear(channels + 1, hidden)  # + the mask, so the RNN sees where the gaps are
         self.rnn = (nn.GRU if cell == "gru" else nn.LSTM)(hidden, hidden, batch_first=True, bidirectional=True)
         self.proj = nn.Sequential(nn.Linear(4 * hidden, dim), nn.ReLU(inplace=True))
+        self.seq_dim = 2 * hidden
 
-    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+    def sequence(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """Per-step outputs [B, T, 2 * hidden] and the step mask [B, T]."""
         mask = _full_mask(x, length) if mask is None else mask
         h, _ = self.rnn(torch.relu(self.inp(torch.cat([x, mask.unsqueeze(-1).to(x.dtype)], dim=-1))))
+        return h, mask
+
+    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        h, mask = self.sequence(x, length, mask)
         return self.proj(masked_mean_max(h, mask))
 
 
@@ -89,14 +100,20 @@ class SeriesTransformer(nn.Module):
         self.blocks = nn.ModuleList(_Block(width, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.proj = nn.Sequential(nn.Linear(2 * width, dim), nn.ReLU(inplace=True))
+        self.seq_dim = width
 
-    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+    def sequence(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """Per-step tokens [B, T, width] after the blocks and the step mask [B, T]."""
         mask = _full_mask(x, length) if mask is None else mask
         h = self.inp(x) + self.pos[:, : x.shape[1]]
         bias = ((1.0 - mask.to(h.dtype)) * -1e4)[:, None, None, :]  # [B, 1, 1, T]
         for block in self.blocks:
             h = block(h, bias)
-        return self.proj(masked_mean_max(self.norm(h), mask))
+        return self.norm(h), mask
+
+    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        h, mask = self.sequence(x, length, mask)
+        return self.proj(masked_mean_max(h, mask))
 
 
 def build(cfg: Any, state: dict, private: bool = False) -> nn.Module:

@@ -40,10 +40,15 @@ class VideoPool(nn.Module):
         super().__init__()
         self.frames = FrameCNN(size, width, private)
         self.proj = nn.Sequential(nn.Linear(2 * width, dim), nn.ReLU(inplace=True))
+        self.seq_dim = width
+
+    def sequence(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """Per-frame features [B, T, width] and the frame mask [B, T] (what sequence fusion reads)."""
+        return self.frames(x), _mask(x, length, mask)
 
     def forward(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
-        m = _mask(x, length, mask)
-        return self.proj(masked_mean_max(self.frames(x), m))
+        f, m = self.sequence(x, length, mask)
+        return self.proj(masked_mean_max(f, m))
 
 
 class VideoGRU(nn.Module):
@@ -56,10 +61,14 @@ class VideoGRU(nn.Module):
         self.frames = FrameCNN(size, width, private)
         self.cell = nn.GRUCell(width, hidden)
         self.proj = nn.Sequential(nn.Linear(hidden + 2 * width, dim), nn.ReLU(inplace=True))
+        self.seq_dim = width
+
+    def sequence(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """Per-frame CNN features [B, T, width] (before the GRU) and the frame mask [B, T]."""
+        return self.frames(x), _mask(x, length, mask)
 
     def forward(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
-        m = _mask(x, length, mask)
-        f = self.frames(x)
+        f, m = self.sequence(x, length, mask)
         h = f.new_zeros(f.shape[0], self.cell.hidden_size)
         for t in range(f.shape[1]):  # static T: unrolled in the graph
             keep = m[:, t:t + 1]
@@ -84,11 +93,16 @@ class Video3DCNN(nn.Module):
             cin = cout
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Sequential(nn.Linear(2 * cin, dim), nn.ReLU(inplace=True))
+        self.seq_dim = cin
 
-    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+    def sequence(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """Per-frame features [B, T, 64] (spatial means of the 3-D CNN) and the frame mask [B, T]."""
         m = _mask(x, length, mask)
         h = self.convs((x * m[:, :, None, None, None]).transpose(1, 2))  # [B, C, T, H, W]
-        h = h.mean(dim=(3, 4)).transpose(1, 2)  # [B, T, C]
+        return h.mean(dim=(3, 4)).transpose(1, 2), m
+
+    def forward(self, x: torch.Tensor, length: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        h, m = self.sequence(x, length, mask)
         return self.proj(masked_mean_max(h, m))
 
 
