@@ -108,8 +108,11 @@ def test_runtime_stream_equals_predict(exported, series):
 
 @pytest.fixture(scope="module")
 def server(exported, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("log")
     s = Server(exported, ["--api-key-env", "STREAM_KEY", "--stream-idle-timeout", "3", "--stream-max-pending", "1",
-                          "--stream-max-message-kb", "64"], tmp_path_factory.mktemp("log"), env={"STREAM_KEY": KEY})
+                          "--stream-max-message-kb", "64", "--audit-log", str(logs / "audit.jsonl")], logs,
+               env={"STREAM_KEY": KEY})
+    s.audit = logs / "audit.jsonl"
     yield s
     s.stop()
 
@@ -163,6 +166,12 @@ def test_ws_predictions_every_hop_and_errors(server, exported, series):
             break
         time.sleep(0.1)
     assert open_streams(server) == 0
+    for _ in range(50):  # each stream prediction is in the audit log, with the key's id
+        lines = server.audit.read_text().splitlines() if server.audit.exists() else []
+        if len(lines) >= 5:
+            break
+        time.sleep(0.1)
+    assert sum('"stream-' in line and '"default"' in line for line in lines) >= 5
 
 
 def test_ws_backpressure_drops_to_latest_window(server, series):

@@ -20,6 +20,7 @@ query parameter; without it the handshake is refused (close 1008, HTTP 403).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -34,6 +35,7 @@ from polyfuse.serve.requests import RequestError
 from polyfuse.streams import StreamWindows
 
 PATHS = ("/v2/stream", "/stream")
+_IDS = itertools.count(1)
 
 
 class _Closed(Exception):
@@ -41,8 +43,9 @@ class _Closed(Exception):
 
 
 class Session:
-    def __init__(self, ws: WebSocket, state: Any):
-        self.ws, self.state, self.cfg = ws, state, state.cfg
+    def __init__(self, ws: WebSocket, state: Any, key_id: str | None = None):
+        self.ws, self.state, self.cfg, self.key_id = ws, state, state.cfg, key_id
+        self.id = f"stream-{next(_IDS):06x}"
         self.lock = asyncio.Lock()
         self.windows: StreamWindows | None = None
         self.due = asyncio.Event()
@@ -113,9 +116,10 @@ class Session:
             if not due:
                 continue
             records = [r for _, r in due]
-            try:
+            who = {"request_id": f"{self.id}-{due[-1][0]}", "key_id": self.key_id, "started": time.perf_counter()}
+            try:  # the audit log (--audit-log) records stream predictions like requests
                 probs, labels, _ = await self.state.predict(lambda budget: (records, None), 0,
-                                                            time.monotonic() + self.cfg.timeout_s)
+                                                            time.monotonic() + self.cfg.timeout_s, who)
             except RequestError as e:
                 await self.send({"error": e.message})
                 continue
@@ -151,16 +155,18 @@ def add_stream_route(app: FastAPI, state: Any) -> None:
     app.state.open_streams = 0
 
     async def stream(ws: WebSocket) -> None:
+        key_id = None
         if access.required:
             headers = {k.lower(): v for k, v in ws.headers.items()}
-            if access.identify(api_key(headers) or ws.query_params.get("key", "")) is None:
+            key_id = access.identify(api_key(headers) or ws.query_params.get("key", ""))
+            if key_id is None:
                 await ws.close(code=1008, reason="missing or wrong API key")
                 return
         await ws.accept()
         app.state.open_streams += 1
         gauge.inc()
         try:
-            await Session(ws, state).run()
+            await Session(ws, state, key_id).run()
         except _Closed:
             pass
         finally:
