@@ -158,7 +158,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       drain_s=args.drain, threads=args.threads, key_env=args.key_env, verify_key=args.verify_key,
                       api_keys_file=args.api_keys, rate_limit=parse_rate(args.rate_limit) if args.rate_limit else None,
                       audit_log=args.audit_log, audit_max_mb=args.audit_max_mb, tls_cert=args.tls_cert,
-                      tls_key=args.tls_key)
+                      tls_key=args.tls_key, stream_idle_s=args.stream_idle_timeout,
+                      stream_max_message_bytes=args.stream_max_message_kb << 10, stream_max_pending=args.stream_max_pending)
     if args.ray:
         from polyfuse.scale import require_ray
 
@@ -321,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--header-timeout", type=float, default=10.0,
                    help="seconds to receive a request's headers before the connection is closed")
     p.add_argument("--drain", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM")
+    p.add_argument("--stream-idle-timeout", type=float, default=30.0,
+                   help="/v2/stream: seconds without a client message before the stream is closed (1001)")
+    p.add_argument("--stream-max-message-kb", type=int, default=1024, help="/v2/stream: bigger messages close it (1009)")
+    p.add_argument("--stream-max-pending", type=int, default=4,
+                   help="/v2/stream: windows awaiting the model per stream; beyond it the oldest are dropped")
     p.add_argument("--threads", type=int, default=1, help="model threads (requests already run concurrently)")
     p.add_argument("--ray", action="store_true", help="serve as a Ray Serve application (replicas, autoscaling)")
     scale = p.add_mutually_exclusive_group()

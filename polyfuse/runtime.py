@@ -117,6 +117,21 @@ class Runtime:
             results.append(row)
         return results
 
+    def stream(self, samples_iter: Any, hop: int, context: dict | None = None, clock: str | None = None) -> Any:
+        """Predictions as samples arrive: ``samples_iter`` yields ``{input: samples}``; every ``hop`` clock
+        samples (once each stream input's window is full) yields ``{"window_end": n, **prediction}``.
+        The windows live in polyfuse.streams.StreamWindows; each goes through ``predict``."""
+        from polyfuse.streams import StreamWindows
+
+        windows = StreamWindows(self.spec, hop, context or {}, clock)
+        for chunk in samples_iter:
+            for name, samples in chunk.items():
+                windows.push(name, samples)
+            due = list(windows.ready_with_ends())
+            if due:
+                for (end, _), row in zip(due, self.predict([r for _, r in due])):
+                    yield {"window_end": end, **row}
+
     def _records(self, records: Any) -> Any:
         if isinstance(records, dict):
             records = [records]

@@ -60,7 +60,8 @@ def input_digest(salt: bytes, field: str, value: Any) -> str | None:
     that equal values in two fields do not give equal digests."""
     if value is None:
         return None
-    data = bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else repr(value).encode()
+    data = (bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else value.tobytes()
+            if hasattr(value, "tobytes") else repr(value).encode())  # arrays whole (repr elides big ones)
     h = hashlib.blake2b(key=salt, digest_size=16, person=b"polyfuse-audit")
     h.update(field.encode() + b"\0")
     h.update(data)

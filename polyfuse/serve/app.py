@@ -25,6 +25,7 @@ from polyfuse.serve.guard import Guard, within
 from polyfuse.serve.observability import flush_access_log
 from polyfuse.serve.requests import RequestError, json_records, parse_json
 from polyfuse.serve.state import Backend, ServerState, load_backend
+from polyfuse.serve.stream import add_stream_route
 from polyfuse.serve.v2 import add_v2_routes, v2_error
 from polyfuse.threads import single_threaded_blas
 
@@ -117,6 +118,7 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None,
         return {"name": backend.name, "inputs": inputs, "outputs": outputs}
 
     add_v2_routes(app, state, guarded)
+    add_stream_route(app, state)  # /v2/stream (serve/stream.py)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:

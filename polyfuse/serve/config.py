@@ -36,6 +36,9 @@ class ServeConfig:
     audit_max_mb: float = 100.0  # the audit file is rotated past this size
     tls_cert: str | None = None  # PEM certificate (chain) and its private key: HTTPS when both are given
     tls_key: str | None = None
+    stream_idle_s: float = 30.0  # /v2/stream: close (1001) after this long without a client message
+    stream_max_message_bytes: int = 1 << 20  # /v2/stream: a bigger message closes the stream (1009)
+    stream_max_pending: int = 4  # /v2/stream: windows awaiting the model; beyond it the oldest are dropped
 
     def budget(self, deadline: float | None = None) -> DecodeBudget:
         """A fresh decode budget for one request with these limits."""
