@@ -31,6 +31,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import interleaved_ms  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS: list[tuple[str, str, str, bool | None]] = []
@@ -137,15 +140,8 @@ def latency_figures(model_dir: Path, test_csv: str | None, column: str) -> None:
     torch.set_num_threads(1)
     texts = pd.read_csv(test_csv)[column].astype(str).tolist()[:200] if test_csv else ["a short sentence"] * 50
     batches = [model.preprocessor.transform([{"text": t}])[0] for t in texts[:50]]
-    runs = {"torch": model.run_arrays, "onnx": rts["onnx"].run_arrays, "int8": rts["int8"].run_arrays}
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(3):  # interleaved blocks: the machine is shared
-        for name, run in runs.items():
-            t = time.perf_counter()
-            for b in batches:
-                run(b)
-            times[name].append((time.perf_counter() - t) / len(batches))
-    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    med = interleaved_ms({"torch": model.run_arrays, "onnx": rts["onnx"].run_arrays, "int8": rts["int8"].run_arrays},
+                         batches)  # interleaved blocks: the machine is shared
     record("3a. batch-1 ms: torch eager / ONNX fp32", f"{med['torch']:.2f}/{med['onnx']:.2f}={med['torch'] / med['onnx']:.2f}x",
            ">= 1.5x", med["torch"] / med["onnx"] >= 1.5)
     drop = 100 * int8["verification"]["accuracy_drop"]

@@ -11,13 +11,15 @@ interleaved in blocks because the machine is shared. Target (issue 14): ONNX fp3
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import interleaved_ms  # noqa: E402
 
 STREAMS = {"accel": (64, 3), "gyro": (100, 6)}
 
@@ -72,15 +74,7 @@ def main() -> None:
         for size in (1, 32):
             batches = [model.preprocessor.transform([records[(i + j) % len(records)] for j in range(size)], root)[0]
                        for i in range(0, 32 * size, size)]
-            runs = {"torch": model.run_arrays, "onnx": rt.run_arrays}
-            times: dict[str, list[float]] = {k: [] for k in runs}
-            for _ in range(5):
-                for name, run in runs.items():
-                    t = time.perf_counter()
-                    for b in batches:
-                        run(b)
-                    times[name].append((time.perf_counter() - t) / len(batches))
-            med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+            med = interleaved_ms({"torch": model.run_arrays, "onnx": rt.run_arrays}, batches, rounds=5)
             results[size] = med["torch"] / med["onnx"]
             print(f"batch {size:2d}: torch eager {med['torch']:.2f} ms, ONNX fp32 {med['onnx']:.2f} ms: "
                   f"{results[size]:.2f}x")
