@@ -112,6 +112,9 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None,
             entry = {"name": backend.spec.column(n), "type": c.type}
             if c.type == "category":
                 entry["categories"] = backend.preprocessor.state[n]["vocab"][1:]
+            if c.type == "timeseries":  # what the page's live view needs to replay a sensor file
+                raw = -(-c.length * c.sample_rate // (c.resample_to or c.sample_rate))  # samples in one window
+                entry.update(channels=c.n_channels, sample_rate=c.sample_rate, window=int(raw))
             inputs.append(entry)
         outputs = [{"name": n, "type": c.type, **({"classes": state.classes[n]} if c.type != "number" else {})}
                    for n, c in backend.spec.outputs.items()]

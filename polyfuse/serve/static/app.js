@@ -232,6 +232,7 @@ async function init() {
   $("#title").textContent = schema.name;
   document.title = `${schema.name} · polyfuse`;
   buildForm();
+  buildLive(); // live.js: a live view where the model has timeseries inputs
 }
 
 init();
