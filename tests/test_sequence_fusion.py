@@ -10,6 +10,7 @@ import torch
 from polyfuse.errors import SpecError
 from polyfuse.nn.sequence_fusion import to_grid
 from polyfuse.spec import load_spec
+from tests.test_timeseries import _flatten
 
 
 def signal(kind: str, steps: int, rng) -> np.ndarray:
@@ -102,16 +103,6 @@ def test_training_learns(trained):
     metrics = json.loads((out / "metrics.json").read_text())
     acc = [v for k, v in _flatten(metrics).items() if k.endswith("accuracy") and "test" in k]
     assert acc and max(acc) >= 0.85, metrics
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float)):
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def test_masked_steps_change_nothing(trained):

@@ -13,6 +13,7 @@ import pytest
 from polyfuse.errors import BadInputError
 from polyfuse.preprocess import video as vid
 from polyfuse.spec import load_spec
+from tests.test_timeseries import _flatten
 
 av = pytest.importorskip("av")
 
@@ -189,16 +190,6 @@ def test_train_and_export_with_parity(table, tmp_path, encoder, epochs):
     export(out, data=table)
     entry = json.loads((out / "exports.json").read_text())["model.onnx"]
     assert entry["verification"]["passed"] and entry["verification"]["max_abs_diff"] <= 1e-4
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float)):
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def test_init_proposes_a_video_input(table):
