@@ -92,7 +92,7 @@ def spec(train: Path, inputs: list[str], epochs: int) -> dict:
     every = {"clip": {"type": "video", "fps": FPS, "max_frames": FRAMES, "size": 32, "encoder": "cnn_pool"},
              "voice": {"type": "audio", "column": "clip", "track": "audio", "sample_rate": 16000, "features": "mfcc",
                        "n_mfcc": 40, "max_seconds": 1.0, "encoder": "cnn"}}
-    return {"data": {"train": str(train), "split": {"valid": 0.1, "group_by": "speaker", "seed": 0}},
+    return {"data": {"train": str(train), "split": {"valid": 0.1, "seed": 0}},
             "inputs": {n: every[n] for n in inputs},
             "fusion": {"method": "concat", "modality_dropout": 0.2 if len(inputs) > 1 else 0.0},
             "outputs": {"label": {"type": "category"}},

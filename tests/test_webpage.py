@@ -25,7 +25,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 KEY = "web-test-key-7f3a"
 
 
-def _browser():
+def _browser(*extra_flags: str):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     try:
@@ -37,7 +37,7 @@ def _browser():
         pytest.skip("Debian's chromium / chromium-driver are not installed: run .ci/setup-browser.sh as root")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in FLAGS:
+    for flag in (*FLAGS, *extra_flags):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # Both paths given: Selenium Manager (which would go online for drivers) is never consulted.

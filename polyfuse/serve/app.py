@@ -14,8 +14,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from polyfuse.runtime import MODALITY_WEIGHTS
@@ -23,14 +22,12 @@ from polyfuse.serve.batching import Batcher
 from polyfuse.serve.config import ServeConfig
 from polyfuse.serve.guard import Guard, within
 from polyfuse.serve.observability import flush_access_log
+from polyfuse.serve.page import add_page_routes
 from polyfuse.serve.requests import RequestError, json_records, parse_json
 from polyfuse.serve.state import Backend, ServerState, load_backend
 from polyfuse.serve.stream import add_stream_route
 from polyfuse.serve.v2 import add_v2_routes, v2_error
 from polyfuse.threads import single_threaded_blas
-
-STATIC = Path(__file__).parent / "static"
-
 
 def _error(status: int, message: str, v2: bool, headers: dict | None = None) -> JSONResponse:
     body = {"error": message} if v2 else {"error": message, "record": None, "field": None}
@@ -105,21 +102,6 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None,
 
         return await guarded(request, handle)
 
-    @app.get("/schema", summary="The model's inputs and outputs (used by the web page)")
-    async def schema() -> dict:
-        inputs = []
-        for n, c in backend.spec.inputs.items():
-            entry = {"name": backend.spec.column(n), "type": c.type}
-            if c.type == "category":
-                entry["categories"] = backend.preprocessor.state[n]["vocab"][1:]
-            if c.type == "timeseries":  # what the page's live view needs to replay a sensor file
-                raw = -(-c.length * c.sample_rate // (c.resample_to or c.sample_rate))  # samples in one window
-                entry.update(channels=c.n_channels, sample_rate=c.sample_rate, window=int(raw))
-            inputs.append(entry)
-        outputs = [{"name": n, "type": c.type, **({"classes": state.classes[n]} if c.type != "number" else {})}
-                   for n, c in backend.spec.outputs.items()]
-        return {"name": backend.name, "inputs": inputs, "outputs": outputs}
-
     add_v2_routes(app, state, guarded)
     add_stream_route(app, state)  # /v2/stream (serve/stream.py)
 
@@ -129,15 +111,7 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None,
 
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/", include_in_schema=False)
-    async def page() -> Response:
-        index = STATIC / "index.html"
-        if not index.exists():
-            return JSONResponse({"error": "the web page is not installed"}, status_code=404)
-        return FileResponse(index)
-
-    if STATIC.is_dir():
-        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    add_page_routes(app, backend, state.classes)  # /, /static, /schema (serve/page.py)
     return Guard(app, state)  # type: ignore[return-value]
 
 
