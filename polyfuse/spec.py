@@ -99,6 +99,9 @@ class ImageAugment(_Strict):
     noise: float | None = Field(None, ge=0.0, description="Gaussian pixel noise, std drawn from [0, noise] per image")
     noise_p: float = Field(1.0, gt=0.0, le=1.0, description="share of training images that get the noise; the rest "
                                                            "stay clean, so the encoder still learns clean images well")
+    erase: float | None = Field(None, gt=0.0, le=1.0, description="random erasing (cutout): with this chance a "
+                                "rectangle of 2-50 % of the image (a video: of every frame, the same one) is blacked "
+                                "out, so the encoder does not hang on any one part of it (occlusion robustness)")
 
 
 class ImageInput(_Strict):
@@ -282,6 +285,8 @@ class VideoInput(_Strict):
     size: int = Field(64, ge=8, le=512, description="side of the square frames (resize + center crop)")
     mean: float | list[float] | None = Field(None, description="normalisation mean; default: fitted on train")
     std: float | list[float] | None = None
+    augment: ImageAugment = Field(ImageAugment(), description="training-time augmentation, drawn once per clip "
+                                  "and applied alike to all its frames")
     encoder: Literal["cnn_pool", "cnn_gru", "cnn3d"] = Field(
         "cnn_pool", description="cnn_pool: a small per-frame CNN, masked mean/max over frames; cnn_gru: the same "
         "CNN, then a GRU over frames; cnn3d: a small 3-D CNN over (time, height, width)")

@@ -87,6 +87,23 @@ def test_decode_shapes_sampling_and_mask(tmp_path):
     assert vid.decode("wide.mp4", cfg(), tmp_path).shape == (4, 16, 16, 3)
 
 
+def test_augment_is_drawn_once_per_clip_and_only_in_training():
+    from polyfuse.spec import ImageAugment
+
+    clip = np.full((5, 16, 16, 3), 200, np.uint8)
+    c = cfg(max_frames=5, augment=ImageAugment(erase=1.0, flip=True))
+    state = vid.fit([clip], cfg())
+    rng = np.random.default_rng(0)
+    batch = vid.collate([clip] * 8, c, state, True, rng)[""]
+    dark = batch.min() == batch  # erased pixels: 0 before normalisation, the batch minimum after it
+    for clip_x, erased in zip(batch, dark):
+        assert erased.any() and not erased.all()  # a rectangle, not the whole frame
+        assert all(np.array_equal(erased[0], e) for e in erased[1:])  # the same occluder on every frame
+    assert not all(np.array_equal(dark[0], d) for d in dark[1:])  # clips differ from each other
+    clean = vid.collate([clip] * 2, c, state, False, rng)[""]
+    assert np.ptp(clean) == 0  # evaluation: untouched
+
+
 def test_variable_frame_rate_is_sampled_by_timestamp(tmp_path):
     # frames at 0, .1, .2 (greys 40/80/120), then nothing until 1.0 (200) and 1.1 (240)
     times, greys = [0.0, 0.1, 0.2, 1.0, 1.1], [40, 80, 120, 200, 240]

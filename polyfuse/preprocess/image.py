@@ -213,6 +213,20 @@ def augment(img: np.ndarray, aug: Any, rng: np.random.Generator) -> np.ndarray:
     if aug.noise and (aug.noise_p >= 1.0 or rng.random() < aug.noise_p):
         sigma = float(rng.uniform(0.0, aug.noise))
         img = np.clip(img + rng.normal(0.0, sigma, img.shape).astype(np.float32), 0.0, 1.0)
+    if aug.erase and rng.random() < aug.erase:
+        img = _erase(img, rng)
+    return img
+
+
+def _erase(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random erasing (Zhong et al., 2017): a rectangle of 2-50 % of the area, aspect 0.3-3.3, set to 0."""
+    h, w = img.shape[-2:]
+    area = rng.uniform(0.02, 0.5) * h * w
+    aspect = float(np.exp(rng.uniform(np.log(0.3), np.log(3.3))))
+    eh, ew = min(h, max(1, round((area * aspect) ** 0.5))), min(w, max(1, round((area / aspect) ** 0.5)))
+    top, left = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
+    img = img.copy()
+    img[..., top:top + eh, left:left + ew] = 0.0
     return img
 
 
@@ -241,4 +255,4 @@ def normalise(x: np.ndarray, state: dict) -> np.ndarray:
 def augments(cfg: Any) -> bool:
     """Whether training batches differ from epoch to epoch (so they cannot be cached)."""
     a = cfg.augment
-    return bool((a.random_crop is not None and a.random_crop < 1.0) or a.flip or a.noise)
+    return bool((a.random_crop is not None and a.random_crop < 1.0) or a.flip or a.noise or a.erase)

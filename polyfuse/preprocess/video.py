@@ -242,20 +242,27 @@ def collate(values: list[np.ndarray | None], cfg: Any, state: dict, train: bool,
             rng: np.random.Generator | None) -> dict[str, np.ndarray]:
     """``name`` [B, max_frames, 3, size, size] normalised (padding 0), ``name__mask`` [B, max_frames]
     (1 = a real frame), ``name__length`` and ``name__present``."""
-    from polyfuse.preprocess.image import normalise
+    from polyfuse.preprocess.image import augment, augments, normalise
 
     T, S = cfg.max_frames, cfg.size
+    jitter = train and rng is not None and augments(cfg)
     x = np.zeros((len(values), T, 3, S, S), dtype=np.float32)
     mask = np.zeros((len(values), T), dtype=np.float32)
     for i, v in enumerate(values):
         if v is None or not len(v):
             continue
         n = min(len(v), T)
-        x[i, :n] = normalise(_as_images(v[:n]), state)
+        frames = _as_images(v[:n])
+        if jitter:  # one draw per clip: every frame gets the same crop, flip and occluder
+            seed = int(rng.integers(2**32))  # type: ignore[union-attr]
+            frames = np.stack([augment(f, cfg.augment, np.random.default_rng(seed)) for f in frames])
+        x[i, :n] = normalise(frames, state)
         mask[i, :n] = 1.0
     length = mask.sum(1).astype(np.int64)
     return {"": x, "mask": mask, "length": length, "present": length > 0}
 
 
 def augments(cfg: Any) -> bool:
-    return False
+    from polyfuse.preprocess import image
+
+    return image.augments(cfg)
