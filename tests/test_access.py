@@ -136,7 +136,7 @@ def test_audit_log_of_a_served_model_verifies_and_shows_tampering(secure, toy_cs
     from polyfuse.cli import main
 
     records = toy_records(toy_csv, 3)
-    ids = [f"audit-{i}" for i in range(6)]
+    ids = [f"audit-{i}" for i in range(12)]  # enough lines to rotate at 4 KB whatever ran before
     answers = {}
     with secure.client() as c:
         for i, rid in enumerate(ids):
@@ -277,3 +277,17 @@ def test_audit_write_failure_is_reported_not_lost(tmp_path):
         time.sleep(0.02)
     assert log.error and "a.log" in log.error
     log.close()
+
+
+def test_audit_input_digest_is_salted_and_tells_shapes_and_fields_apart():
+    import numpy as np
+
+    from polyfuse.privacy.audit import input_digest
+
+    salt, other = b"s" * 16, b"t" * 16
+    x = np.arange(6, dtype=np.float32)
+    d = input_digest(salt, "scan", x.reshape(2, 3))
+    assert d == input_digest(salt, "scan", x.reshape(2, 3).copy())  # the same value: the same digest
+    assert d != input_digest(salt, "scan", x.reshape(3, 2))  # same bytes, another shape
+    assert d != input_digest(salt, "photo", x.reshape(2, 3)) and d != input_digest(other, "scan", x.reshape(2, 3))
+    assert input_digest(salt, "scan", None) is None

@@ -56,14 +56,16 @@ def seal_line(entry: dict[str, Any]) -> bytes:
 
 
 def input_digest(salt: bytes, field: str, value: Any) -> str | None:
-    """A salted, keyed BLAKE2b digest (128 bits) of one input value; the field name is part of it so
-    that equal values in two fields do not give equal digests."""
+    """A salted, keyed BLAKE2b digest (128 bits) of one input value; the field name (and an array's
+    dtype and shape) are part of it, so equal bytes in two fields or two shapes give two digests."""
     if value is None:
         return None
     data = (bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else value.tobytes()
             if hasattr(value, "tobytes") else repr(value).encode())  # arrays whole (repr elides big ones)
     h = hashlib.blake2b(key=salt, digest_size=16, person=b"polyfuse-audit")
     h.update(field.encode() + b"\0")
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # the same bytes as [2, 3] and [3, 2] differ
+        h.update(f"{value.dtype.str}{tuple(value.shape)}".encode() + b"\0")
     h.update(data)
     return h.hexdigest()
 
