@@ -159,7 +159,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       api_keys_file=args.api_keys, rate_limit=parse_rate(args.rate_limit) if args.rate_limit else None,
                       audit_log=args.audit_log, audit_max_mb=args.audit_max_mb, tls_cert=args.tls_cert,
                       tls_key=args.tls_key, stream_idle_s=args.stream_idle_timeout,
-                      stream_max_message_bytes=args.stream_max_message_kb << 10, stream_max_pending=args.stream_max_pending)
+                      stream_max_message_bytes=args.stream_max_message_kb << 10, stream_max_pending=args.stream_max_pending,
+                      stream_max_open=args.stream_max_open)
     if args.ray:
         from polyfuse.scale import require_ray
 
@@ -325,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-idle-timeout", type=float, default=30.0,
                    help="/v2/stream: seconds without a client message before the stream is closed (1001)")
     p.add_argument("--stream-max-message-kb", type=int, default=1024, help="/v2/stream: bigger messages close it (1009)")
+    p.add_argument("--stream-max-open", type=int, default=256,
+                   help="/v2/stream: streams open at once; one more is closed with 1013 (try again later)")
     p.add_argument("--stream-max-pending", type=int, default=4,
                    help="/v2/stream: windows awaiting the model per stream; beyond it the oldest are dropped")
     p.add_argument("--threads", type=int, default=1, help="model threads (requests already run concurrently)")

@@ -110,6 +110,7 @@ def test_runtime_stream_equals_predict(exported, series):
 def server(exported, tmp_path_factory):
     logs = tmp_path_factory.mktemp("log")
     s = Server(exported, ["--api-key-env", "STREAM_KEY", "--stream-idle-timeout", "3", "--stream-max-pending", "1",
+                          "--stream-max-open", "2",
                           "--stream-max-message-kb", "64", "--audit-log", str(logs / "audit.jsonl")], logs,
                env={"STREAM_KEY": KEY})
     s.audit = logs / "audit.jsonl"
@@ -199,6 +200,14 @@ def test_ws_limits_and_keys(server):
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=20)
         assert closed.value.rcvd.code == 1009
+    with connect(server) as one, connect(server) as two:  # --stream-max-open 2: a third waits its turn
+        with connect(server) as three:
+            with pytest.raises(ConnectionClosed) as closed:
+                three.recv(timeout=20)
+            assert closed.value.rcvd.code == 1013 and "try again later" in closed.value.rcvd.reason
+        for ws in (one, two):
+            ws.send(json.dumps({"start": {"hop": "x"}}))
+            assert "hop" in recv(ws)["error"]  # the two open ones are served
     with pytest.raises(InvalidStatus):
         connect(server, key=None)
     with pytest.raises(InvalidStatus):

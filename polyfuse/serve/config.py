@@ -38,6 +38,7 @@ class ServeConfig:
     tls_key: str | None = None
     stream_idle_s: float = 30.0  # /v2/stream: close (1001) after this long without a client message
     stream_max_message_bytes: int = 1 << 20  # /v2/stream: a bigger message closes the stream (1009)
+    stream_max_open: int = 256  # /v2/stream: streams open at once; one more is closed with 1013 (try again later)
     stream_max_pending: int = 4  # /v2/stream: windows awaiting the model; beyond it the oldest are dropped
 
     def budget(self, deadline: float | None = None) -> DecodeBudget:

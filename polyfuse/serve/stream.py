@@ -14,6 +14,7 @@ Limits per connection (ServeConfig): a message over ``stream_max_message_bytes``
 ``stream_idle_s`` seconds without a client message closes with 1001; at most ``stream_max_pending``
 windows wait for the model: a client sending faster than predictions are made has the oldest waiting
 windows dropped (it gets the latest ones) and the next prediction says ``"dropped": n`` (in total).
+At most ``stream_max_open`` streams are open at once; one more is closed with 1013 (try again later).
 With API keys configured the key goes in ``x-api-key`` / ``Authorization: Bearer`` or a ``key``
 query parameter; without it the handshake is refused (close 1008, HTTP 403).
 """
@@ -163,6 +164,9 @@ def add_stream_route(app: FastAPI, state: Any) -> None:
                 await ws.close(code=1008, reason="missing or wrong API key")
                 return
         await ws.accept()
+        if app.state.open_streams >= cfg.stream_max_open:  # accepted first, so the client sees why
+            await ws.close(code=1013, reason=f"{cfg.stream_max_open} streams are open; try again later")
+            return
         app.state.open_streams += 1
         gauge.inc()
         try:
