@@ -4,12 +4,16 @@ Each row becomes a 2-second clip (Matroska: MPEG-4 video at 8 fps, 40x40, and th
 as its PCM sound track): the row's handwritten digit drifts across the frame, zooms in or out, over
 pixel noise. Three models are trained on the same clips — video alone, sound alone (an audio input
 reading the clip's track) and both fused — and tested on clean clips, on clips whose frames are half
-occluded, and on clips cut to their first frame (missing frames).
+occluded, and on clips cut to their first frame (missing frames). Validation is a random tenth of the
+training clips. The video input trains with random erasing (``augment: {erase: 0.5}``: half the clips
+get one black rectangle on all their frames), so the fused model learns not to trust a video it
+cannot see whole; ``--erase 0`` turns it off.
 
 Targets (issue 14): fused >= 0.98 on clean clips; with occluded or missing frames, fused >= sound alone
 - 1 point.
 
     PYTHONPATH=. python benchmarks/avvideo.py [--data ../shared/data/avdigits] [--epochs 12] [--rows 1800]
+                                              [--erase 0.5] [--fusion concat] [--only video,sound,fused]
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""BasicMotions (aeon): accelerometer and gyroscope time series, alone and fused.
+"""Issue 14's targets from one run: BasicMotions here, then the other time benchmarks in turn
+(``--all``), each in its own process, and one table of every target's verdict at the end.
+
+BasicMotions (aeon): accelerometer and gyroscope time series, alone and fused.
 
 40 train / 40 test recordings of 100 steps (10 Hz) x 3 channels per sensor, 4 activities
 (standing, walking, running, badminton). Each recording's sensors are written as NPY files in a
@@ -6,10 +9,14 @@ temp dir and read through the `timeseries` input. Prints test accuracy of each s
 of both fused (mean of ``--seeds`` seeds, with each seed's figure).
 
     python benchmarks/temporal.py [--encoder cnn1d] [--epochs 60] [--seeds 3]
+    python benchmarks/temporal.py --all     # + video.py, avvideo.py, streams.py, sequence.py (~25 min on 2 cores)
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +27,8 @@ import pandas as pd
 import polyfuse
 
 SENSORS = {"accel": slice(0, 3), "gyro": slice(3, 6)}
+HERE = Path(__file__).resolve().parent
+OTHERS = ("video.py", "avvideo.py", "streams.py", "sequence.py")  # decode speed, AV digits, streams, ONNX
 
 
 def write_tables(root: Path) -> tuple[Path, Path]:
@@ -51,23 +60,19 @@ def spec(train: Path, test: Path, inputs: list[str], encoder: str, epochs: int, 
                       "baseline": False}}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--encoder", default="cnn1d")
-    ap.add_argument("--epochs", type=int, default=60)
-    ap.add_argument("--seeds", type=int, default=3)
-    args = ap.parse_args()
+def basic_motions(encoder: str, epochs: int, seeds: int) -> list[str]:
+    """Each sensor alone and both fused; returns the verdict line."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         train, test = write_tables(root)
         frame = pd.read_csv(test)
-        print(f"BasicMotions: {len(pd.read_csv(train))} train / {len(frame)} test, encoder {args.encoder}, "
-              f"{args.epochs} epochs, seeds 0..{args.seeds - 1}")
+        print(f"BasicMotions: {len(pd.read_csv(train))} train / {len(frame)} test, encoder {encoder}, "
+              f"{epochs} epochs, seeds 0..{seeds - 1}")
         results = {}
         for label, inputs in (("accelerometer", ["accel"]), ("gyroscope", ["gyro"]), ("fused", ["accel", "gyro"])):
             accs, started = [], time.perf_counter()
-            for seed in range(args.seeds):
-                model = polyfuse.train(spec(train, test, inputs, args.encoder, args.epochs, seed),
+            for seed in range(seeds):
+                model = polyfuse.train(spec(train, test, inputs, encoder, epochs, seed),
                                        out=root / f"{label}{seed}", show_progress=False)
                 pred = model.predict(frame[inputs], folder=root)["label"].astype(str).to_numpy()
                 accs.append(float((pred == frame["label"].astype(str).to_numpy()).mean()))
@@ -75,8 +80,44 @@ def main() -> None:
             print(f"  {label:14s} test accuracy {results[label]:.3f}  (per seed {', '.join(f'{a:.3f}' for a in accs)}; "
                   f"{time.perf_counter() - started:.0f} s)")
         best = max(results["accelerometer"], results["gyroscope"])
-        print(f"fused - best single sensor: {results['fused'] - best:+.3f}; target fused >= 0.95 and >= best single: "
-              f"{'met' if results['fused'] >= 0.95 and results['fused'] >= best else 'NOT met'}")
+        ok = results["fused"] >= 0.95 and results["fused"] >= best
+        line = (f"target BasicMotions fused >= 0.95 and >= the better sensor ({best:.3f}): {results['fused']:.3f} "
+                f"{'PASS' if ok else 'FAIL'}")
+        print(line)
+        return [line]
+
+
+def run_other(script: str) -> list[str]:
+    """One benchmark in its own process (output passed through); returns its target lines."""
+    print(f"\n=== benchmarks/{script}", flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, str(HERE / script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    verdicts = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        print(line, end="", flush=True)
+        if "PASS" in line or "FAIL" in line:
+            verdicts.append(f"[{script}] {line.strip()}")
+    if proc.wait() != 0:
+        verdicts.append(f"[{script}] exited with {proc.returncode}: FAIL")
+    return verdicts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--encoder", default="cnn1d")
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--all", action="store_true", help="then run " + ", ".join(OTHERS) + " and sum up")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    verdicts = [f"[temporal.py] {v}" for v in basic_motions(args.encoder, args.epochs, args.seeds)]
+    if args.all:
+        for script in OTHERS:
+            verdicts += run_other(script)
+        print(f"\n=== every target of issue 14, from this run ({(time.perf_counter() - started) / 60:.0f} min):")
+        for v in verdicts:
+            print("  " + v)
 
 
 if __name__ == "__main__":
