@@ -287,9 +287,11 @@ class VideoInput(_Strict):
     std: float | list[float] | None = None
     augment: ImageAugment = Field(ImageAugment(), description="training-time augmentation, drawn once per clip "
                                   "and applied alike to all its frames")
-    encoder: Literal["cnn_pool", "cnn_gru", "cnn3d"] = Field(
+    encoder: Literal["cnn_pool", "cnn_gru", "cnn3d"] | HFEncoder = Field(
         "cnn_pool", description="cnn_pool: a small per-frame CNN, masked mean/max over frames; cnn_gru: the same "
-        "CNN, then a GRU over frames; cnn3d: a small 3-D CNN over (time, height, width)")
+        "CNN, then a GRU over frames; cnn3d: a small 3-D CNN over (time, height, width); or {hf: MODEL, ...}: a "
+        "pretrained image backbone on each frame (its image processor's size and normalisation replace size, "
+        "mean and std), masked mean over the real frames")
     dim: int = Field(128, gt=0)
     modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
 

@@ -15,7 +15,7 @@ import numpy as np
 from polyfuse.errors import BadInputError, SpecError
 from polyfuse.io import Table, read_table
 from polyfuse.preprocess.pipeline import BadRow, Decoded, decode_table
-from polyfuse.spec import Spec
+from polyfuse.spec import Spec, hf_encoder
 
 
 def log(msg: str) -> None:
@@ -70,8 +70,10 @@ def decoded_bytes_per_row(spec: Spec) -> int:
             total += int(4 * cfg.sample_rate * cfg.max_seconds)
         elif cfg.type == "timeseries":
             total += 4 * cfg.length * cfg.n_channels
-        elif cfg.type == "video":
-            total += cfg.max_frames * cfg.size * cfg.size * 3  # uint8 frames
+        elif cfg.type == "video":  # uint8 frames; a pretrained backbone's at its processor's size
+            proc = getattr(hf_encoder(cfg), "_processor", None) or {}
+            h, w = proc.get("output_size") or (cfg.size, cfg.size)
+            total += cfg.max_frames * h * w * 3
         else:
             total += 256
     return total

@@ -115,7 +115,7 @@ def store_for(encoder: Any, cfg: Any, root: Path) -> Store:
     # the preprocessing settings need no place here: a row's key hashes its model-ready arrays, so rows
     # that another max_length or size leaves unchanged are reused and the others get new keys
     meta = {"format": FORMAT, "model_digest": digest(encoder.backbone), "pooling": encoder.pooling,
-            "sequence": encoder.pooling == "attention"}
+            "sequence": encoder.caches_sequence}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:24]
     return Store(root / "embeddings" / key, meta)
 
@@ -164,6 +164,10 @@ def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], ro
                 "epoch (no cache)")
             continue
         encoder = net.encoders[name]
+        if not encoder.cacheable:
+            log(f"{name}: its learned pooling reads every position of every frame, which the cache does not hold, "
+                "so its backbone runs every epoch (no cache)")
+            continue
         encoder.eval()
         store = store_for(encoder, cfg, root)
         total, computed, started = sum(len(d) for d in parts), 0, time.perf_counter()

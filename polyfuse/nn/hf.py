@@ -25,10 +25,11 @@ POOLER_IS_CLS = {"clip_vision_model", "clip_text_model", "siglip_vision_model", 
                  "chinese_clip_vision_model", "chinese_clip_text_model", "dinov2", "convnext", "convnextv2",
                  "resnet", "audio-spectrogram-transformer"}
 # multi-tower models: the tower an input of each kind uses
-TOWERS = {"image": ("vision_model",), "text": ("text_model",), "audio": ("encoder", "audio_model")}
+TOWERS = {"image": ("vision_model",), "video": ("vision_model",), "text": ("text_model",),
+          "audio": ("encoder", "audio_model")}
 # attention projections LoRA adapts by default, in the order they are looked for
 LORA_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("q", "v"), ("q_lin", "v_lin"), ("qkv",))
-DEFAULT_POOLING = {"text": "mean", "image": "cls", "audio": "mean"}
+DEFAULT_POOLING = {"text": "mean", "image": "cls", "video": "cls", "audio": "mean"}  # video: within each frame
 NEEDS_HF = "a spec with `encoder: {hf: ...}`"  # how a missing [hf] extra is named (the runtime needs none)
 
 
@@ -72,10 +73,14 @@ def bind_folders(spec: Spec, base: Path) -> None:
     """Read each pretrained encoder's processor and config from its model folder (training start)."""
     from polyfuse.preprocess.hf import read_processor
 
-    for cfg in spec.inputs.values():
+    for name, cfg in spec.inputs.items():
         enc = hf_encoder(cfg)
         if enc is not None:
             folder = resolve_model(enc, base)
+            if cfg.type == "video":  # before reading anything else: the plainest error for a text/audio model
+                from polyfuse.preprocess.video_hf import require_image_model
+
+                require_image_model(name, enc.hf, folder)
             enc._processor, enc._config = read_processor(cfg.type, folder, cfg), read_config(folder)
 
 
@@ -182,13 +187,27 @@ class PretrainedEncoder(nn.Module):
             return (h * m).sum(1) / m.sum(1).clamp(min=1.0), None
         return h, mask.sum(1)
 
+    @property
+    def caches_sequence(self) -> bool:
+        """Whether a cached row is a sequence [T, H] (with its length) rather than a vector [H]."""
+        return self.pooling == "attention"
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether :meth:`features` of a frozen backbone can go to the on-disk cache."""
+        return True
+
+    def pool(self, h: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention pooling of a sequence [B, T, H] over its valid positions; pooled vectors pass through."""
+        if self.attend is None:
+            return h
+        valid = torch.arange(h.shape[1], device=h.device)[None, :] < length[:, None]
+        scores = self.attend(h).squeeze(-1).masked_fill(~valid, -1e4)
+        return (scores.softmax(-1).unsqueeze(-1) * h).sum(1)
+
     def head(self, h: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
         """The trainable part on top of :meth:`features` (which may come from the cache)."""
-        if self.attend is not None:
-            valid = torch.arange(h.shape[1], device=h.device)[None, :] < length[:, None]
-            scores = self.attend(h).squeeze(-1).masked_fill(~valid, -1e4)
-            h = (scores.softmax(-1).unsqueeze(-1) * h).sum(1)
-        return self.proj(h)
+        return self.proj(self.pool(h, length))
 
     def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(*self.features(x, length))
@@ -197,6 +216,10 @@ class PretrainedEncoder(nn.Module):
 def build_encoder(cfg: Any, state: dict) -> PretrainedEncoder:
     """The encoder of an ``encoder: {hf: ...}`` input, from the config stored in its state."""
     enc = hf_encoder(cfg)
+    if cfg.type == "video":
+        from polyfuse.nn.video_hf import PretrainedFrames
+
+        return PretrainedFrames(build_backbone(state["backbone"], "video"), enc, cfg.dim)
     return PretrainedEncoder(build_backbone(state["backbone"], cfg.type), cfg.type, enc, cfg.dim)
 
 

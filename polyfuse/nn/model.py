@@ -72,13 +72,17 @@ class FusionModel(nn.Module):
     def encode_input(self, name: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One input's vector; from a frozen backbone's cached output (``name__features``) when the batch has it."""
         cached = batch.get(f"{name}__features")
-        if cached is not None:
+        temporal = self.steps is not None and self.fusion.temporal[self.names.index(name)] is not None
+        if cached is not None and not temporal:
             return self.encoders[name].head(cached, batch.get(f"{name}__length"))
         mask = batch.get(f"{name}__mask")  # per-step validity (time series with gaps)
-        if self.steps is not None and self.fusion.temporal[self.names.index(name)] is not None:
+        if temporal:
             from polyfuse.nn.sequence_fusion import pack
 
-            seq, step_mask = self.encoders[name].sequence(batch[name], batch.get(f"{name}__length"), mask)
+            if cached is not None:  # a frozen video backbone's cached frame vectors
+                seq, step_mask = self.encoders[name].cached_sequence(cached, batch[f"{name}__length"])
+            else:
+                seq, step_mask = self.encoders[name].sequence(batch[name], batch.get(f"{name}__length"), mask)
             return pack(seq, step_mask, self.steps)  # the input's grid, flattened (polyfuse.nn.sequence_fusion)
         if mask is not None:
             return self.encoders[name](batch[name], batch.get(f"{name}__length"), mask)

@@ -65,7 +65,7 @@ def read_processor(kind: str, folder: Path, cfg: Any) -> dict:
     folder = Path(folder)
     if kind == "text":
         return _read_text(folder, cfg)
-    if kind == "image":
+    if kind in ("image", "video"):  # a video input runs an image backbone on each frame
         return _read_image(folder)
     if kind == "audio":
         conf = _load_json(folder, "preprocessor_config.json", kind)
@@ -74,7 +74,7 @@ def read_processor(kind: str, folder: Path, cfg: Any) -> dict:
             raise SpecError(f"the model folder '{folder}' has feature extractor {ftype!r}; supported audio "
                             f"extractors: {', '.join(hf_audio.SUPPORTED)}")
         return {"kind": kind, "type": ftype, **hf_audio.settings(ftype, conf)}
-    raise SpecError(f"pretrained encoders take text, image or audio inputs, not {kind!r}")
+    raise SpecError(f"pretrained encoders take text, image, audio or video inputs, not {kind!r}")
 
 
 def _read_text(folder: Path, cfg: Any) -> dict:
@@ -168,8 +168,9 @@ def processor(cfg: Any) -> dict:
 
 # ----------------------------------------------------------------------------- decode
 def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED) -> Any:
-    """One cell -> text string / uint8 [3, H, W] image / float32 wave, as the model's processor
-    wants it. Images smaller than the model's input are upscaled (as the reference processor does)."""
+    """One cell -> text string / uint8 [3, H, W] image / uint8 [frames, H, W, 3] video (each frame as an
+    image, :mod:`polyfuse.preprocess.video_hf`) / float32 wave, as the model's processor wants it.
+    Images smaller than the model's input are upscaled (as the reference processor does)."""
     if cfg.type == "text":
         return _decode_text(value, cfg)
     from polyfuse.io import resolve_media  # local: keeps the runtime's import light
@@ -178,6 +179,10 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
     source = resolve_media(value, folder)
     if cfg.type == "image":
         return _decode_image(source, processor(cfg), where, budget)
+    if cfg.type == "video":
+        from polyfuse.preprocess import video_hf
+
+        return video_hf.decode(source, value, cfg, processor(cfg), budget)
     sr = processor(cfg)["sampling_rate"]
     if getattr(cfg, "track", None) == "audio":  # the sound of a video file
         from polyfuse.preprocess.video import sound_of
@@ -214,6 +219,17 @@ def _to_rgb(img: Any, composite: bool) -> Any:
 def _decode_image(source: Any, p: dict, where: str, budget: DecodeBudget) -> np.ndarray:
     """uint8 [3, H, W]: the reference's Pillow resize and center crop (rescaling waits for collate)."""
     img = image_mod.load_image(source, lambda im: _to_rgb(im, p["do_convert_rgb"]), where, budget)
+    return processor_pixels(img, p, budget)
+
+
+def processor_pixels(img: Any, p: dict, budget: DecodeBudget = UNLIMITED) -> np.ndarray:
+    """A decoded RGB picture (Pillow image, or uint8 [H, W, 3]) -> uint8 [3, H, W] as the processor
+    ``p`` resizes and crops it: what an image input decodes to, and each frame of a video input."""
+    from PIL import Image
+
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8))
+    img = _to_rgb(img, p["do_convert_rgb"])
     if p["do_resize"]:
         budget.check()
         h, w = _resize_to(img.height, img.width, p)
@@ -262,16 +278,21 @@ def fit(values: list, cfg: Any) -> dict:
 
 def augments(cfg: Any) -> bool:
     """Whether training batches differ between epochs."""
-    return {"text": text_mod.augments, "image": image_mod.augments,
+    return {"text": text_mod.augments, "image": image_mod.augments, "video": image_mod.augments,
             "audio": audio_mod.augments}[cfg.type](cfg)
 
 
 # ----------------------------------------------------------------------------- collate
 def collate(values: list, cfg: Any, state: dict, train: bool, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-    """Model inputs: ``""`` (ids / pixels / audio features), ``"length"`` (text, audio), ``"present"``."""
+    """Model inputs: ``""`` (ids / pixels / audio features), ``"length"`` (text, audio, video), ``"mask"``
+    (video frames), ``"present"``."""
     bound = getattr(getattr(cfg, "encoder", None), "_processor", None)
     p = bound or state.get("processor") or processor(cfg)  # the fitted state is the same dict, saved
     augment = train and rng is not None
+    if cfg.type == "video":
+        from polyfuse.preprocess import video_hf
+
+        return video_hf.collate(values, cfg, p, rng if augment else None)
     return {"text": _collate_text, "image": _collate_image, "audio": _collate_audio}[cfg.type](
         values, cfg, p, rng if augment else None)
 
@@ -321,17 +342,26 @@ def _collate_image(values: list, cfg: Any, p: dict, rng: np.random.Generator | N
     h, w = p["output_size"]
     x = np.zeros((len(values), 3, h, w), dtype=np.float32)
     present = np.array([v is not None for v in values], dtype=bool)
+    for i in np.flatnonzero(present):
+        x[i] = model_pixels(values[i], p, cfg.augment, rng)
+    return {"": x, "present": present}
+
+
+def model_pixels(img: np.ndarray, p: dict, augment: Any = None, rng: np.random.Generator | None = None
+                 ) -> np.ndarray:
+    """uint8 [3, H, W] processor pixels -> float32 rescaled and normalised as the reference does; with
+    ``rng``, the spec's ``augment`` (flips, noise...) first, on [0, 1] pixels."""
     scale = p["rescale_factor"] if p["do_rescale"] else 1.0
+    if rng is not None:
+        out = image_mod.augment(img.astype(np.float32) / 255.0, augment, rng)
+        out = (out.astype(np.float64) * 255.0 * scale).astype(np.float32)
+    else:  # float64 then float32, as transformers' rescale
+        out = (img.astype(np.float64) * scale).astype(np.float32)
+    if not p["do_normalize"]:
+        return out
     mean = np.asarray(p["image_mean"], dtype=np.float32)[:, None, None]
     std = np.asarray(p["image_std"], dtype=np.float32)[:, None, None]
-    for i in np.flatnonzero(present):
-        if rng is not None:  # the spec's flips and noise work on [0, 1] pixels
-            img = image_mod.augment(values[i].astype(np.float32) / 255.0, cfg.augment, rng)
-            img = (img.astype(np.float64) * 255.0 * scale).astype(np.float32)
-        else:  # float64 then float32, as transformers' rescale
-            img = (values[i].astype(np.float64) * scale).astype(np.float32)
-        x[i] = (img - mean) / std if p["do_normalize"] else img
-    return {"": x, "present": present}
+    return (out - mean) / std
 
 
 def _collate_audio(values: list, cfg: Any, p: dict, rng: np.random.Generator | None) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -76,9 +76,11 @@ def _targets(fps: float, max_frames: int, duration: float | None) -> Iterator[fl
 
 
 def sample_frames(frames: Iterator[tuple[float, Any]], cfg: Any, duration: float | None, label: str,
-                  budget: DecodeBudget) -> np.ndarray:
+                  budget: DecodeBudget, to_array: Callable[[Any], np.ndarray] | None = None) -> np.ndarray:
     """Pick from (time, frame) pairs in presentation order the frame showing at each sample time (the
-    last one that started at or before it) -> uint8 [n, size, size, 3], n <= max_frames."""
+    last one that started at or before it) -> uint8 [n, size, size, 3], n <= max_frames. ``to_array``
+    turns a Pillow frame into the stored array (default: resize + center crop to ``size``)."""
+    to_array = to_array or (lambda img: _square(img, cfg.size))
     targets = iter(_targets(cfg.fps, cfg.max_frames, duration))
     want = next(targets, None)
     picked: list[np.ndarray] = []
@@ -87,7 +89,7 @@ def sample_frames(frames: Iterator[tuple[float, Any]], cfg: Any, duration: float
     last_t = 0.0
 
     def take(frame: Any) -> np.ndarray:
-        arr = _square(frame.to_image() if hasattr(frame, "to_image") else frame, cfg.size)
+        arr = to_array(frame.to_image() if hasattr(frame, "to_image") else frame)
         budget.charge(arr.nbytes, label)
         return arr
 
@@ -135,7 +137,8 @@ def _duration(container: Any, stream: Any) -> float | None:
     return None
 
 
-def _from_array(value: np.ndarray, cfg: Any, budget: DecodeBudget) -> np.ndarray:
+def _from_array(value: np.ndarray, cfg: Any, budget: DecodeBudget, to_array: Callable[[Any], np.ndarray] | None
+                ) -> np.ndarray:
     """Frames given as an array [frames, height, width, 3] (uint8, or floats in [0, 1]), taken to be at ``fps``."""
     from PIL import Image
 
@@ -145,7 +148,7 @@ def _from_array(value: np.ndarray, cfg: Any, budget: DecodeBudget) -> np.ndarray
     if arr.dtype != np.uint8:
         arr = (np.clip(np.nan_to_num(arr.astype(np.float32)), 0, 1) * 255).round().astype(np.uint8)
     frames = ((i / cfg.fps, Image.fromarray(f.squeeze(-1) if f.shape[-1] == 1 else f)) for i, f in enumerate(arr))
-    return sample_frames(frames, cfg, len(arr) / cfg.fps, "video array", budget)
+    return sample_frames(frames, cfg, len(arr) / cfg.fps, "video array", budget, to_array)
 
 
 def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED) -> np.ndarray:
@@ -154,9 +157,15 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
     truncated, no video stream, no frames."""
     from polyfuse.io import resolve_media  # local: keeps this module's import light for the runtime
 
-    source = resolve_media(value, folder)
+    return decode_source(resolve_media(value, folder), value, cfg, budget)
+
+
+def decode_source(source: Any, value: Any, cfg: Any, budget: DecodeBudget = UNLIMITED,
+                  to_array: Callable[[Any], np.ndarray] | None = None) -> np.ndarray:
+    """:func:`decode` of a resolved cell (file path, bytes or frame array; ``value`` names it in errors),
+    each sampled frame stored as ``to_array`` makes it (default: ``size`` x ``size`` RGB)."""
     if isinstance(source, np.ndarray):
-        out = _from_array(source, cfg, budget)
+        out = _from_array(source, cfg, budget, to_array)
     else:
         av = _av()
         label = _label(value, source)
@@ -168,7 +177,7 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             out = sample_frames(_video_frames(av, container, stream, label), cfg, _duration(container, stream),
-                                label, budget)
+                                label, budget, to_array)
         if len(out) == 0:
             raise BadInputError(f"{label} has no decodable frames (empty or truncated); re-encode it or leave the "
                                 "cell empty")
@@ -244,19 +253,30 @@ def collate(values: list[np.ndarray | None], cfg: Any, state: dict, train: bool,
     (1 = a real frame), ``name__length`` and ``name__present``."""
     from polyfuse.preprocess.image import augment, augments, normalise
 
-    T, S = cfg.max_frames, cfg.size
+    def frames_of(clip: np.ndarray, seed: int | None) -> np.ndarray:
+        frames = _as_images(clip)
+        if seed is not None:  # one draw per clip: every frame gets the same crop, flip and occluder
+            frames = np.stack([augment(f, cfg.augment, np.random.default_rng(seed)) for f in frames])
+        return normalise(frames, state)
+
     jitter = train and rng is not None and augments(cfg)
-    x = np.zeros((len(values), T, 3, S, S), dtype=np.float32)
+    return pad_clips(values, cfg.max_frames, (cfg.size, cfg.size), frames_of, rng if jitter else None)
+
+
+def pad_clips(values: list[np.ndarray | None], T: int, shape: tuple[int, int],
+              frames_of: Callable[[np.ndarray, int | None], np.ndarray],
+              rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    """Clips -> ``""`` float32 [B, T, 3, H, W] (padding 0), ``mask`` [B, T] (1 = a real frame),
+    ``length`` and ``present``. ``frames_of(clip, seed)`` gives a clip's first T frames as model
+    pixels; ``seed`` (None without ``rng``) is drawn once per clip, so its frames can share an augment."""
+    x = np.zeros((len(values), T, 3, *shape), dtype=np.float32)
     mask = np.zeros((len(values), T), dtype=np.float32)
     for i, v in enumerate(values):
         if v is None or not len(v):
             continue
         n = min(len(v), T)
-        frames = _as_images(v[:n])
-        if jitter:  # one draw per clip: every frame gets the same crop, flip and occluder
-            seed = int(rng.integers(2**32))  # type: ignore[union-attr]
-            frames = np.stack([augment(f, cfg.augment, np.random.default_rng(seed)) for f in frames])
-        x[i, :n] = normalise(frames, state)
+        seed = int(rng.integers(2**32)) if rng is not None else None
+        x[i, :n] = frames_of(v[:n], seed)
         mask[i, :n] = 1.0
     length = mask.sum(1).astype(np.int64)
     return {"": x, "mask": mask, "length": length, "present": length > 0}
