@@ -43,8 +43,9 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save(folder: Path, *, model: torch.nn.Module, best: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-         scheduler: Any, info: dict) -> None:
-    """Write the checkpoint into ``folder`` atomically (temp dir + rename)."""
+         scheduler: Any, info: dict, average: Any = None) -> None:
+    """Write the checkpoint into ``folder`` atomically (temp dir + rename); ``average``: train.ema's
+    :class:`polyfuse.averaging.WeightAverage`, so a resumed run averages on as an unbroken one."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -52,6 +53,9 @@ def save(folder: Path, *, model: torch.nn.Module, best: dict[str, torch.Tensor],
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"best.{k}": v.contiguous() for k, v in best.items()})
     tensors.update(opt_tensors)
+    if average is not None:
+        tensors.update({f"ema.{k}": v.contiguous() for k, v in average.shadow.items()})
+        info = {**info, "ema_steps": average.steps}
     save_file(tensors, str(tmp / "state.safetensors"))
     meta = {**info, "optimizer": opt_meta, "scheduler": scheduler.state_dict() if scheduler else None}
     (tmp / "state.json").write_text(json.dumps(meta, default=_json_default))
@@ -73,6 +77,15 @@ def load(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     optimizer = _unflatten_optimizer(tensors, info.pop("optimizer"))
     return model, best, optimizer, info
+
+
+def restore_average(folder: Path, average: Any) -> None:
+    """Put a checkpoint's weight average (train.ema) back into ``average``."""
+    tensors = load_file(str(folder / "state.safetensors"))
+    for k in average.shadow:
+        if f"ema.{k}" in tensors:
+            average.shadow[k].copy_(tensors[f"ema.{k}"])
+    average.steps = int(json.loads((folder / "state.json").read_text()).get("ema_steps", 0))
 
 
 def _json_default(value: Any) -> Any:

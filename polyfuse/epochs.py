@@ -11,14 +11,16 @@ from __future__ import annotations
 import copy
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
 
 from polyfuse import checkpoint, distributed, metrics, optim
+from polyfuse.averaging import WeightAverage
 from polyfuse.device import CPU, Placement, to_device
 from polyfuse.distributed import SINGLE, Dist
 from polyfuse.errors import SpecError
@@ -142,6 +144,7 @@ class Stepper:
     dist: Dist = SINGLE
     scaler: Any = None
     batch_size: int = 64  # this rank's share of train.batch_size
+    average: WeightAverage | None = None  # train.ema: moved after every step
 
     def batches(self, order: np.ndarray, rng: np.random.Generator) -> Iterator[np.ndarray]:
         """The epoch's batches of row indices: consecutive slices of the shuffled ``order``."""
@@ -163,7 +166,13 @@ class Stepper:
         else:
             loss.backward()
             self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
         return loss
+
+    def evaluated(self) -> ContextManager[None]:
+        """The weights validation and the saved model use: the average with train.ema, else the network's."""
+        return self.average.applied() if self.average is not None else nullcontext()
 
 
 def make_stepper(spec: Spec, net: FusionModel, weights: dict, optimizer: Any, place: Placement, dist: Dist,
@@ -171,8 +180,9 @@ def make_stepper(spec: Spec, net: FusionModel, weights: dict, optimizer: Any, pl
     """The run's stepper; with ``private`` (:func:`polyfuse.privacy.dp.start`) the DP-SGD one."""
     module = distributed.StepLoss(net, lambda n, xb, yb: step_loss(spec, n, xb, yb, weights))
     scaler = torch.amp.GradScaler(place.device.type) if place.scaled else None
+    average = WeightAverage(net, spec.train.ema) if spec.train.ema else None
     stepper = Stepper(distributed.wrap(module, dist), optimizer, place, dist, scaler,
-                      distributed.batch_size(spec.train.batch_size, dist))
+                      distributed.batch_size(spec.train.batch_size, dist), average)
     return private.wrap(stepper, net, history or []) if private is not None else stepper
 
 
@@ -275,6 +285,8 @@ def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel,
     ckpt_dir = Path(str(out) + ".checkpoint") if out else None
     loop = restore(ckpt_dir, spec, net, optimizer, scheduler) if resume else Loop(best_state=copy.deepcopy(net.state_dict()))
     stepper = make_stepper(spec, net, weights, optimizer, place, dist, private, loop.history)
+    if resume and stepper.average is not None:
+        checkpoint.restore_average(ckpt_dir, stepper.average)  # type: ignore[arg-type]
     started = time.perf_counter()
     stopped_early = bool(loop.history and loop.history[-1].get("stop"))
     for epoch in range(loop.start, cfg.epochs):
@@ -284,19 +296,20 @@ def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel,
         t_epoch = time.perf_counter()
         record = train_epoch(spec, net, pre, splits.train, fixed, target, stepper, epoch, show)
         distributed.sync_buffers(net, dist)
-        if valid_batch is not None:
-            score = validate(spec, net, pre, valid_batch, valid_target, weights, record)
-        else:
-            score = -record["train_loss"]
-        score = distributed.from_main(score, dist)
+        with stepper.evaluated():
+            if valid_batch is not None:
+                score = validate(spec, net, pre, valid_batch, valid_target, weights, record)
+            else:
+                score = -record["train_loss"]
+            score = distributed.from_main(score, dist)
+            improved = score > loop.best_score + 1e-6
+            if improved:
+                loop.best_score, loop.stale, loop.best_state = score, 0, copy.deepcopy(net.state_dict())
+            else:
+                loop.stale += 1
         if scheduler is not None:
             scheduler.step(record.get("valid_loss", record["train_loss"]))
         record["seconds"] = round(time.perf_counter() - t_epoch, 3)
-        improved = score > loop.best_score + 1e-6
-        if improved:
-            loop.best_score, loop.stale, loop.best_state = score, 0, copy.deepcopy(net.state_dict())
-        else:
-            loop.stale += 1
         record["best"] = improved
         record["stop"] = bool(cfg.early_stopping and loop.stale >= cfg.early_stopping)
         loop.history.append(record)
@@ -304,7 +317,7 @@ def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel,
         if ckpt_dir and dist.main:
             checkpoint.save(ckpt_dir, model=net, best=loop.best_state, optimizer=optimizer, scheduler=scheduler,
                             info={"epoch": epoch, "history": loop.history, "stale": loop.stale,
-                                  "best_score": loop.best_score, "spec": spec.to_dict()})
+                                  "best_score": loop.best_score, "spec": spec.to_dict()}, average=stepper.average)
         if callback:
             callback(epoch, record)
         if record["stop"]:

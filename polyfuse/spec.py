@@ -395,6 +395,9 @@ class TrainSpec(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["none", "cosine", "plateau"] = "cosine"
     early_stopping: int | None = Field(5, ge=1, description="epochs without improvement before stopping")
+    ema: float | None = Field(None, gt=0.0, lt=1.0, description="keep an exponential moving average of the weights "
+                              "with this decay per step (e.g. 0.9 to 0.999: about 1 / (1 - decay) steps averaged); "
+                              "validation and the saved model use it. Smooths noisy updates: small batches, DP-SGD")
     metric: str | None = Field(None, description="validation metric to select on; default: loss")
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; default: the CPUs this process may use, "

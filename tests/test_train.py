@@ -75,8 +75,9 @@ def test_same_seed_same_weights(toy_csv):
     assert a.history[-1]["valid_loss"] == b.history[-1]["valid_loss"]
 
 
-def test_resume_matches_uninterrupted_run(toy_csv, tmp_path):
-    spec = toy_spec(toy_csv, epochs=4, early_stopping=None)
+@pytest.mark.parametrize("ema", [None, 0.8], ids=["plain", "ema"])
+def test_resume_matches_uninterrupted_run(toy_csv, tmp_path, ema):
+    spec = toy_spec(toy_csv, epochs=4, early_stopping=None, ema=ema)  # ema: the average is checkpointed too
     spec["inputs"]["sound"]["augment"] = {"speed": [0.9, 1.1], "random_crop": True}  # exercises per-epoch rng
     whole = polyfuse.train(spec, out=tmp_path / "whole", show_progress=False)
 
@@ -98,6 +99,26 @@ def test_resume_matches_uninterrupted_run(toy_csv, tmp_path):
     other = toy_spec(toy_csv, epochs=5)
     with pytest.raises(SpecError, match="no checkpoint"):
         polyfuse.train(other, out=tmp_path / "elsewhere", resume=True, show_progress=False)
+
+
+def test_weight_average_follows_the_steps_and_swaps_in_only_when_asked():
+    from polyfuse.averaging import WeightAverage
+
+    net = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    avg = WeightAverage(net, decay=0.5)
+    expected = torch.zeros_like(net.weight)
+    for step, value in enumerate([4.0, 8.0, 2.0, 6.0], start=1):
+        with torch.no_grad():
+            net.weight.fill_(value)
+        avg.update()
+        d = min(0.5, (1 + step) / (10 + step))  # the warm-up, then the decay
+        expected = d * expected + (1 - d) * value
+    assert torch.allclose(avg.shadow["weight"], expected)
+    with avg.applied():
+        assert torch.allclose(net.weight, expected)
+    assert torch.equal(net.weight, torch.full_like(net.weight, 6.0))  # the network's own weights are back
 
 
 def test_multiple_outputs_of_every_type_from_a_dataframe(toy_csv):

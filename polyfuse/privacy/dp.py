@@ -85,7 +85,7 @@ class Private:
         optimizer = DPOptimizer(parts[0], noise_multiplier=self.noise_multiplier, max_grad_norm=self.cfg.max_grad_norm,
                                 expected_batch_size=self.batch_size, loss_reduction="mean")
         done = int(history[-1].get("dp_steps", 0)) if history else 0
-        self.stepper = PrivateStepper(plain.loss, optimizer, plain.place, plain.dist, None, plain.batch_size,
+        self.stepper = PrivateStepper(plain.loss, optimizer, plain.place, plain.dist, None, plain.batch_size, plain.average,
                                       private=self, hooks=hooks, steps=done)
         return self.stepper
 
