@@ -28,6 +28,7 @@ import soundfile as sf
 from PIL import Image
 
 import polyfuse
+from polyfuse.preprocess.video import write_video
 
 SIDE, FRAMES, FPS, RATE = 40, 16, 8, 8000
 
@@ -51,28 +52,6 @@ def frames_of(digit: np.ndarray, rng: np.random.Generator, occlude: bool, cut: b
     return out
 
 
-def write_clip(path: Path, frames: list[np.ndarray], wave: np.ndarray) -> None:
-    import av
-
-    with av.open(str(path), mode="w", format="matroska") as out:
-        v = out.add_stream("mpeg4", rate=FPS)
-        v.width = v.height = SIDE
-        v.pix_fmt = "yuv420p"
-        a = out.add_stream("pcm_s16le", rate=RATE, layout="mono")
-        for img in frames:
-            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(p)
-        for p in v.encode():
-            out.mux(p)
-        pcm = (np.clip(wave, -1, 1) * 32767).astype(np.int16)[None]
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate, frame.pts = RATE, 0
-        for p in a.encode(frame):
-            out.mux(p)
-        for p in a.encode():
-            out.mux(p)
-
-
 def build(data: Path, split: str, root: Path, rows: int | None, variant: str = "clean") -> Path:
     table = pd.read_csv(data / f"{split}.csv")
     if rows:
@@ -84,7 +63,8 @@ def build(data: Path, split: str, root: Path, rows: int | None, variant: str = "
         wave, rate = sf.read(data / row.audio, dtype="float32")
         assert rate == RATE, rate
         name = f"{split}-{variant}-{i}.mkv"
-        write_clip(root / name, frames_of(digit, rng, variant == "occluded", variant == "missing"), wave)
+        write_video(root / name, frames_of(digit, rng, variant == "occluded", variant == "missing"), FPS, audio=wave,
+                    sample_rate=RATE, audio_codec="pcm_s16le")
         names.append(name)
     out = root / f"{split}-{variant}.csv"
     pd.DataFrame({"clip": names, "label": table["label"].astype(str).to_numpy(),

@@ -19,28 +19,24 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from polyfuse.preprocess.video import write_video
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 FPS, SECONDS, SIDE = 24, 2.0, 128
 CFG = SimpleNamespace(fps=12.0, max_frames=32, size=64, mean=None, std=None)
 
 
 def write_clip(path: Path, seed: int) -> None:
-    import av
-
+    """A bright block moving down over noise, FPS x SECONDS frames of SIDE x SIDE."""
     rng = np.random.default_rng(seed)
     n = int(FPS * SECONDS)
-    with av.open(str(path), mode="w") as out:
-        s = out.add_stream("mpeg4", rate=FPS)
-        s.width = s.height = SIDE
-        s.pix_fmt = "yuv420p"
-        for i in range(n):
-            img = rng.integers(0, 60, (SIDE, SIDE, 3), dtype=np.uint8)
-            y = i * (SIDE - 24) // n
-            img[y:y + 24, 40:64] = 230
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+    frames = []
+    for i in range(n):
+        img = rng.integers(0, 60, (SIDE, SIDE, 3), dtype=np.uint8)
+        y = i * (SIDE - 24) // n
+        img[y:y + 24, 40:64] = 230
+        frames.append(img)
+    write_video(path, frames, FPS)
 
 
 def decode_polyfuse(path: str) -> int:

@@ -26,16 +26,19 @@ class WeightAverage:
     shadow: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.shadow = {k: v.detach().clone() for k, v in self.net.state_dict().items() if v.is_floating_point()}
+        live = {k: v for k, v in self.net.state_dict().items() if v.is_floating_point()}
+        self.shadow = {k: v.detach().clone() for k, v in live.items()}
+        # state_dict's tensors share storage with the parameters and buffers, which the optimiser and
+        # load_state_dict update in place: found once, not rebuilt on every step
+        self._pairs = [(self.shadow[k], v.detach()) for k, v in live.items()]
 
     @torch.no_grad()
     def update(self) -> None:
         """One optimiser step was taken: move the average toward the weights."""
         self.steps += 1
         d = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        state = self.net.state_dict()
-        for k, avg in self.shadow.items():
-            avg.mul_(d).add_(state[k].detach(), alpha=1.0 - d)
+        for avg, now in self._pairs:
+            avg.lerp_(now, 1.0 - d)
 
     @contextmanager
     def applied(self) -> Iterator[None]:

@@ -222,3 +222,14 @@ def test_ws_limits_and_keys(server):
             break
         time.sleep(0.1)
     assert open_streams(server) == 0
+
+
+@pytest.mark.parametrize("field,flag", [("stream_max_open", "--stream-max-open"),
+                                        ("stream_max_pending", "--stream-max-pending"),
+                                        ("stream_idle_s", "--stream-idle-timeout")])
+def test_stream_limits_must_be_positive(field, flag):
+    from polyfuse.errors import PolyfuseError
+    from polyfuse.serve.config import ServeConfig
+
+    with pytest.raises(PolyfuseError, match=f"{flag} must be positive"):
+        ServeConfig(**{field: 0})

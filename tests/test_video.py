@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,39 +11,11 @@ import pytest
 
 from polyfuse.errors import BadInputError
 from polyfuse.preprocess import video as vid
+from polyfuse.preprocess.video import write_video
 from polyfuse.spec import load_spec
 from tests.test_timeseries import _flatten
 
 av = pytest.importorskip("av")
-
-
-def write_video(path: Path, frames: list[np.ndarray], times: list[float] | None = None, fps: int = 8,
-                audio: np.ndarray | None = None, sample_rate: int = 16000) -> Path:
-    """frames: uint8 [H, W, 3]; ``times`` (seconds) gives a variable frame rate."""
-    with av.open(str(path), mode="w") as out:
-        s = out.add_stream("mpeg4", rate=fps)
-        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        if times is not None:
-            s.codec_context.time_base = Fraction(1, 1000)
-            s.time_base = Fraction(1, 1000)
-        a = out.add_stream("mp2", rate=sample_rate, layout="mono") if audio is not None else None
-        for i, img in enumerate(frames):
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
-            if times is not None:
-                f.pts, f.time_base = int(round(times[i] * 1000)), Fraction(1, 1000)
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-        if a is not None:
-            pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)[None]
-            af = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-            af.sample_rate, af.pts = sample_rate, 0
-            for p in a.encode(af):
-                out.mux(p)
-            for p in a.encode():
-                out.mux(p)
-    return path
 
 
 def square_clip(side: str, n: int = 8, size: int = 32, rng=None) -> list[np.ndarray]:

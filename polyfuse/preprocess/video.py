@@ -286,3 +286,33 @@ def augments(cfg: Any) -> bool:
     from polyfuse.preprocess import image
 
     return image.augments(cfg)
+
+
+def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 8, times: list[float] | None = None,
+                audio: np.ndarray | None = None, sample_rate: int = 16000, audio_codec: str = "mp2") -> Path:
+    """Write uint8 [H, W, 3] frames as MPEG-4 video (the container from the file's suffix), with
+    ``times`` (seconds) for a variable frame rate and ``audio`` (mono, [-1, 1]) as a sound track in
+    ``audio_codec`` (one the container takes: mp2, aac; pcm_s16le in .mkv). For synthetic sets and
+    tests, as :func:`polyfuse.preprocess.audio.write_wav` is for audio."""
+    from fractions import Fraction
+
+    av = _av()
+    with av.open(str(path), mode="w") as out:
+        v = out.add_stream("mpeg4", rate=fps)
+        v.width, v.height, v.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        if times is not None:
+            v.codec_context.time_base = v.time_base = Fraction(1, 1000)
+        a = out.add_stream(audio_codec, rate=sample_rate, layout="mono") if audio is not None else None
+        for i, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if times is not None:
+                f.pts, f.time_base = int(round(times[i] * 1000)), Fraction(1, 1000)
+            out.mux(v.encode(f))
+        out.mux(v.encode())
+        if a is not None:
+            pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)[None]
+            af = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            af.sample_rate, af.pts = sample_rate, 0
+            out.mux(a.encode(af))
+            out.mux(a.encode())
+    return Path(path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from polyfuse.errors import PolyfuseError
 from polyfuse.preprocess.budget import DecodeBudget
 
 
@@ -40,6 +41,13 @@ class ServeConfig:
     stream_max_message_bytes: int = 1 << 20  # /v2/stream: a bigger message closes the stream (1009)
     stream_max_open: int = 256  # /v2/stream: streams open at once; one more is closed with 1013 (try again later)
     stream_max_pending: int = 4  # /v2/stream: windows awaiting the model; beyond it the oldest are dropped
+
+    def __post_init__(self) -> None:
+        limits = {"--stream-idle-timeout": self.stream_idle_s, "--stream-max-message-kb": self.stream_max_message_bytes,
+                  "--stream-max-open": self.stream_max_open, "--stream-max-pending": self.stream_max_pending}
+        for flag, value in limits.items():  # 0 or less would refuse or close every stream
+            if value <= 0:
+                raise PolyfuseError(f"{flag} must be positive (got {value if 'kb' not in flag else value / 1024:g})")
 
     def budget(self, deadline: float | None = None) -> DecodeBudget:
         """A fresh decode budget for one request with these limits."""
