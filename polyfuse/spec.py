@@ -319,7 +319,8 @@ class FusionSpec(_Strict):
     method: Literal["concat", "mean", "max", "gated", "attention", "lowrank", "sequence"] = "concat"
     dim: int = Field(128, gt=0, description="width of the fused representation")
     modality_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="chance of dropping each input per sample in training")
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout in the fused layers; 0 by default under "
+                           "train.privacy, where DP-SGD's noise already regularises and the model underfits")
     alone_loss: float = Field(0.0, ge=0.0, description="weight of an extra training loss that scores each input on "
                               "its own (every other input absent), so each answers well when the others fail")
     rnn: Literal["gru", "lstm"] = Field("gru", description="sequence: the recurrent cell run over the steps")
@@ -375,8 +376,9 @@ class PrivacySpec(_Strict):
     noise_multiplier: float | None = Field(None, gt=0, description="noise std relative to max_grad_norm, instead "
                                            "of epsilon")
     max_grad_norm: float = Field(1.0, gt=0, description="each row's gradient is clipped to this L2 norm")
-    accountant: Literal["rdp", "prv"] = Field("rdp", description="how the epsilon spent is computed: rdp (Renyi DP, "
-                                              "a safe upper bound) or prv (privacy random variables, tighter)")
+    accountant: Literal["rdp", "prv"] = Field("prv", description="how the epsilon spent is computed: prv (privacy "
+                                              "random variables, tight: less noise for the same epsilon; opacus' "
+                                              "default) or rdp (Renyi DP, a looser upper bound)")
 
     @model_validator(mode="after")
     def _one_budget(self) -> "PrivacySpec":
@@ -467,6 +469,8 @@ class Spec(_Strict):
                                 "depend on the others' labels; remove it")
         if problems:
             raise ValueError("train.privacy: " + "; ".join(problems))
+        if "dropout" not in self.fusion.model_fields_set:  # DP-SGD underfits: dropout only slows it further
+            self.fusion.dropout = 0.0
         return self
 
     def column(self, name: str) -> str:

@@ -26,8 +26,13 @@ PRIVATE = {"epsilon": 8, "delta": 1e-3, "max_grad_norm": 1.0}
 
 def test_spec_validation(toy_csv):
     spec, _ = load_spec(toy_spec(toy_csv, privacy=PRIVATE))
-    assert spec.train.privacy.epsilon == 8 and spec.train.privacy.accountant == "rdp"
-    assert load_spec(toy_spec(toy_csv))[0].train.privacy is None  # off by default
+    assert spec.train.privacy.epsilon == 8 and spec.train.privacy.accountant == "prv"
+    assert spec.fusion.dropout == 0.0  # DP-SGD underfits: no dropout unless the spec asks for it
+    plain = load_spec(toy_spec(toy_csv))[0]
+    assert plain.train.privacy is None and plain.fusion.dropout == 0.2  # off by default
+    asked = toy_spec(toy_csv, privacy=PRIVATE)
+    asked["fusion"] = {**asked.get("fusion", {}), "dropout": 0.3}
+    assert load_spec(asked)[0].fusion.dropout == 0.3
     load_spec(toy_spec(toy_csv, privacy={"noise_multiplier": 1.1, "max_grad_norm": 1.0}))
     for bad, words in [({"max_grad_norm": 1.0}, "exactly one of epsilon"),
                        ({"epsilon": 8, "noise_multiplier": 1.1}, "exactly one of epsilon"),
@@ -100,7 +105,7 @@ def test_private_training_end_to_end(toy_csv, tmp_path):
     out = tmp_path / "dp"
     model = polyfuse.train(toy_spec(toy_csv, epochs=3, privacy=PRIVATE), out=out, show_progress=False)
     p = json.loads((out / "metrics.json").read_text())["privacy"]
-    assert 0 < p["epsilon"] <= 8.0 and p["delta"] == 1e-3 and p["accountant"] == "rdp"
+    assert 0 < p["epsilon"] <= 8.0 and p["delta"] == 1e-3 and p["accountant"] == "prv"
     assert p["noise_multiplier"] > 0 and p["max_grad_norm"] == 1.0 and 0 < p["sample_rate"] < 1
     assert p["epochs"] == 3 and p["steps"] == 3 * round(1 / p["sample_rate"])
     assert [r["epsilon"] for r in model.history] == sorted(r["epsilon"] for r in model.history)  # spent per epoch
@@ -108,6 +113,7 @@ def test_private_training_end_to_end(toy_csv, tmp_path):
     assert "## Privacy" in card and f"ε = {p['epsilon']}" in card
     assert not len(model.net.wide)  # the wide half would be fitted without noise
     assert any(isinstance(m, torch.nn.GroupNorm) for m in model.net.modules())
+    assert all(m.p == 0 for m in model.net.modules() if isinstance(m, torch.nn.Dropout))
 
     loaded = polyfuse.load(out)  # built from the spec: GroupNorm, dense table, same weights
     rows = pd.read_csv(toy_csv).head(8)
@@ -118,14 +124,14 @@ def test_private_training_end_to_end(toy_csv, tmp_path):
     np.testing.assert_allclose(Runtime(out).predict_proba(rows, folder=folder)["label"], expected, atol=1e-4)
 
 
-def test_noise_multiplier_and_prv(toy_csv, tmp_path):
-    privacy = {"noise_multiplier": 1.1, "max_grad_norm": 0.5, "delta": 1e-3, "accountant": "prv"}
+def test_noise_multiplier_and_rdp(toy_csv, tmp_path):
+    privacy = {"noise_multiplier": 1.1, "max_grad_norm": 0.5, "delta": 1e-3, "accountant": "rdp"}
     spec = toy_spec(toy_csv, epochs=2, privacy=privacy, ema=0.5)  # the average of DP-SGD's noisy steps
     spec["inputs"]["note"]["encoder"] = "bigru"  # a recurrent layer trained privately, saved as torch's GRU
     spec["train"].update(baseline=False, calibrate=False)
     model = polyfuse.train(spec, out=tmp_path / "dp", show_progress=False)
     p = model.metrics["privacy"]
-    assert p["noise_multiplier"] == 1.1 and p["accountant"] == "prv" and p["epsilon"] > 0
+    assert p["noise_multiplier"] == 1.1 and p["accountant"] == "rdp" and p["epsilon"] > 0
     assert isinstance(model.net.encoders["note"].rnn, torch.nn.GRU)
     polyfuse.load(tmp_path / "dp")
 
@@ -173,3 +179,15 @@ def test_resume_counts_the_steps_already_taken(toy_csv, tmp_path):
     resumed = polyfuse.train(spec, out=tmp_path / "cut", show_progress=False, resume=True)
     assert resumed.metrics["privacy"]["steps"] == whole.metrics["privacy"]["steps"]
     assert resumed.metrics["privacy"]["epsilon"] == whole.metrics["privacy"]["epsilon"]
+
+
+def test_private_text_cnn_has_no_dropout():
+    from types import SimpleNamespace
+
+    from polyfuse.nn.encoders import build_encoder
+
+    cfg = SimpleNamespace(encoder="cnn", type="text", dim=32)
+    state = {"vocab": ["<pad>", "<unk>", "a", "b"]}
+    rates = {private: [m.p for m in build_encoder(cfg, state, private).modules() if isinstance(m, torch.nn.Dropout)]
+             for private in (False, True)}
+    assert rates == {False: [0.2], True: [0.0]}

@@ -6,7 +6,8 @@ no packed sequences: padded steps are masked out in pooling instead.
 ``private`` (the spec's ``train.privacy``) builds the variant DP-SGD can train: GroupNorm where
 BatchNorm would mix rows of a batch (the same layer opacus' ``ModuleValidator.fix`` substitutes,
 chosen here from the spec so that a loaded or exported model has the architecture it was trained
-with, without opacus) and a dense n-gram table (DP noise makes every update dense anyway).
+with, without opacus), a dense n-gram table (DP noise makes every update dense anyway) and no
+dropout (DP-SGD's noise already regularises; the private model underfits).
 """
 from __future__ import annotations
 
@@ -175,12 +176,12 @@ class TextCNN(nn.Module):
 
     WIDTHS = (2, 3, 4, 5)
 
-    def __init__(self, vocab: int, dim: int, embed: int = 96):
+    def __init__(self, vocab: int, dim: int, embed: int = 96, dropout: float = 0.2):
         super().__init__()
         self.embed = nn.Embedding(vocab, embed, padding_idx=0)
         channels = max(16, dim // 2)
         self.convs = nn.ModuleList(nn.Conv1d(embed, channels, k, padding=k // 2) for k in self.WIDTHS)
-        self.proj = nn.Sequential(nn.Dropout(0.2), nn.Linear(channels * len(self.WIDTHS), dim), nn.ReLU(inplace=True))
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels * len(self.WIDTHS), dim), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
         e = self.embed(x).transpose(1, 2)  # [B, E, T]
@@ -232,7 +233,7 @@ def build_encoder(cfg: Any, state: dict, private: bool = False) -> nn.Module:
                              sparse=not private)
         vocab = len(state["vocab"])
         if cfg.encoder == "cnn":
-            return TextCNN(vocab, cfg.dim)
+            return TextCNN(vocab, cfg.dim, dropout=0.0 if private else 0.2)
         return TextRNN(vocab, cfg.dim, "gru" if cfg.encoder == "bigru" else "lstm")
     if cfg.type == "number":
         return NumberMLP(cfg.dim, linear=cfg.encoder == "linear")
