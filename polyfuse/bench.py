@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import gc
 import json
 import os
@@ -27,7 +26,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from polyfuse import artifact
+from polyfuse.bench_report import format_table, ratios, save
 from polyfuse.errors import ArtifactError, PolyfuseError
+from polyfuse.footprint import cached_footprint
 from polyfuse.runtime import VARIANTS
 from polyfuse.threads import usable_cpus
 
@@ -38,11 +39,6 @@ WARMUP = 5
 THROUGHPUT_BATCH = 32
 THROUGHPUT_SECONDS = 0.3  # minimum timed span per block for the batch-32 figure
 COLD_START_TIMEOUT = 300
-# Distributions the torch-free runtime imports (pip pulls in their own requirements too).
-RUNTIME_DISTS = ("polyfuse", "numpy", "onnxruntime", "pillow", "soundfile", "soxr", "tokenizers", "pydantic", "pydantic_core",
-                 "PyYAML")
-# Needed by `polyfuse export` but not declared in polyfuse's requirements.
-EXPORT_DISTS = ("onnx", "onnxscript", "onnxruntime")
 
 
 class BenchError(PolyfuseError):
@@ -328,154 +324,6 @@ def _block(backend: Backend, work: Workload) -> tuple[dict[str, Any], Loaded]:
 
 
 # ---------------------------------------------------------------------------------- footprint
-def _dist_bytes(name: str) -> int:
-    """Bytes on disk of one installed distribution, summed over the files its RECORD lists."""
-    import importlib.metadata as md
-
-    if name == "polyfuse":  # often an editable install whose metadata lists stale or no files: measure the tree
-        package = Path(__file__).resolve().parent
-        return sum(p.stat().st_size for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    total = 0
-    for f in md.distribution(name).files or []:
-        path = Path(str(f.locate()))
-        if path.is_file():
-            total += path.stat().st_size
-    return total
-
-
-def _closure(roots: tuple[str, ...] | list[str]) -> set[str]:
-    """The distributions pip would install for ``roots``: their requirements, transitively, without extras."""
-    import importlib.metadata as md
-
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    seen: dict[str, str] = {}
-    todo = list(roots)
-    while todo:
-        name = todo.pop()
-        try:
-            dist = md.distribution(name)
-        except md.PackageNotFoundError:
-            continue  # an optional or platform-specific requirement that is not installed here
-        key = canonicalize_name(dist.metadata["Name"])
-        if key in seen:
-            continue
-        seen[key] = dist.metadata["Name"]
-        for line in dist.requires or []:
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
-    return set(seen.values())
-
-
-@functools.lru_cache(maxsize=1)  # stats some 20 000 files: once per process is enough
-def _cached_footprint() -> dict[str, Any]:
-    return footprint()
-
-
-def footprint() -> dict[str, Any]:
-    """Installed size of the torch-free runtime's distributions vs everything polyfuse needs."""
-    # polyfuse's own declared requirements include torch; the runtime needs only the package itself.
-    runtime = _closure([d for d in RUNTIME_DISTS if d != "polyfuse"]) | {"polyfuse"}
-    full = _closure(("polyfuse", *RUNTIME_DISTS, *EXPORT_DISTS))
-    sizes = {name: _dist_bytes(name) for name in full | runtime}
-    mb = lambda names: round(sum(sizes[n] for n in names) / 1e6, 1)  # noqa: E731
-    largest = sorted(sizes, key=sizes.get, reverse=True)[:8]
-    return {"runtime_footprint_mb": mb(runtime), "full_footprint_mb": mb(full | runtime),
-            "footprint": {"runtime": {n: round(sizes[n] / 1e6, 2) for n in sorted(runtime, key=str.lower)},
-                          "full_largest": {n: round(sizes[n] / 1e6, 1) for n in largest},
-                          "full_count": len(full | runtime)}}
-
-
-# ---------------------------------------------------------------------------------- reporting
-def _ratios(runtimes: dict[str, dict]) -> dict[str, dict[str, float | None]]:
-    ref = runtimes.get("torch")
-    out = {}
-    for name, fig in runtimes.items():
-        if ref is None:
-            out[name] = {"latency_speedup_vs_torch": None, "e2e_speedup_vs_torch": None, "accuracy_drop_points": None}
-            continue
-        drop = None
-        if ref["accuracy"] is not None and fig["accuracy"] is not None:
-            drop = 100 * (ref["accuracy"] - fig["accuracy"])
-        out[name] = {"latency_speedup_vs_torch": ref["p50_ms"] / fig["p50_ms"],
-                     "e2e_speedup_vs_torch": ref["e2e_p50_ms"] / fig["e2e_p50_ms"], "accuracy_drop_points": drop}
-    return out
-
-
-def _threads(result: dict[str, Any]) -> str:
-    return "1 thread" if result["threads"] == 1 else f"{result['threads']} threads"
-
-
-def _x(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """One row per runtime; speed-ups are plain ratios so a slower runtime shows below 1.00×."""
-    head = ("runtime", "size MB", "load ms", "cold s", "p50 ms", "p99 ms", "e2e p50", "e2e p99", "b32 rows/s",
-            "accuracy", "speed-up", "e2e speed-up")
-    lines = []
-    for name, f in result["runtimes"].items():
-        r = result["ratios"][name]
-        acc = "—" if f["accuracy"] is None else f"{f['accuracy']:.4f}"
-        lines.append((name, f"{f['size_mb']:.2f}", f"{f['load_ms']:.1f}", f"{f['cold_start_s']:.2f}",
-                      f"{f['p50_ms']:.3f}", f"{f['p99_ms']:.3f}", f"{f['e2e_p50_ms']:.2f}", f"{f['e2e_p99_ms']:.2f}",
-                      f"{f['batch32_rows_per_s']:.0f}", acc, _x(r["latency_speedup_vs_torch"]),
-                      _x(r["e2e_speedup_vs_torch"])))
-    widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
-
-    def fmt(row: tuple[str, ...]) -> str:  # names left-aligned, figures right-aligned
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-
-    text = [fmt(head), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)]
-    text.append(f"{result['rows']} rows of {Path(result['data']).name}, latency on the first {result['latency_rows']}, "
-                f"median of {result['repeats']} interleaved repeats, {_threads(result)}; "
-                "cold s = import + load + first prediction in a fresh process (its own clock); "
-                "speed-up = torch eager p50 / this p50 at batch 1")
-    cores, load = result.get("cores") or 1, result.get("load_average") or [0.0]
-    if load[0] > cores - 0.5:  # other processes hold the cores: multi-threaded figures stall on them
-        text.append(f"WARNING: the machine was busy (load average {load[0]:.1f} on {cores} cores when the bench "
-                    "started); latencies are inflated and multi-threaded ones unreliable — rerun on an idle machine "
-                    "or with --threads 1")
-    text.append(f"installed footprint: torch-free runtime {result['runtime_footprint_mb']:.0f} MB "
-                f"vs full install {result['full_footprint_mb']:.0f} MB")
-    return "\n".join(text)
-
-
-def _chart(result: dict[str, Any], path: Path) -> None:
-    """Grouped bars of batch-1 p50 per runtime: the model alone next to end to end from a raw record."""
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's matplotlib backend alone
-
-    names = list(result["runtimes"])
-    x = np.arange(len(names))
-    fig = Figure(figsize=(1.6 * len(names) + 3, 4.2))
-    ax = fig.subplots()
-    for offset, key, label in ((-0.2, "p50_ms", "model alone"), (0.2, "e2e_p50_ms", "end to end (raw record)")):
-        bars = ax.bar(x + offset, [result["runtimes"][n][key] for n in names], 0.4, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_xticks(x, names)
-    ax.set_ylabel("p50 latency at batch 1 (ms)")
-    ax.set_title(f"{Path(result['data']).name}: median of {result['repeats']} repeats, {_threads(result)}")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _save(folder: Path, result: dict[str, Any]) -> None:
-    """bench.json + bench.png, then the manifest re-hashed with its other keys kept."""
-    artifact.verify(folder)  # never bless a file changed behind our back by re-hashing over it
-    artifact.atomic_write_text(folder / "bench.json", json.dumps(result, indent=1))
-    _chart(result, folder / "bench.png")
-    artifact.refresh_manifest(folder)
-
-
 # ---------------------------------------------------------------------------------- entry point
 @contextlib.contextmanager
 def thread_limits(threads: int, torch_needed: bool) -> Iterator[None]:
@@ -547,7 +395,7 @@ def run_bench(model_dir: str | Path, data: str | Path, repeats: int = 3, threads
         runtimes = _measure(found, work, repeats)
     result = {"data": str(data), "rows": work.rows, "latency_rows": len(work.singles), "repeats": repeats,
               "threads": threads, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in busy],
-              "runtimes": runtimes, "ratios": _ratios(runtimes), **copy.deepcopy(_cached_footprint())}
+              "runtimes": runtimes, "ratios": ratios(runtimes), **copy.deepcopy(cached_footprint())}
     print(format_table(result))
-    _save(folder, result)
+    save(folder, result)
     return result

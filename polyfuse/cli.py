@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from polyfuse.cli_args import non_negative_float, positive_float, positive_int
 from polyfuse.errors import PolyfuseError
 from polyfuse.extras import EXTRAS, require
 from polyfuse.privacy import commands as privacy
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec")
     p.add_argument("--out", required=True, help="artifact directory to write")
     p.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint")
-    p.add_argument("--nproc", type=int, default=None,
+    p.add_argument("--nproc", type=positive_int, default=None,
                    help="data-parallel processes on this machine (torchrun + DDP; gloo on CPU, NCCL on GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_train)
@@ -248,11 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model")
     p.add_argument("data")
     p.add_argument("--out", required=True)
-    p.add_argument("--chunk-rows", type=int, default=512)
+    p.add_argument("--chunk-rows", type=positive_int, default=512)
     p.add_argument("--id-column", default=None, help="column copied into the output (default: 'id' if present)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help="onnx: the torch-free ONNX Runtime path")
     p.add_argument("--variant", default="fp32", help="with --runtime onnx: fp32, int8, int8-dynamic or int8-static")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="ray: Ray Data tasks run the torch-free ONNX runtime (one model per worker process); DATA may be a folder of Parquet "
                         "files and --out is a folder of Parquet shards")
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model")
     p.add_argument("data")
     p.add_argument("--out", required=True, help="Parquet file to write")
-    p.add_argument("--chunk-rows", type=int, default=512)
+    p.add_argument("--chunk-rows", type=positive_int, default=512)
     p.add_argument("--id-column", default=None, help="column copied into the output (default: 'id' if present)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_embed)
@@ -283,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="every runtime side by side: size, load, cold start, latency, throughput, accuracy")
     p.add_argument("model")
     p.add_argument("--data", required=True, help="labelled table to measure accuracy and latency on")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("serve", help="HTTP server: /predict, KServe V2, /metrics, a web page at /")
@@ -305,35 +306,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     p.add_argument("--audit-log", default=None, metavar="PATH",
                    help="append a hash-chained JSON line per prediction (ids, input digests, outputs; never inputs)")
-    p.add_argument("--audit-max-mb", type=float, default=100.0, help="rotate the audit log past this size")
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-delay-ms", type=float, default=5.0)
-    p.add_argument("--queue-size", type=int, default=256, help="predict requests admitted at once (being preprocessed, queued or run); more get 503")
-    p.add_argument("--timeout", type=float, default=10.0,
+    p.add_argument("--audit-max-mb", type=positive_float, default=100.0, help="rotate the audit log past this size")
+    p.add_argument("--max-batch", type=positive_int, default=32)
+    p.add_argument("--max-delay-ms", type=non_negative_float, default=5.0)
+    p.add_argument("--queue-size", type=positive_int, default=256, help="predict requests admitted at once (being preprocessed, queued or run); more get 503")
+    p.add_argument("--timeout", type=positive_float, default=10.0,
                    help="seconds per request before 504 (408 while its body is still arriving)")
-    p.add_argument("--max-body-mb", type=int, default=16)
-    p.add_argument("--max-records", type=int, default=64)
-    p.add_argument("--max-pixels", type=int, default=4096 * 4096)
-    p.add_argument("--max-audio-seconds", type=float, default=60.0)
-    p.add_argument("--max-audio-rate", type=int, default=384_000,
+    p.add_argument("--max-body-mb", type=positive_int, default=16)
+    p.add_argument("--max-records", type=positive_int, default=64)
+    p.add_argument("--max-pixels", type=positive_int, default=4096 * 4096)
+    p.add_argument("--max-audio-seconds", type=positive_float, default=60.0)
+    p.add_argument("--max-audio-rate", type=positive_int, default=384_000,
                    help="sample rate x channels of one clip, from its header (default: 8 ch at 48 kHz)")
-    p.add_argument("--max-decode-mb", type=int, default=256,
+    p.add_argument("--max-decode-mb", type=positive_int, default=256,
                    help="decoded size of one request's images and audio, summed from their headers")
-    p.add_argument("--max-header-kb", type=int, default=64, help="request line + headers; more gets 431")
-    p.add_argument("--header-timeout", type=float, default=10.0,
+    p.add_argument("--max-header-kb", type=positive_int, default=64, help="request line + headers; more gets 431")
+    p.add_argument("--header-timeout", type=positive_float, default=10.0,
                    help="seconds to receive a request's headers before the connection is closed")
-    p.add_argument("--drain", type=float, default=10.0, help="seconds in-flight requests get on SIGTERM")
-    p.add_argument("--stream-idle-timeout", type=float, default=30.0,
+    p.add_argument("--drain", type=non_negative_float, default=10.0, help="seconds in-flight requests get on SIGTERM")
+    p.add_argument("--stream-idle-timeout", type=positive_float, default=30.0,
                    help="/v2/stream: seconds without a client message before the stream is closed (1001)")
-    p.add_argument("--stream-max-message-kb", type=int, default=1024, help="/v2/stream: bigger messages close it (1009)")
-    p.add_argument("--stream-max-open", type=int, default=256,
+    p.add_argument("--stream-max-message-kb", type=positive_int, default=1024, help="/v2/stream: bigger messages close it (1009)")
+    p.add_argument("--stream-max-open", type=positive_int, default=256,
                    help="/v2/stream: streams open at once; one more is closed with 1013 (try again later)")
-    p.add_argument("--stream-max-pending", type=int, default=4,
+    p.add_argument("--stream-max-pending", type=positive_int, default=4,
                    help="/v2/stream: windows awaiting the model per stream; beyond it the oldest are dropped")
-    p.add_argument("--threads", type=int, default=1, help="model threads (requests already run concurrently)")
+    p.add_argument("--threads", type=positive_int, default=1, help="model threads (requests already run concurrently)")
     p.add_argument("--ray", action="store_true", help="serve as a Ray Serve application (replicas, autoscaling)")
     scale = p.add_mutually_exclusive_group()
-    scale.add_argument("--replicas", type=int, default=1, help="with --ray: this many replicas")
+    scale.add_argument("--replicas", type=positive_int, default=1, help="with --ray: this many replicas")
     scale.add_argument("--autoscale", default=None, metavar="MIN,MAX", help="with --ray: autoscale between these")
     privacy.add_key_options(p)
     p.set_defaults(fn=cmd_serve)
@@ -344,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", default=None, help="image name (default: polyfuse-<model>:latest)")
     p.add_argument("--storage-uri", default=None,
                    help="where KServe pulls the model from (s3://, gs://, pvc://...); default: baked into the image")
-    p.add_argument("--replicas", type=int, default=1, help="minimum replicas")
-    p.add_argument("--max-replicas", type=int, default=1)
+    p.add_argument("--replicas", type=positive_int, default=1, help="minimum replicas")
+    p.add_argument("--max-replicas", type=positive_int, default=1)
     p.add_argument("--cpu", default="1")
     p.add_argument("--memory", default="2Gi")
     p.set_defaults(fn=cmd_k8s)
@@ -354,16 +355,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model")
     p.add_argument("data", help="labelled table to evaluate on")
     p.add_argument("--seed", type=int, default=0, help="seeds the row sample and every corruption")
-    p.add_argument("--rows", type=int, default=1000, help="evaluate at most this many rows (a seeded sample)")
+    p.add_argument("--rows", type=positive_int, default=1000, help="evaluate at most this many rows (a seeded sample)")
     p.add_argument("--out", default=None,
                    help="write the JSON here (and the PNG beside it) instead of into the model directory")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
     p.set_defaults(fn=cmd_robustness)
 
     p = sub.add_parser("demo", help="build the embedded demo data, train, and show fusion vs single inputs")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data-dir", default=None, help="where the demo data is built (default: ~/.cache/polyfuse/demo)")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None)
     p.add_argument("--pretrained", action="store_true",
                    help="also train with a real pretrained MiniLM (shipped in a wheel, offline) on the transcript and "
                         "show what it adds over the from-scratch text encoder")

@@ -81,7 +81,7 @@ def backbone_groups(spec: Any, net: nn.Module) -> list[dict]:
     """One parameter group per pretrained backbone with trained weights, at its own (small) rate:
     the train.lr that suits fresh layers would wipe out what the backbone learnt in pretraining."""
     from polyfuse.nn.hf import PretrainedEncoder
-    from polyfuse.spec import hf_encoder
+    from polyfuse.spec_inputs import hf_encoder
 
     groups = []
     for name, cfg in spec.inputs.items():

@@ -25,7 +25,8 @@ import numpy as np
 from polyfuse.artifact import sha256
 from polyfuse.io import Table
 from polyfuse.preprocess.pipeline import BadRow, Decoded, decode_table
-from polyfuse.spec import Spec, hf_encoder
+from polyfuse.spec import Spec
+from polyfuse.spec_inputs import hf_encoder
 
 FORMAT = "polyfuse.shards/2"  # 2: images decoded upright (EXIF orientation applied)
 ROWS_PER_SHARD = 2048

@@ -24,7 +24,8 @@ from polyfuse.memory import map_large_allocations
 from polyfuse.nn.model import FusionModel
 from polyfuse.privacy import dp
 from polyfuse.preprocess.pipeline import BadRow, Preprocessor
-from polyfuse.spec import Spec, hf_encoder
+from polyfuse.spec import Spec
+from polyfuse.spec_inputs import hf_encoder
 from polyfuse.threads import ThreadGovernor, single_threaded_blas, usable_cpus
 from polyfuse.wide import fit_wide
 from polyfuse.trainset import (Splits, batches_of, check_rows, log, prefetch, read_splits, slice_batch,  # noqa: F401 (re-exported)
@@ -88,10 +89,10 @@ def prepare_pretrained(spec: Spec, pre: Preprocessor, net: FusionModel, splits: 
 
 def warn_if_beaten(spec: Spec, result: dict[str, Any], history: list[dict]) -> None:
     """Say loudly, with the likely causes, when the linear baseline beats the network on validation."""
-    from polyfuse import baseline
+    from polyfuse.baseline_compare import compare
 
     if "valid" in result and "baseline" in result:
-        result["baseline_warnings"] = baseline.compare(result["valid"], result["baseline"], spec, history)
+        result["baseline_warnings"] = compare(result["valid"], result["baseline"], spec, history)
         for warning in result["baseline_warnings"]:
             log(f"WARNING: {warning}")
 

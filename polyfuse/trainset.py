@@ -15,7 +15,8 @@ import numpy as np
 from polyfuse.errors import BadInputError, SpecError
 from polyfuse.io import Table, read_table
 from polyfuse.preprocess.pipeline import BadRow, Decoded, decode_table
-from polyfuse.spec import Spec, hf_encoder
+from polyfuse.spec import Spec
+from polyfuse.spec_inputs import hf_encoder
 
 
 def log(msg: str) -> None:

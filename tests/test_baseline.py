@@ -11,7 +11,8 @@ from PIL import Image
 
 import polyfuse
 from polyfuse import report
-from polyfuse.baseline import compare, fit_baselines
+from polyfuse.baseline import fit_baselines
+from polyfuse.baseline_compare import compare
 from polyfuse.io import read_table
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, decode_table
 from polyfuse.spec import Spec

@@ -105,3 +105,17 @@ def test_thread_counts_follow_the_cpus_the_process_may_use():
                          preexec_fn=lambda: os.sched_setaffinity(0, {first}))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "1"]
+
+
+def test_counts_and_durations_must_be_positive(tmp_path):
+    """A zero or negative size, count or timeout is refused by name before anything starts."""
+    for args, words in [(("serve", tmp_path, "--max-batch", "0"), "argument --max-batch: must be positive (got 0)"),
+                        (("serve", tmp_path, "--timeout", "-1"), "argument --timeout: must be positive (got -1)"),
+                        (("serve", tmp_path, "--drain", "-0.5"), "argument --drain: must be 0 or more (got -0.5)"),
+                        (("bench", tmp_path, "--data", tmp_path, "--repeats", "x"),
+                         "argument --repeats: expected an integer (got 'x')"),
+                        (("train", tmp_path / "spec.yaml", "--out", tmp_path / "m", "--nproc", "0"),
+                         "argument --nproc: must be positive (got 0)")]:
+        done = polyfuse(*args)
+        assert done.returncode == 2 and words in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr

@@ -351,7 +351,7 @@ def _tiny_config(kind: str) -> tuple[str, dict, torch.Tensor, torch.Tensor | Non
 @pytest.mark.parametrize("pooling", ["cls", "mean", "attention"])
 def test_other_architectures_pool_into_the_fusion_width(arch, pooling):
     from polyfuse.nn.hf import PretrainedEncoder, build_backbone
-    from polyfuse.spec import HFEncoder
+    from polyfuse.spec_inputs import HFEncoder
 
     kind, config, x, length = _tiny_config(arch)
     encoder = PretrainedEncoder(build_backbone(config, kind), kind, HFEncoder(hf="x", pooling=pooling), 12).eval()
@@ -364,7 +364,7 @@ def test_other_architectures_pool_into_the_fusion_width(arch, pooling):
 
 def test_a_model_in_the_local_hub_cache_is_found_offline(tmp_path, monkeypatch):
     from polyfuse.nn.hf import resolve_model
-    from polyfuse.spec import HFEncoder
+    from polyfuse.spec_inputs import HFEncoder
 
     snapshot = tmp_path / "hub" / "models--acme--tiny-bert" / "snapshots" / ("a" * 40)
     tiny_bert(snapshot)

@@ -13,7 +13,8 @@ import pytest
 
 from polyfuse.errors import BadInputError
 from polyfuse.preprocess import timeseries as ts
-from polyfuse.spec import TimeseriesAugment, load_spec
+from polyfuse.spec import load_spec
+from polyfuse.spec_inputs import TimeseriesAugment
 
 FREQS = {"slow": 1.0, "mid": 2.5, "fast": 5.0}  # cycles per 64-step series
 

@@ -59,7 +59,7 @@ def test_decode_shapes_sampling_and_mask(tmp_path):
 
 
 def test_augment_is_drawn_once_per_clip_and_only_in_training():
-    from polyfuse.spec import ImageAugment
+    from polyfuse.spec_inputs import ImageAugment
 
     clip = np.full((5, 16, 16, 3), 200, np.uint8)
     c = cfg(max_frames=5, augment=ImageAugment(erase=1.0, flip=True))

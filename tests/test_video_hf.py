@@ -78,7 +78,7 @@ def test_training_batches_draw_one_augment_per_clip(models, tmp_path):
 def frames_encoder(models: dict[str, Path], **enc):
     from polyfuse.nn.hf import build_backbone, read_config
     from polyfuse.nn.video_hf import PretrainedFrames
-    from polyfuse.spec import HFEncoder
+    from polyfuse.spec_inputs import HFEncoder
 
     torch.manual_seed(0)
     backbone = build_backbone(read_config(models["vit"]), "video")

@@ -73,7 +73,7 @@ def metadata(model: Any, artifact_dir: Path) -> dict[str, str]:
 
 def sequence_inputs(model: Any) -> list[str]:
     """Graph inputs whose second axis varies with the batch: pretrained text and waveform inputs."""
-    from polyfuse.spec import hf_encoder
+    from polyfuse.spec_inputs import hf_encoder
 
     def varies(proc: dict) -> bool:
         return proc.get("kind") == "text" or proc.get("feature") == "wav2vec2"

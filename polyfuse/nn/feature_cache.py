@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, modality_of
-from polyfuse.spec import Spec, hf_encoder
+from polyfuse.spec import Spec
+from polyfuse.spec_inputs import hf_encoder
 from polyfuse.trainset import log
 
 FORMAT = "polyfuse.embeddings/2"

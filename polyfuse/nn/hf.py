@@ -17,7 +17,8 @@ from torch import nn
 
 from polyfuse.errors import SpecError
 from polyfuse.extras import require
-from polyfuse.spec import HFEncoder, Spec, hf_encoder
+from polyfuse.spec import Spec
+from polyfuse.spec_inputs import HFEncoder, hf_encoder
 
 # model types whose pooler is the right "first token" summary (a trained layer norm or projection);
 # others (BERT, ViT) get the raw first token, since their poolers are NSP heads or random when absent

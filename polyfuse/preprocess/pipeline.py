@@ -19,7 +19,8 @@ from polyfuse.errors import BadInputError
 from polyfuse.io import Table, is_missing, read_table, require_columns
 from polyfuse.preprocess import audio, hf, image, tabular, targets, text, timeseries, video
 from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
-from polyfuse.spec import Spec, hf_encoder
+from polyfuse.spec import Spec
+from polyfuse.spec_inputs import hf_encoder
 from polyfuse.threads import usable_cpus
 
 

@@ -168,7 +168,7 @@ def start(spec: Spec, net: nn.Module, rows: int, dist: Any) -> Private:
 
 def trainable_backbones(spec: Spec, net: nn.Module) -> None:
     """Pretrained backbones train privately only when frozen (their outputs are then fixed features)."""
-    from polyfuse.spec import hf_encoder
+    from polyfuse.spec_inputs import hf_encoder
 
     for name, cfg in spec.inputs.items():
         enc = hf_encoder(cfg)

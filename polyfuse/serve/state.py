@@ -207,7 +207,7 @@ def sized_like_requests(spec: Any, row: dict[str, np.ndarray]) -> dict[str, np.n
     """The batching check's row, with pretrained text and waveform inputs at a typical request's
     length: an empty text is one token, and a transformer's cost (and what batching saves) grows
     with the length."""
-    from polyfuse.spec import hf_encoder
+    from polyfuse.spec_inputs import hf_encoder
 
     for name, cfg in spec.inputs.items():
         proc = hf_encoder(cfg)._processor if hf_encoder(cfg) is not None else {}
