@@ -8,15 +8,15 @@
    127.0.0.1, one with --audit-log; closed-loop concurrent clients, rounds interleaved (off-on, on-off,
    ...), each bounded in requests and seconds; the median over pairs of on/off requests/s, and the
    server's CPU per request (user + system, all its threads, from /proc): the capacity the log
-   leaves is off/on CPU per request (target >= 0.95; unlike req/s on a shared 2-core machine, where
-   the clients run too, it does not move with other load), then `audit verify` on what was written
-   (one line per answered prediction); before it, the writer's own cost per line in process;
-   --control adds an A/A run.
+   leaves is off/on CPU per request, the median over pairs (target >= 0.95; unlike req/s on a
+   shared 2-core machine, where the clients run too, it does not move with other load), then
+   `audit verify` on what was written (one line per answered prediction); before it, the writer's
+   own cost per line in process; --control adds an A/A run.
 4. DP-SGD (train.privacy): test accuracy at epsilon 1, 3, 8 and without privacy (inf) on avdigits
    (../shared/data/avdigits; the demo data when absent), the epsilon actually spent, and training
    time relative to the non-private run. Target: at epsilon 8, <= 5 points below non-private.
 
-    .venv/bin/python benchmarks/privacy.py [--repeats 7] [--per-type 100] [--rounds 10] [--clients 8] [--steps 1234]
+    .venv/bin/python benchmarks/privacy.py [--repeats 7] [--per-type 100] [--rounds 20] [--clients 8] [--steps 1234]
                                            [--control] [--dp-epochs 80] [--dp-lr LR] [--dp-batch N]
                                            [--dp-clip 0.3] [--dp-ema DECAY] [--dp-seeds 3]
 """
@@ -224,11 +224,14 @@ def audit_overhead(plain: Path, work: Path, corpus: list, rounds: int, clients: 
         off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
         ratio = statistics.median(b / a for a, b in zip(rates["off"], rates["on"]))  # per pair: robust to load swings
         # a CPU-bound server's capacity is its cores over the CPU one request takes: this ratio is the
-        # req/s the log leaves, measured where other processes on a shared machine cannot move it
-        capacity = statistics.median(cpu["off"]) / statistics.median(cpu["on"])
+        # req/s it leaves, measured where other processes on a shared machine cannot move it; per pair
+        # (rounds next to each other in time), like req/s, so that drift in the machine cancels
+        capacity = statistics.median(a / b for a, b in zip(cpu["off"], cpu["on"]))
+        of_medians = statistics.median(cpu["off"]) / statistics.median(cpu["on"])
         if control:
             print(f"\ncontrol (A/A: neither server logs), {rounds} pairs: req/s per pair {ratio:.3f}, of medians "
-                  f"{on / off:.3f}; CPU per request {capacity:.3f}; this far from 1 is the machine's noise")
+                  f"{on / off:.3f}; CPU per request per pair {capacity:.3f}, of medians {of_medians:.3f}; this far from 1 is "
+                  "the machine's noise")
             return True
         time.sleep(1)  # the writer thread flushes what is queued
         v = verify(audit)
@@ -236,7 +239,9 @@ def audit_overhead(plain: Path, work: Path, corpus: list, rounds: int, clients: 
               f"medians:\n  off {off:7.1f} req/s   on {on:7.1f} req/s   on/off per pair {ratio:.3f} (of medians "
               f"{on / off:.3f})\n  rounds off {[round(r) for r in rates['off']]} "
               f"on {[round(r) for r in rates['on']]}\n  server CPU per request: off {statistics.median(cpu['off']):.2f} ms, "
-              f"on {statistics.median(cpu['on']):.2f} ms: capacity on/off {capacity:.3f}  target >= 0.95  "
+              f"on {statistics.median(cpu['on']):.2f} ms (of medians {of_medians:.3f}); per round off "
+              f"{[round(c, 2) for c in cpu['off']]} on {[round(c, 2) for c in cpu['on']]}\n"
+              f"  capacity on/off, median per pair {capacity:.3f}  target >= 0.95  "
               f"{'PASS' if capacity >= 0.95 else 'FAIL'}\n  audit verify: {'intact' if v.ok else v.problem}, "
               f"{v.lines} lines in {v.files} file(s) for {answered} predictions answered with it on")
         return capacity >= 0.95 and v.ok and v.lines == answered
@@ -320,7 +325,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--per-type", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=10, help="audit step: interleaved rounds per server")
+    parser.add_argument("--rounds", type=int, default=20, help="audit step: interleaved rounds per server")
     parser.add_argument("--clients", type=int, default=8, help="audit step: concurrent clients")
     parser.add_argument("--requests", type=int, default=400, help="audit step: requests per round")
     parser.add_argument("--steps", default="1234", help="which steps to run, e.g. 34")
