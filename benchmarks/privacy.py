@@ -1,7 +1,9 @@
 """Privacy figures measured in one run:
 
 1. de-identification recall per entity type on the seeded English/Chinese PII corpus
-   (polyfuse.privacy.corpus), and false positives on clean sentences full of numbers;
+   (polyfuse.privacy.corpus; names split into those with a cue and those without), false
+   positives on clean sentences full of numbers, organisations and places, and the names and
+   addresses flagged in real unlabelled text (../shared/data mvsa and zhtext, when present);
 2. loading an encrypted artifact against the same artifact in plain files: polyfuse.load (torch)
    and Runtime (ONNX), median of repeats, interleaved. Target: encrypted <= 1.2x plain.
 3. the audit log's cost to a server: two `polyfuse serve` subprocesses of the same model on
@@ -45,7 +47,7 @@ sys.path.insert(0, str(REPO))
 import polyfuse  # noqa: E402
 from polyfuse.export.exporter import export  # noqa: E402
 from polyfuse.privacy import crypto, pii  # noqa: E402
-from polyfuse.privacy.corpus import clean_corpus, pii_corpus  # noqa: E402
+from polyfuse.privacy.corpus import clean_corpus, cued, pii_corpus  # noqa: E402
 from polyfuse.runtime import Runtime  # noqa: E402
 
 AVDIGITS = REPO.parent / "shared" / "data" / "avdigits"
@@ -58,21 +60,40 @@ def deidentification(per_type: int) -> list:
     redacted = [pii.redact(text) for text, _, _ in corpus]
     seconds = time.perf_counter() - t0
     for (text, kind, value), red in zip(corpus, redacted):
-        total[kind] += 1
-        hit[kind] += value not in red and pii.PLACEHOLDER[kind] in red
+        found = value not in red and pii.PLACEHOLDER[kind] in red
+        kinds = [kind, f"{kind} {'with a cue' if cued(text) else 'no cue'}"] if kind == "person" else [kind]
+        for k in kinds:
+            total[k] += 1
+            hit[k] += found
     print(f"de-identification recall on {len(corpus)} sentences (half English, half Chinese):")
-    for kind in pii.ENTITIES:
-        print(f"  {kind:<10} {hit[kind] / total[kind]:6.1%}  ({hit[kind]}/{total[kind]})  target >= 95%")
+    for kind in sorted(total, key=lambda k: (pii.ENTITIES.index(k.split()[0]), k)):
+        target = "target >= 95%" if kind != "person" and kind != "person no cue" else ""
+        print(f"  {kind:<17} {hit[kind] / total[kind]:6.1%}  ({hit[kind]}/{total[kind]})  {target}")
     clean = clean_corpus(n=1000)
     long_ref = [t for t in clean if re.search(r"\d{13}", t)]
     ordinary = [t for t in clean if t not in long_ref]
     fp = sum(bool(pii.find(t)) for t in ordinary)
     fp_long = sum(bool(pii.find(t)) for t in long_ref)
-    print(f"false positives: {fp}/{len(ordinary)} ordinary sentences with dates, prices, years, order numbers "
-          f"({fp / len(ordinary):.1%}); {fp_long}/{len(long_ref)} sentences holding two random 15-18 digit "
-          f"reference numbers ({fp_long / len(long_ref):.1%}; Luhn passes 1 random number in 10)")
+    print(f"false positives: {fp}/{len(ordinary)} ordinary sentences with dates, prices, years, order numbers, "
+          f"organisations and places ({fp / len(ordinary):.1%}); {fp_long}/{len(long_ref)} sentences holding two "
+          f"random 15-18 digit reference numbers ({fp_long / len(long_ref):.1%}; Luhn passes 1 random number in 10)")
+    _real_text_flags()
     print(f"speed: {len(corpus) / seconds:,.0f} sentences/s")
     return corpus
+
+
+def _real_text_flags(n: int = 3000) -> None:
+    """Names and addresses flagged in real text no one labelled (../shared/data: English tweets,
+    Chinese headlines), with examples to judge by eye: the false positives a synthetic clean corpus
+    cannot show."""
+    for name in ("mvsa", "zhtext"):
+        path = REPO.parent / "shared" / "data" / name / "train.csv"
+        if not path.exists():
+            continue
+        texts = pd.read_csv(path)["text"].astype(str).tolist()[:n]
+        spans = [(t, s) for t in texts for s in pii.find(t, ["person", "address"])]
+        shown = "; ".join(f"{s.type} '{t[s.start:s.end]}'" for t, s in spans[:12])
+        print(f"  real text, {name} ({len(texts)} rows): {len(spans)} names/addresses flagged, e.g. {shown}")
 
 
 def _seconds(fn) -> float:

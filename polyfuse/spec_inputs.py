@@ -142,10 +142,11 @@ class TextInput(Strict):
         "word", description="word: Unicode words + punctuation (space-delimited scripts); char: characters (any "
         "script, no segmentation needed); jieba: Chinese word segmentation")
     lowercase: bool = True
-    deidentify: bool | list[Literal["email", "url", "ip", "cn_id", "bank_card", "phone"]] = Field(
+    deidentify: bool | list[Literal["email", "url", "ip", "cn_id", "bank_card", "phone", "address", "person"]] = Field(
         False, description="replace personal data with typed placeholders (<EMAIL>, <PHONE>, <CN_ID>, <BANK_CARD>, "
-        "<IP>, <URL>) before tokenisation, in training, the runtime and the server alike: true for every type, or a "
-        "list of types. Rule-based (checksums for IDs and cards); person names and addresses are not detected")
+        "<IP>, <URL>, <ADDRESS>, <PERSON>) before tokenisation, in training, the runtime and the server alike: true "
+        "for every type, or a list of types. Rule-based (checksums for IDs and cards; names from cues such as titles, "
+        "'my name is', 姓名, 先生, addresses from a house number and street or 路...号)")
     max_length: int = Field(64, gt=0, description="tokens kept per text (the rest is cut)")
     min_count: int = Field(1, ge=1, description="tokens seen fewer times go to the unknown bucket")
     max_vocab: int = Field(20000, gt=0)

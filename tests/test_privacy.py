@@ -13,7 +13,7 @@ import pytest
 
 from polyfuse.preprocess.pipeline import Preprocessor
 from polyfuse.privacy import pii
-from polyfuse.privacy.corpus import bank_card, clean_corpus, cn_id, pii_corpus
+from polyfuse.privacy.corpus import bank_card, clean_corpus, cn_id, cued, pii_corpus
 from polyfuse.spec import load_spec
 
 
@@ -23,16 +23,38 @@ def test_recall_per_type_on_english_and_chinese_corpus():
     hit, total = Counter(), Counter()
     for text, kind, value in corpus:
         redacted = pii.redact(text)
+        kind = "person (no cue)" if kind == "person" and not cued(text) else kind
         total[kind] += 1
-        hit[kind] += value not in redacted and pii.PLACEHOLDER[kind] in redacted
+        hit[kind] += value not in redacted and pii.PLACEHOLDER[kind.split()[0]] in redacted
     recall = {k: hit[k] / total[k] for k in total}
     print("recall per type:", recall)
-    assert set(recall) == set(pii.ENTITIES)
-    assert all(r >= 0.95 for r in recall.values()), recall
+    assert set(recall) == set(pii.ENTITIES) | {"person (no cue)"}
+    assert all(r >= 0.95 for k, r in recall.items() if k != "person (no cue)"), recall
+    # a name nothing marks as one is found only when its given name is a common one
+    assert 0.1 <= recall["person (no cue)"] < 0.9, recall
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Dr. Jane Roe will call.", "Dr. <PERSON> will call."),
+    ("My name is John Smith, I live at 221B Baker Street, London NW1 6XE.",
+     "My name is <PERSON>, I live at <ADDRESS>."),
+    ("Regards, Peter", "Regards, <PERSON>"),
+    ("Ship to 350 5th Ave, Apt 4, New York, NY 10118 today.", "Ship to <ADDRESS> today."),
+    ("Wohnt in Hauptstraße 5, 10115 Berlin.", "Wohnt in <ADDRESS>."),
+    ("我叫李明，住在北京市朝阳区建国路88号3号楼2单元501室。", "我叫<PERSON>，住在<ADDRESS>。"),
+    ("请联系王经理，或寄到幸福小区3栋2单元501室", "请联系<PERSON>经理，或寄到<ADDRESS>"),
+    ("王芳女士和张先生已到", "<PERSON>女士和<PERSON>先生已到"),
+    # no name or address: cue words, titles as plain nouns, organisations, places, streets without a number
+    ("Dear Customer, contact Apple Support or visit the New York office.", None),
+    ("Turn left on Main Street and park near Victoria Station.", None),
+    ("一语文老师直播上课，项目经理们和平安好医生都在北京大学。", None),
+])
+def test_names_and_addresses(text: str, expected: str | None):
+    assert pii.redact(text) == (text if expected is None else expected)
 
 
 def test_false_positives_on_clean_text_are_rare():
-    clean = clean_corpus(n=300)
+    clean = clean_corpus(n=600)
     long_ref = [t for t in clean if re.search(r"\d{13}", t)]  # reference numbers of card/ID length
     ordinary = [t for t in clean if t not in long_ref]
     flagged = [t for t in ordinary if pii.find(t)]
@@ -78,8 +100,8 @@ def _email_table(folder: Path, n: int = 48) -> Path:
     rows = []
     for i in range(n):
         label = ["refund", "delivery"][i % 2]
-        rows.append({"msg": f"{label} please, write to zqxuser{i}@example.com or call 138{rng.integers(10**7, 10**8)}",
-                     "label": label})
+        rows.append({"msg": f"{label} please, write to zqxuser{i}@example.com or call 138{rng.integers(10**7, 10**8)}; "
+                            f"my name is Quxley Vantrobe, I live at {i + 1} Zorblatt Road", "label": label})
     path = folder / "mail.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -87,7 +109,7 @@ def _email_table(folder: Path, n: int = 48) -> Path:
 
 def _spec(csv: Path, deidentify: bool) -> dict:
     return {"data": {"train": str(csv), "split": {"valid": 0.25, "seed": 0}},
-            "inputs": {"msg": {"type": "text", "encoder": "cnn", "max_length": 16, "dim": 16, "deidentify": deidentify}},
+            "inputs": {"msg": {"type": "text", "encoder": "cnn", "max_length": 40, "dim": 16, "deidentify": deidentify}},
             "outputs": {"label": {"type": "category"}},
             "train": {"epochs": 1, "batch_size": 16, "seed": 0, "threads": 1}}
 
@@ -110,12 +132,13 @@ def test_no_raw_email_in_artifact_or_stderr(tmp_path, capfd):
 
     csv = _email_table(tmp_path)
     polyfuse.train(_spec(csv, False), out=tmp_path / "plain", show_progress=False)
-    assert _grep(tmp_path / "plain", "zqxuser"), "control: without deidentify the vocabulary holds the address tokens"
+    for needle in ("zqxuser", "quxley", "zorblatt"):  # the vocabulary is lowercased
+        assert _grep(tmp_path / "plain", needle), f"control: without deidentify the vocabulary holds {needle}"
     capfd.readouterr()
     polyfuse.train(_spec(csv, True), out=tmp_path / "deid", show_progress=False)
     captured = capfd.readouterr()
-    assert _grep(tmp_path / "deid", "zqxuser") == [] and _grep(tmp_path / "deid", "@example.com") == []
-    assert "zqxuser" not in captured.err + captured.out
+    for needle in ("zqxuser", "@example.com", "quxley", "vantrobe", "zorblatt"):
+        assert _grep(tmp_path / "deid", needle) == [] and needle not in (captured.err + captured.out).lower()
     assert "email" in (tmp_path / "deid" / "preprocess.json").read_text()  # the placeholder's token is learned
 
 

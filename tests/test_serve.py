@@ -491,9 +491,13 @@ def test_request_timeout_answers_504(toy_dir, logs):
                 want = {504: "no answer within", 408: "did not arrive within"}
                 assert r.status_code in want and want[r.status_code] in r.json()["error"], r.text
             assert 504 in statuses, statuses  # the queue deadline answers too, not only the body read
-            r = c.post("/v2/models/toy/infer",
-                       json={"inputs": [{"name": "weight", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
-            assert r.status_code == 504 and "error" in r.json()
+            v2 = []
+            for _ in range(10):  # V2 infer meets the same two deadlines
+                r = c.post("/v2/models/toy/infer",
+                           json={"inputs": [{"name": "weight", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
+                v2.append(r.status_code)
+                assert r.status_code in (408, 504) and "error" in r.json(), r.text
+            assert 504 in v2, v2
         assert_ready(s)
     finally:
         s.stop()

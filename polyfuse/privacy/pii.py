@@ -4,15 +4,17 @@ Called from the text decode (:func:`polyfuse.preprocess.text.decode`), so traini
 torch-free runtime and the server replace the same spans the same way. Regex and checksums only:
 Chinese resident IDs must pass the GB 11643-1999 check digit (and carry a plausible birth date),
 bank cards the Luhn check, so a random 18-digit or 16-digit number is rarely flagged. Person names
-and street addresses need a named-entity model and are not detected here.
+and postal addresses come from context and structure rules (:mod:`polyfuse.privacy.pii_names`).
 """
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
-ENTITIES = ("email", "url", "ip", "cn_id", "bank_card", "phone")
+from polyfuse.privacy.pii_names import find_addresses, find_persons
+
+ENTITIES = ("email", "url", "ip", "cn_id", "bank_card", "phone", "address", "person")
 PLACEHOLDER = {e: f"<{e.upper()}>" for e in ENTITIES}
 
 
@@ -90,14 +92,27 @@ def _valid_card(s: str) -> bool:
     return 13 <= len(digits) <= 19 and luhn_ok(digits)
 
 
-# type -> (patterns, validator of the matched text)
-_RULES: dict[str, tuple[list[re.Pattern], Callable[[str], bool]]] = {
-    "email": ([_EMAIL], lambda s: True),
-    "url": ([_URL], lambda s: True),
-    "ip": ([_IPV4, _IPV6], lambda s: "." in s or _valid_ipv6(s)),
-    "cn_id": ([_CN_ID], valid_cn_id),
-    "bank_card": ([_CARD], _valid_card),
-    "phone": (_PHONES, _valid_phone),
+def _matches(patterns: list[re.Pattern], valid: Callable[[str], bool], url: bool = False
+             ) -> Callable[[str], Iterator[tuple[int, int]]]:
+    def spans(text: str) -> Iterator[tuple[int, int]]:
+        for pattern in patterns:
+            for m in pattern.finditer(text):
+                start, end = _url_span(m) if url else m.span()
+                if end > start and valid(text[start:end]):
+                    yield start, end
+    return spans
+
+
+# type -> the spans of that type in a text
+_FINDERS: dict[str, Callable[[str], Iterable[tuple[int, int]]]] = {
+    "email": _matches([_EMAIL], lambda s: True),
+    "url": _matches([_URL], lambda s: True, url=True),
+    "ip": _matches([_IPV4, _IPV6], lambda s: "." in s or _valid_ipv6(s)),
+    "cn_id": _matches([_CN_ID], valid_cn_id),
+    "bank_card": _matches([_CARD], _valid_card),
+    "phone": _matches(_PHONES, _valid_phone),
+    "address": find_addresses,
+    "person": find_persons,
 }
 
 
@@ -112,15 +127,9 @@ def entity_types(setting: bool | Iterable[str] | None) -> tuple[str, ...]:
 
 def find(text: str, types: Iterable[str] = ENTITIES) -> list[Span]:
     """PII spans in ``text``, non-overlapping and in order; the longest wins where rules overlap
-    (an email inside a URL is part of the URL; a phone-like run inside an ID is the ID)."""
-    candidates = []
-    for kind in types:
-        patterns, valid = _RULES[kind]
-        for pattern in patterns:
-            for m in pattern.finditer(text):
-                start, end = _url_span(m) if kind == "url" else m.span()
-                if end > start and valid(text[start:end]):
-                    candidates.append(Span(start, end, kind))
+    (an email inside a URL is part of the URL; a phone-like run inside an ID is the ID; a name inside
+    an address, "12 Victoria Street", is the address)."""
+    candidates = [Span(start, end, kind) for kind in types for start, end in _FINDERS[kind](text)]
     chosen: list[Span] = []
     for span in sorted(candidates, key=lambda s: (s.start - s.end, ENTITIES.index(s.type), s.start)):
         if all(span.end <= c.start or span.start >= c.end for c in chosen):
