@@ -191,3 +191,20 @@ def test_private_text_cnn_has_no_dropout():
     rates = {private: [m.p for m in build_encoder(cfg, state, private).modules() if isinstance(m, torch.nn.Dropout)]
              for private in (False, True)}
     assert rates == {False: [0.2], True: [0.0]}
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_large_noise_accounting_is_quiet(accountant):
+    """At epsilon 1 the noise is large and Opacus' RDP analysis warns that its best order is the
+    largest alpha (a looser, still valid bound): said every epoch, it buried the training log."""
+    import warnings
+
+    from polyfuse.privacy.dp import Private
+    from polyfuse.spec import PrivacySpec
+
+    cfg = PrivacySpec(noise_multiplier=14.0, delta=1e-5, accountant=accountant)
+    private = Private(cfg, 1350, 256, 80, 0.19, 5, 14.0, [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        spent = private.epsilon(400)
+    assert 0 < spent < 2

@@ -22,6 +22,7 @@ heads, fitted on training rows, are not built under privacy (:mod:`polyfuse.spec
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -67,7 +68,8 @@ class Private:
         if not steps:
             return 0.0
         accountant.history = [(self.noise_multiplier, self.sample_rate, steps)]
-        return float(accountant.get_epsilon(delta=self.cfg.delta))
+        with _quiet_accountant():
+            return float(accountant.get_epsilon(delta=self.cfg.delta))
 
     def wrap(self, plain: Stepper, net: nn.Module, history: list[dict]) -> "PrivateStepper":
         """The DP-SGD stepper in place of ``plain``: per-row gradient hooks on ``net`` and the DP
@@ -138,6 +140,16 @@ class PrivateStepper(Stepper):
         return {"dp_steps": self.steps, "epsilon": round(self.private.epsilon(self.steps), 4)}
 
 
+@contextlib.contextmanager
+def _quiet_accountant() -> Iterator[None]:
+    """Opacus' RDP analysis (PRV uses it too, for its domain) warns at large noise that the best
+    order is its largest alpha: the bound is then looser, still an upper bound on epsilon. Said once
+    per epoch (every catch_warnings in a step resets the once-registry), it buried the epoch lines."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        yield
+
+
 def start(spec: Spec, net: nn.Module, rows: int, dist: Any) -> Private:
     """Check that ``net`` can be trained privately, swap in Opacus' recurrent layers, and fix the
     noise: the spec's noise_multiplier, or the one that spends its epsilon in train.epochs."""
@@ -156,8 +168,9 @@ def start(spec: Spec, net: nn.Module, rows: int, dist: Any) -> Private:
     else:
         from opacus.accountants.utils import get_noise_multiplier
 
-        sigma = get_noise_multiplier(target_epsilon=cfg.epsilon, target_delta=cfg.delta, sample_rate=q,
-                                     steps=steps * train.epochs, accountant=cfg.accountant)
+        with _quiet_accountant():
+            sigma = get_noise_multiplier(target_epsilon=cfg.epsilon, target_delta=cfg.delta, sample_rate=q,
+                                         steps=steps * train.epochs, accountant=cfg.accountant)
     if cfg.delta >= 1.0 / rows:
         log(f"WARNING: train.privacy.delta {cfg.delta:g} is not below 1 / {rows} training rows: the guarantee "
             "allows leaking a whole row with that chance; use a smaller delta")
