@@ -279,6 +279,20 @@ def test_audit_write_failure_is_reported_not_lost(tmp_path):
     log.close()
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names in /proc are Linux's")
+def test_audit_writer_thread_is_named_for_the_os(tmp_path):
+    """`top -H` and /proc show the writer as polyfuse-audit, so its CPU can be told from the server's."""
+    log = AuditLog(tmp_path / "a.log", "m" * 64)
+    try:
+        comm = Path(f"/proc/self/task/{log._thread.native_id}/comm")
+        deadline = time.monotonic() + 10
+        while comm.read_text().strip() != "polyfuse-audit" and time.monotonic() < deadline:
+            time.sleep(0.01)  # the thread names itself as it starts
+        assert comm.read_text().strip() == "polyfuse-audit"
+    finally:
+        log.close()
+
+
 def test_audit_input_digest_is_salted_and_tells_shapes_and_fields_apart():
     import numpy as np
 
