@@ -23,7 +23,7 @@ def bars(args: argparse.Namespace) -> bool:
 
 def cmd_init(args: argparse.Namespace) -> None:
     require("tables", "polyfuse init", modules=("pandas",))
-    from polyfuse.infer_spec import init_yaml
+    from polyfuse.spec_yaml import init_yaml
 
     print(init_yaml(args.table, target=args.target), end="")
 

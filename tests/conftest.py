@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from polyfuse.preprocess.audio import write_wav
+from polyfuse.preprocess.audio_file import write_wav
 
 # tests write only to temp dirs: the pretrained encoders' embedding cache too (default ~/.cache/polyfuse)
 os.environ["POLYFUSE_CACHE"] = tempfile.mkdtemp(prefix="polyfuse-test-cache-")

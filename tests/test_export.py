@@ -14,7 +14,7 @@ import polyfuse
 from polyfuse.errors import ArtifactError, BadInputError
 from polyfuse.export.exporter import export
 from polyfuse.export.onnx import ExportError
-from polyfuse.preprocess.audio import write_wav
+from polyfuse.preprocess.audio_file import write_wav
 from polyfuse.runtime import Runtime
 from tests.conftest import toy_spec
 

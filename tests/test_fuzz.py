@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from polyfuse.errors import BadInputError, SpecError
-from polyfuse.preprocess.audio import decode_audio
+from polyfuse.preprocess.audio_file import decode_audio
 from polyfuse.preprocess.image import decode_image
 from polyfuse.serve.config import ServeConfig
 from polyfuse.serve.protocol import parse_infer

@@ -14,9 +14,10 @@ import yaml
 from PIL import Image
 
 from polyfuse.errors import BadInputError, SpecError
-from polyfuse.infer_spec import infer, init_yaml, nice_ceil
+from polyfuse.infer_spec import infer, nice_ceil
+from polyfuse.spec_yaml import init_yaml
 from polyfuse.io import read_table
-from polyfuse.preprocess.audio import write_wav
+from polyfuse.preprocess.audio_file import write_wav
 from polyfuse.profile import scripts
 from polyfuse.spec import load_spec
 

@@ -7,7 +7,7 @@ import pytest
 
 from polyfuse.errors import BadInputError
 from polyfuse.io import read_table
-from polyfuse.preprocess.audio import write_wav
+from polyfuse.preprocess.audio_file import write_wav
 from polyfuse.preprocess.pipeline import decode_table
 from polyfuse.spec import load_spec
 from tests.conftest import toy_spec

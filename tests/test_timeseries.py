@@ -218,7 +218,8 @@ def test_save_load_onnx_parity_and_torch_free_runtime(trained, tmp_path):
 
 
 def test_init_proposes_a_timeseries_input(tmp_path):
-    from polyfuse.infer_spec import guess_spec, init_yaml
+    from polyfuse.infer_spec import guess_spec
+    from polyfuse.spec_yaml import init_yaml
 
     table = make_table(tmp_path, n=30)
     spec_ = guess_spec(table)

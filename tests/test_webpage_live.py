@@ -81,7 +81,7 @@ def test_live_view_listens_to_the_microphone(tmp_path):
 
     import polyfuse
     from polyfuse.export.exporter import export
-    from polyfuse.preprocess.audio import write_wav
+    from polyfuse.preprocess.audio_file import write_wav
     from polyfuse.runtime import Runtime
 
     rng = np.random.default_rng(0)

@@ -23,6 +23,7 @@ import numpy as np
 
 from polyfuse.errors import BadInputError, SpecError
 from polyfuse.preprocess import audio as audio_mod
+from polyfuse.preprocess import audio_file
 from polyfuse.preprocess import hf_audio
 from polyfuse.preprocess import image as image_mod
 from polyfuse.preprocess import text as text_mod
@@ -189,7 +190,7 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
 
         source = sound_of(source, cfg, where, sr, budget)
     # no peak normalisation: the extractors (Whisper's log-mel above all) depend on the scale
-    wave = audio_mod.decode_audio(source, sr, where=where, budget=budget, normalize=False)
+    wave = audio_file.decode_audio(source, sr, where=where, budget=budget, normalize=False)
     return wave[: int(round(cfg.max_seconds * sr))]
 
 

@@ -293,7 +293,7 @@ def write_video(path: str | Path, frames: list[np.ndarray], fps: int = 8, times:
     """Write uint8 [H, W, 3] frames as MPEG-4 video (the container from the file's suffix), with
     ``times`` (seconds) for a variable frame rate and ``audio`` (mono, [-1, 1]) as a sound track in
     ``audio_codec`` (one the container takes: mp2, aac; pcm_s16le in .mkv). For synthetic sets and
-    tests, as :func:`polyfuse.preprocess.audio.write_wav` is for audio."""
+    tests, as :func:`polyfuse.preprocess.audio_file.write_wav` is for audio."""
     from fractions import Fraction
 
     av = _av()

@@ -68,7 +68,7 @@ def _series(value: Any, record: int, field: str) -> Any:
 def check_media(kind: str, data: bytes, record: int, field: str, budget: DecodeBudget) -> None:
     """Size limits read from the file header before anything is decoded: the record's own (pixels,
     seconds, samples per second) and the request's total decoded size, both in ``budget``."""
-    from polyfuse.preprocess.audio import probe_audio
+    from polyfuse.preprocess.audio_file import probe_audio
     from polyfuse.preprocess.image import open_image
 
     label = "image" if kind == "image" else "audio"
