@@ -219,15 +219,21 @@ class Spec(Strict):
 
 
 def _relevant(err: dict) -> bool:
-    """For an encoder (a name or a pretrained {hf: ...} mapping), only the branch the user wrote."""
+    """Of a union's branches, only the one the user wrote: for an encoder a name or a pretrained
+    {hf: ...} mapping; for ``true | [list]`` fields (deidentify) the boolean or the list."""
     loc = [str(p) for p in err["loc"]]
+    if loc and loc[-1] == "bool" and isinstance(err.get("input"), list):  # loc names the branch in a union only
+        return False
+    if loc and loc[-1].startswith("list[") and isinstance(err.get("input"), bool):
+        return False
     if "HFEncoder" in loc:
         return not (err["type"] == "model_type" and not isinstance(err.get("input"), dict))
     return not (any(p.startswith("literal[") for p in loc) and isinstance(err.get("input"), dict))
 
 
 def _describe(err: dict) -> str:
-    loc = [p for p in err["loc"] if p != "HFEncoder" and not str(p).startswith("literal[")]
+    loc = [p for p in err["loc"] if p != "HFEncoder" and not str(p).startswith(("literal[", "list["))
+           and not (p == "bool" and p == err["loc"][-1])]
     if len(loc) > 2 and loc[0] == "inputs" and loc[2] in _TYPE_TAGS:
         del loc[2]  # pydantic's discriminator tag, not part of the user's path (an input may be named "image")
     path = ".".join(str(p) for p in loc)

@@ -154,3 +154,17 @@ def test_training_and_inference_decode_the_same_placeholders(deid_run):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     reloaded = __import__("polyfuse").load(folder)
     assert reloaded.predict(raw).equals(model.predict(placeholder))
+
+
+def test_unknown_entity_type_is_named_alone():
+    """A list with an unknown type gets one line naming it and the types allowed, not pydantic's
+    complaint that a list is not a boolean (the other branch of ``true | [types]``)."""
+    from polyfuse.errors import SpecError
+
+    spec = {"data": {"train": "t.csv"}, "outputs": {"label": {"type": "category"}},
+            "inputs": {"msg": {"type": "text", "deidentify": ["email", "name"]}}}
+    with pytest.raises(SpecError) as e:
+        load_spec(spec)
+    lines = str(e.value).splitlines()[1:]
+    assert len(lines) == 1 and lines[0].startswith("  inputs.msg.deidentify.1: expected one of")
+    assert "'person'" in lines[0] and "(got 'name')" in lines[0]
