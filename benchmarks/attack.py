@@ -54,7 +54,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="serve-attack-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "polyfuse.cli", "serve", str(model_dir), "--host", HOST, "--port", str(self.port),
+        cmd = [sys.executable, "-m", "polyfuse.cli.main", "serve", str(model_dir), "--host", HOST, "--port", str(self.port),
                *flags]
         self.proc = subprocess.Popen(cmd, cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -186,7 +186,7 @@ def main() -> None:
 
     model_dir, test_csv, what = prepare_model(args)
     p = load_payloads(model_dir, test_csv, 200)
-    from polyfuse.spec import load_spec
+    from polyfuse.spec.schema import load_spec
 
     spec, _ = load_spec(model_dir / "spec.yaml")
     cols = {c.type: spec.column(n) for n, c in spec.inputs.items()}

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import polyfuse  # noqa: E402
-from polyfuse import report  # noqa: E402
+from polyfuse.evaluate import report  # noqa: E402
 
 BUDGET_S = 120.0
 LUDWIG_S, LUDWIG_ACC = 98.0, 0.995  # Ludwig 0.11 on the same data and machine, as the issue reports

@@ -20,11 +20,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from polyfuse.bench import run_bench  # noqa: E402
+from polyfuse.deploy.bench import run_bench  # noqa: E402
 from polyfuse.errors import PolyfuseError  # noqa: E402
-from polyfuse.export.onnx import ExportError  # noqa: E402
+from polyfuse.deploy.onnx import ExportError  # noqa: E402
 from polyfuse.runtime import VARIANTS  # noqa: E402
-from polyfuse.spec import load_spec  # noqa: E402
+from polyfuse.spec.schema import load_spec  # noqa: E402
 
 AVDIGITS = REPO.parent / "shared" / "data" / "avdigits"
 PT2 = "model.pt2"
@@ -64,7 +64,7 @@ def train_or_reuse(spec: Any, out: Path, retrain: bool) -> None:
 def export_all(out: Path) -> dict[str, bool]:
     """Every build that is not there yet; a build that misses its gate is still written (forced) and flagged,
     so that the benchmark shows what it costs in accuracy instead of silently dropping it."""
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     forced = {}
     for to, quantize, name in BUILDS:
@@ -88,8 +88,8 @@ def avdigits_case() -> tuple[Any, Path] | None:
 
 
 def demo_case() -> tuple[Any, Path]:
-    from polyfuse.demo import default_root
-    from polyfuse.demo_data import DEMO_SPEC, build_demo_dataset
+    from polyfuse.cli.demo import default_root
+    from polyfuse.data.demo import DEMO_SPEC, build_demo_dataset
 
     csv = build_demo_dataset(default_root())
     spec = copy.deepcopy(DEMO_SPEC)

@@ -51,7 +51,7 @@ def train(spec: dict, folder: Path, name: str, env: dict) -> tuple[dict, float]:
     path.write_text(yaml.safe_dump(spec))
     log = folder / f"{name}.log"
     with open(log, "wb") as out:  # a file, not a pipe: os.wait4 below reaps the child and reads its rusage
-        proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli", "train", str(path), "--out",
+        proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli.main", "train", str(path), "--out",
                                  str(folder / name), "--quiet"], stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -60,7 +60,7 @@ def train(spec: dict, folder: Path, name: str, env: dict) -> tuple[dict, float]:
 
 
 def minilm() -> str:
-    from polyfuse.demo import minilm_folder
+    from polyfuse.cli.demo import minilm_folder
 
     return str(minilm_folder())
 
@@ -69,7 +69,7 @@ def text_table(tmp: Path, quick: bool) -> tuple[str, str | None, str]:
     """(train table, test table, text column): mvsa's tweets, or the demo's transcripts."""
     if (DATA / "mvsa" / "train.csv").exists():
         return str(DATA / "mvsa" / "train.csv"), str(DATA / "mvsa" / "test.csv"), "text"
-    from polyfuse.demo_data import build_demo_dataset
+    from polyfuse.data.demo import build_demo_dataset
 
     csv = build_demo_dataset(tmp / "demo", n=600 if quick else None)
     return str(csv), str(csv.with_name("test.csv")), "transcript"
@@ -111,7 +111,7 @@ def mvsa_figures(tmp: Path, env: dict) -> None:
     if not (DATA / "mvsa" / "train.csv").exists():
         record("2. mvsa", "skipped", "../shared/data/mvsa absent")
         return
-    init = subprocess.run([sys.executable, "-m", "polyfuse.cli", "init", str(DATA / "mvsa" / "train.csv"), "--target",
+    init = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "init", str(DATA / "mvsa" / "train.csv"), "--target",
                            "label"], capture_output=True, text=True, check=True, env=env)
     spec = yaml.safe_load(init.stdout)
     spec["data"]["cache_dir"] = str(tmp / "cache")
@@ -128,7 +128,7 @@ def latency_figures(model_dir: Path, test_csv: str | None, column: str) -> None:
     import pandas as pd
 
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
     from polyfuse.runtime import Runtime
 
     fp32 = export(model_dir)
@@ -177,7 +177,7 @@ def served_rps(model_dir: Path, flags: list[str], texts: list[str], clients: int
     import httpx
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli", "serve", str(model_dir), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli.main", "serve", str(model_dir), "--port", str(port),
                              "--runtime", "onnx", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -46,7 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import polyfuse  # noqa: E402
-from polyfuse.export.exporter import export  # noqa: E402
+from polyfuse.deploy.exporter import export  # noqa: E402
+from polyfuse import artifact  # noqa: E402
 from polyfuse.privacy import crypto, pii  # noqa: E402
 from polyfuse.privacy.corpus import clean_corpus, cued, pii_corpus  # noqa: E402
 from polyfuse.runtime import Runtime  # noqa: E402
@@ -121,7 +122,7 @@ def encryption(plain: Path, work: Path, repeats: int) -> bool:
     enc = work / "encrypted"
     shutil.copytree(plain, enc)
     os.environ["POLYFUSE_KEY"] = crypto.new_key()
-    crypto.encrypt_artifact(enc, crypto.parse_key(os.environ["POLYFUSE_KEY"], "POLYFUSE_KEY"))
+    artifact.encrypt_artifact(enc, crypto.parse_key(os.environ["POLYFUSE_KEY"], "POLYFUSE_KEY"))
     size = sum(p.stat().st_size for p in plain.iterdir()) / 1e6
     print(f"\nencrypted artifact ({size:.1f} MB, {len(list(plain.iterdir()))} files), median of {repeats} loads:")
     ok = True
@@ -150,7 +151,7 @@ def _start(model: Path, extra: list[str], log: Path) -> tuple[subprocess.Popen, 
     import httpx
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli", "serve", str(model), "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli.main", "serve", str(model), "--host", "127.0.0.1",
                              "--port", str(port), *extra], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
@@ -306,7 +307,7 @@ def dp_spec(work: Path, epochs: int) -> dict:
         spec["data"].update(train=str(AVDIGITS / "train.csv"), test=str(AVDIGITS / "test.csv"))
         spec["inputs"]["audio"].pop("augment")  # features then computed once: the runs fit in minutes on 2 cores
     else:
-        from polyfuse.demo_data import DEMO_SPEC, build_demo_dataset
+        from polyfuse.data.demo import DEMO_SPEC, build_demo_dataset
 
         print(f"\navdigits not found at {AVDIGITS}: using the demo data instead")
         csv = build_demo_dataset(work / "demo")

@@ -26,7 +26,7 @@ TEXT = {"mvsa": ["text"], "zhtext": ["text", "keywords"], "avdigits": []}  # wha
 
 
 def cli(*args: object) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "polyfuse.cli", *map(str, args)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", *map(str, args)], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"polyfuse {' '.join(map(str, args[:2]))} failed:\n{done.stderr[-3000:]}")
     return done

@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import polyfuse  # noqa: E402
-from polyfuse import robustness  # noqa: E402
-from polyfuse.spec import FusionSpec  # noqa: E402
+from polyfuse.evaluate import robustness  # noqa: E402
+from polyfuse.spec.schema import FusionSpec  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "avdigits"
 CLEAN_TARGET = 0.98

@@ -112,9 +112,9 @@ def disk_figures(tmp: Path) -> None:
 
 
 def decode_figures(tmp: Path) -> None:
-    from polyfuse.io import read_table
-    from polyfuse.shards import decode_to_shards
-    from polyfuse.spec import load_spec
+    from polyfuse.data.io import read_table
+    from polyfuse.training.shards import decode_to_shards
+    from polyfuse.spec.schema import load_spec
 
     csv = image_table(tmp / "decode", 6000, side=112)
     spec, _ = load_spec(image_spec(csv, 112, tmp / "unused"))
@@ -135,7 +135,7 @@ def ddp_figures(tmp: Path) -> None:
                                               "--target", "label"], capture_output=True, text=True, check=True).stdout)
         what = "avdigits"
     else:
-        from polyfuse.demo_data import DEMO_SPEC, build_demo_dataset
+        from polyfuse.data.demo import DEMO_SPEC, build_demo_dataset
 
         csv = build_demo_dataset(tmp / "demo")
         spec = {**DEMO_SPEC, "data": {**DEMO_SPEC["data"], "train": str(csv), "test": str(csv.with_name("test.csv"))}}

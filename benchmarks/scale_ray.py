@@ -37,8 +37,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import polyfuse
-    from polyfuse.batch import predict_table
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.batch import predict_table
+    from polyfuse.deploy.exporter import export
     from polyfuse.runtime import Runtime
     from polyfuse.scale import init_ray
     from polyfuse.scale.ray_data import predict_ray

@@ -52,7 +52,7 @@ def main() -> None:
     import torch
 
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
     from polyfuse.runtime import Runtime
 
     torch.set_num_threads(1)

@@ -65,7 +65,7 @@ def log(msg: str) -> None:
 
 # --------------------------------------------------------------------------------------------- model + data
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "polyfuse.cli", *args], cwd=REPO, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "polyfuse.cli.main", *args], cwd=REPO, capture_output=True, text=True)
 
 
 def _loads(model_dir: Path) -> bool:
@@ -101,8 +101,8 @@ def prepare_model(args: argparse.Namespace) -> tuple[Path, Path, str]:
                 raise SystemExit(f"training failed:\n{r.stderr[-3000:]}")
     else:
         import polyfuse
-        from polyfuse.demo import default_root
-        from polyfuse.demo_data import DEMO_SPEC, build_demo_dataset
+        from polyfuse.cli.demo import default_root
+        from polyfuse.data.demo import DEMO_SPEC, build_demo_dataset
 
         log(f"{AVDIGITS} is absent: falling back to the demo data and DEMO_SPEC")
         csv_path = build_demo_dataset(default_root())
@@ -127,8 +127,8 @@ def prepare_network_model(args: argparse.Namespace) -> tuple[Path, Path]:
     under 1 ms of preprocessing). Trained for one epoch: step 1 measures throughput, not accuracy, and every
     answer is still checked against this process's prediction of the same record."""
     import polyfuse
-    from polyfuse.demo import default_root
-    from polyfuse.demo_data import DEMO_SPEC, build_demo_dataset
+    from polyfuse.cli.demo import default_root
+    from polyfuse.data.demo import DEMO_SPEC, build_demo_dataset
 
     csv_path = build_demo_dataset(default_root())
     out = REPO / "runs" / "bench-serve-network"
@@ -158,7 +158,7 @@ class Payloads:
 
 
 def load_payloads(model_dir: Path, test_csv: Path, limit: int) -> Payloads:
-    from polyfuse.spec import load_spec
+    from polyfuse.spec.schema import load_spec
 
     spec, _ = load_spec(model_dir / "spec.yaml")
     inputs = [(spec.column(n), c.type) for n, c in spec.inputs.items()]
@@ -250,7 +250,7 @@ class Server:
         self.ready_line = ""
 
     async def start(self, probe: bytes, deadline_s: float = 90.0) -> "Server":
-        cmd = [sys.executable, "-m", "polyfuse.cli", "serve", str(self.model_dir), "--host", HOST,
+        cmd = [sys.executable, "-m", "polyfuse.cli.main", "serve", str(self.model_dir), "--host", HOST,
                "--port", str(self.port), "--drain", "2", *self.flags, *Server.extra_flags]
         t0 = time.perf_counter()
         pin = (lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None

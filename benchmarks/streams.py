@@ -38,7 +38,7 @@ def wave(label: str, rng: np.random.Generator, steps: int) -> np.ndarray:
 
 def train(root: Path) -> Path:
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     rng = np.random.default_rng(0)
     rows = []
@@ -113,7 +113,7 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         log = open(Path(tmp) / "serve.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli", "serve", str(model), "--host", "127.0.0.1",
+        proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli.main", "serve", str(model), "--host", "127.0.0.1",
                                  "--port", str(port), "--stream-max-pending", "4"], stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
         try:

@@ -22,11 +22,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from polyfuse.io import read_table  # noqa: E402
+from polyfuse.data.io import read_table  # noqa: E402
 from polyfuse.nn.model import FusionModel, to_tensors  # noqa: E402
 from polyfuse.preprocess.pipeline import Preprocessor, decode_table  # noqa: E402
-from polyfuse.spec import load_spec  # noqa: E402
-from polyfuse.training import batches_of, run, split_decoded  # noqa: E402
+from polyfuse.spec.schema import load_spec  # noqa: E402
+from polyfuse.training.recipe import run  # noqa: E402
+from polyfuse.training.trainset import batches_of, split_decoded  # noqa: E402
 
 AVDIGITS = REPO.parent / "shared" / "data" / "avdigits"
 
@@ -38,8 +39,8 @@ def reference_spec(which: str, epochs: int, augment: bool) -> tuple[dict, Path]:
         spec = yaml.safe_load((REPO / "avdigits.yaml").read_text())
         base = REPO
     else:
-        from polyfuse.demo import default_root
-        from polyfuse.demo_data import DEMO_SPEC, build_demo_dataset
+        from polyfuse.cli.demo import default_root
+        from polyfuse.data.demo import DEMO_SPEC, build_demo_dataset
 
         csv = build_demo_dataset(default_root())
         spec = copy.deepcopy(DEMO_SPEC)
@@ -53,7 +54,7 @@ def reference_spec(which: str, epochs: int, augment: bool) -> tuple[dict, Path]:
 
 
 def polyfuse_run(spec: dict, base: Path, out: Path) -> list[dict]:
-    from polyfuse.spec import Spec
+    from polyfuse.spec.schema import Spec
 
     result = run(Spec.model_validate(spec), base, out=out, show_progress=False)
     return result.history

@@ -13,7 +13,7 @@ from typing import Any
 # submodule can import onnxruntime; a user who wants telemetry sets it to 0 themselves.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-__version__ = "0.1.0"
+from polyfuse.version import __version__  # noqa: E402 (after the variable above)
 __all__ = ["train", "load", "__version__"]
 RUNTIME_HINT = "an exported model runs without it: polyfuse.runtime.Runtime(path)"
 

@@ -1,6 +1,6 @@
 """`python -m polyfuse` (what torchrun runs on each rank): the command line."""
 import sys
 
-from polyfuse.cli import main
+from polyfuse.cli.main import main
 
 sys.exit(main())

@@ -7,6 +7,7 @@ Nothing is pickled: tensors are safetensors, everything else JSON/YAML/text.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -182,7 +183,60 @@ def open_artifact(folder: str | Path, *, key_env: str | None = None, verify_key:
     if (ENCRYPTION in manifest) != (key is not None):  # manifest.json replaced while it was checked
         raise ArtifactError(f"{folder}: {MANIFEST} changed while the model was loading; load it again")
     if verify_key is not None:
-        from polyfuse.privacy import sign
-
-        sign.check(folder, verify_key)
+        check_signature(folder, verify_key)
     return Opened(folder, manifest, key, ready)
+
+
+# ----------------------------------------------------------------------------- sealing: encryption and signatures
+def encrypt_artifact(folder: str | Path, key: bytes) -> dict[str, Any]:
+    """Encrypt every file of a verified artifact, replacing the directory atomically; returns the
+    new manifest (digests of the ciphertext, ``encryption`` with the key's fingerprint)."""
+    from polyfuse.privacy import crypto
+
+    folder = Path(folder)
+    manifest = verify(folder)
+    if ENCRYPTION in manifest:
+        raise ArtifactError(f"{folder} is already encrypted (key {manifest[ENCRYPTION]['key_id']})")
+    names = sorted(manifest["files"])
+    extra = {k: v for k, v in manifest.items() if k not in ("files", "format")}
+    extra[ENCRYPTION] = {"algorithm": crypto.ALGORITHM, "key_id": crypto.key_id(key), "files": names}
+
+    def fill(tmp: Path) -> None:
+        for name in names:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(crypto.seal((folder / name).read_bytes(), key, name))
+        write_manifest(tmp, extra)
+
+    write_dir(folder, fill)
+    return verify(folder)
+
+
+def sign_artifact(folder: str | Path, key_file: str | Path) -> Path:
+    """Verify the artifact, then write ``manifest.sig`` (base64 Ed25519 signature of manifest.json)."""
+    from polyfuse.privacy import sign
+
+    folder = Path(folder)
+    verify(folder)  # never sign files that changed behind the manifest's back
+    signature = sign.load_key(key_file, private=True).sign((folder / MANIFEST).read_bytes())
+    atomic_write_text(folder / SIGNATURE, base64.b64encode(signature).decode() + "\n")
+    return folder / SIGNATURE
+
+
+def check_signature(folder: str | Path, public_key_file: str | Path) -> None:
+    """Refuse an unsigned artifact or one whose manifest does not match its signature."""
+    from polyfuse.privacy import sign
+
+    folder = Path(folder)
+    key = sign.load_key(public_key_file, private=False)  # first: names the crypto extra when it is missing
+    from cryptography.exceptions import InvalidSignature
+
+    sig_path = folder / SIGNATURE
+    if not sig_path.is_file():
+        raise ArtifactError(f"{folder} is not signed (no {SIGNATURE}) but a verify key was given; "
+                            f"sign it with `polyfuse sign {folder} --key-file KEY`, or load it without a verify key")
+    try:
+        key.verify(base64.b64decode(sig_path.read_text().strip(), validate=True), (folder / MANIFEST).read_bytes())
+    except (InvalidSignature, ValueError):
+        raise ArtifactError(f"{folder}: the signature does not match {MANIFEST} under {public_key_file}: the "
+                            "artifact was changed after signing (re-sign it after an export) or signed by another "
+                            "key; do not use it") from None

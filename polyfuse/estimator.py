@@ -13,16 +13,17 @@ import yaml
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-import polyfuse
+from polyfuse.version import __version__
 from polyfuse import artifact
 from polyfuse.errors import ArtifactError
-from polyfuse.evaluate import evaluate as _evaluate
-from polyfuse.io import read_table
+from polyfuse.evaluate.scores import evaluate as _evaluate
+from polyfuse.data.io import read_table
 from polyfuse.nn import heads
-from polyfuse.nn.model import MODALITY_WEIGHTS, FusionModel, predict_arrays
+from polyfuse.nn.model import FusionModel, predict_arrays
 from polyfuse.preprocess import targets
+from polyfuse.preprocess.targets import MODALITY_WEIGHTS
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, decode_table
-from polyfuse.spec import Spec, load_spec
+from polyfuse.spec.schema import Spec, load_spec
 
 
 @dataclass
@@ -94,7 +95,7 @@ class Model:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, extra_files: dict[str, Path] | None = None) -> Path:
         """Write the artifact directory atomically (safetensors + JSON/YAML, manifest last)."""
-        from polyfuse import card
+        from polyfuse.evaluate import card
 
         def fill(tmp: Path) -> None:
             (tmp / "spec.yaml").write_text(yaml.safe_dump(self.spec.to_dict(), sort_keys=False))
@@ -107,7 +108,7 @@ class Model:
             for name, src in (extra_files or {}).items():
                 shutil.copyfile(src, tmp / name)
             (tmp / "MODEL_CARD.md").write_text(card.render(self))
-            artifact.write_manifest(tmp, {"polyfuse_version": polyfuse.__version__, **self.info})
+            artifact.write_manifest(tmp, {"polyfuse_version": __version__, **self.info})
 
         return artifact.write_dir(path, fill)
 
@@ -124,8 +125,8 @@ def train(spec: Any, data: Any = None, out: str | Path | None = None, resume: bo
     """
     import time
 
-    from polyfuse import report
-    from polyfuse.training import run
+    from polyfuse.evaluate import report
+    from polyfuse.training.recipe import run
 
     spec_obj, base = _spec_base(spec)
     t0 = time.perf_counter()

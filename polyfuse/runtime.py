@@ -18,11 +18,10 @@ import yaml
 from polyfuse.artifact import open_artifact, verify
 from polyfuse.errors import ArtifactError, BadInputError
 from polyfuse.preprocess.pipeline import Preprocessor
-from polyfuse.preprocess.targets import decode_outputs
-from polyfuse.spec import load_spec
+from polyfuse.preprocess.targets import MODALITY_WEIGHTS, decode_outputs
+from polyfuse.spec.schema import load_spec
 from polyfuse.threads import usable_cpus
 
-MODALITY_WEIGHTS = "_modality_weights"  # gated fusion's extra output (same name as in polyfuse.nn.model)
 VARIANTS = {"fp32": "model.onnx", "int8-dynamic": "model.int8-dynamic.onnx", "int8-static": "model.int8-static.onnx"}
 
 
@@ -120,8 +119,8 @@ class Runtime:
     def stream(self, samples_iter: Any, hop: int, context: dict | None = None, clock: str | None = None) -> Any:
         """Predictions as samples arrive: ``samples_iter`` yields ``{input: samples}``; every ``hop`` clock
         samples (once each stream input's window is full) yields ``{"window_end": n, **prediction}``.
-        The windows live in polyfuse.streams.StreamWindows; each goes through ``predict``."""
-        from polyfuse.streams import StreamWindows
+        The windows live in polyfuse.preprocess.streams.StreamWindows; each goes through ``predict``."""
+        from polyfuse.preprocess.streams import StreamWindows
 
         windows = StreamWindows(self.spec, hop, context or {}, clock)
         for chunk in samples_iter:

@@ -96,7 +96,7 @@ def real_run(tmp_path_factory):
     if (AVDIGITS / "train.csv").exists():
         model = polyfuse.train(Path(__file__).resolve().parents[1] / "avdigits.yaml", out=out, show_progress=False)
         return out, AVDIGITS / "test.csv", model
-    from polyfuse.demo import run_demo
+    from polyfuse.cli.demo import run_demo
 
     root = tmp_path_factory.mktemp("demo-data")
     run_demo(root=root, out=out, n=600, epochs=10, show_progress=False)

@@ -133,7 +133,7 @@ def _entries(path: Path) -> list[dict]:
 
 
 def test_audit_log_of_a_served_model_verifies_and_shows_tampering(secure, toy_csv, toy_dir, tmp_path, capsys):
-    from polyfuse.cli import main
+    from polyfuse.cli.main import main
 
     records = toy_records(toy_csv, 3)
     ids = [f"audit-{i}" for i in range(12)]  # enough lines to rotate at 4 KB whatever ran before
@@ -240,16 +240,17 @@ def test_keys_file_forms_and_errors(tmp_path):
 
 # ---------------------------------------------------------------------------- --key-env / --verify-key
 def test_predict_and_evaluate_take_key_env_and_verify_key(toy_dir, toy_csv, tmp_path, monkeypatch, capsys):
-    from polyfuse.cli import main
+    from polyfuse.cli.main import main
+    from polyfuse import artifact
     from polyfuse.privacy import crypto, sign
 
     model = tmp_path / "toy"
     shutil.copytree(toy_dir, model)
     monkeypatch.delenv("POLYFUSE_KEY", raising=False)
     monkeypatch.setenv("POLYFUSE_TEST_MODEL_KEY", crypto.new_key())
-    crypto.encrypt_artifact(model, crypto.key_from_env("POLYFUSE_TEST_MODEL_KEY"))
+    artifact.encrypt_artifact(model, crypto.key_from_env("POLYFUSE_TEST_MODEL_KEY"))
     private, public = sign.keygen(tmp_path / "signing.pem")
-    sign.sign_artifact(model, private)
+    artifact.sign_artifact(model, private)
     _, other = sign.keygen(tmp_path / "other.pem")
     keys = ["--key-env", "POLYFUSE_TEST_MODEL_KEY", "--verify-key", str(public)]
 

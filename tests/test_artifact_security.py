@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "polyfuse.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "polyfuse.cli.main", *args], capture_output=True, text=True,
                           env=full_env, timeout=300)
 
 
@@ -45,7 +45,7 @@ def key(monkeypatch) -> str:
 def encrypted(toy_dir, tmp_path, key) -> Path:
     folder = tmp_path / "toy"
     shutil.copytree(toy_dir, folder)
-    crypto.encrypt_artifact(folder, crypto.parse_key(key, "POLYFUSE_KEY"))
+    artifact.encrypt_artifact(folder, crypto.parse_key(key, "POLYFUSE_KEY"))
     return folder
 
 
@@ -62,7 +62,7 @@ def test_encrypted_files_are_ciphertext_and_manifest_names_the_key_by_fingerprin
     artifact.verify(encrypted)  # digests are of the ciphertext
     assert sorted(p.name for p in encrypted.parent.iterdir()) == ["toy"]  # no temp or old directory left
     with pytest.raises(ArtifactError, match="already encrypted"):
-        crypto.encrypt_artifact(encrypted, crypto.parse_key(key, "POLYFUSE_KEY"))
+        artifact.encrypt_artifact(encrypted, crypto.parse_key(key, "POLYFUSE_KEY"))
 
 
 def test_encrypted_load_and_runtime_predict_like_plain_without_writing_plaintext(encrypted, toy_dir, toy_csv,
@@ -135,7 +135,7 @@ def test_sign_and_verify_round_trip_and_refusals(toy_dir, tmp_path, keys):
     shutil.copytree(toy_dir, folder)
     with pytest.raises(ArtifactError, match="is not signed"):
         polyfuse.load(folder, verify_key=public)
-    sign.sign_artifact(folder, private)
+    artifact.sign_artifact(folder, private)
     assert polyfuse.load(folder, verify_key=public).spec.outputs
     assert Runtime(folder, verify_key=public).predict([{"note": "a cat"}])
     _, other_public = sign.keygen(tmp_path / "other.pem")
@@ -187,7 +187,7 @@ def test_cli_keygen_encrypt_sign_predict_and_serve(toy_dir, toy_csv, tmp_path, k
 
 
 def test_export_of_an_encrypted_model_is_refused(encrypted):
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     before = {p.name: p.read_bytes() for p in encrypted.iterdir()}
     with pytest.raises(ArtifactError, match="is encrypted: export the plain model first"):

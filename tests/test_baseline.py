@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 import polyfuse
-from polyfuse import report
-from polyfuse.baseline import fit_baselines
-from polyfuse.baseline_compare import compare
-from polyfuse.io import read_table
+from polyfuse.evaluate import report
+from polyfuse.evaluate.baseline import fit_baselines
+from polyfuse.evaluate.baseline_compare import compare
+from polyfuse.data.io import read_table
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, decode_table
-from polyfuse.spec import Spec
+from polyfuse.spec.schema import Spec
 
 CLASSES = ["alpha", "beta", "gamma"]
 FILLER = ["the", "a", "small", "big", "red", "old", "new", "with", "and", "some"]

@@ -7,7 +7,7 @@ import numbers
 import pytest
 
 import polyfuse
-from polyfuse.bench import BenchError, run_bench
+from polyfuse.deploy.bench import BenchError, run_bench
 from polyfuse.errors import PolyfuseError
 
 from tests.conftest import toy_spec
@@ -20,7 +20,7 @@ RUNTIMES = ("torch", "onnx-fp32", "onnx-int8-dynamic")
 @pytest.fixture(scope="module")
 def benched(toy_csv, tmp_path_factory):
     """A 2-epoch toy model with fp32 + dynamic int8 ONNX builds, benchmarked once for every test here."""
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     out = tmp_path_factory.mktemp("bench") / "m"
     polyfuse.train(toy_spec(toy_csv, epochs=2), out=out, show_progress=False)

@@ -1,5 +1,5 @@
 """`polyfuse demo` end to end, on a small build so the suite stays fast."""
-from polyfuse.demo import run_demo
+from polyfuse.cli.demo import run_demo
 
 
 def test_demo_trains_and_fusion_wins(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Tests for polyfuse.demo_data: content, determinism and the build cache."""
+"""Tests for polyfuse.data.demo: content, determinism and the build cache."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from polyfuse.demo_data import (DEMO_SPEC, IMAGE_SIZE, SAMPLE_RATE, VOICES, WORDS, _speech_bank,
+from polyfuse.data.demo import (DEMO_SPEC, IMAGE_SIZE, SAMPLE_RATE, VOICES, WORDS, _speech_bank,
                                 build_demo_dataset)
 
 COLUMNS = ["id", "image", "audio", "transcript", "label"]

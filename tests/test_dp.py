@@ -16,9 +16,9 @@ import polyfuse  # noqa: E402
 from polyfuse.errors import SpecError  # noqa: E402
 from polyfuse.nn.model import FusionModel, to_tensors  # noqa: E402
 from polyfuse.preprocess.pipeline import Preprocessor  # noqa: E402
-from polyfuse.privacy import dp  # noqa: E402
-from polyfuse.spec import load_spec  # noqa: E402
-from polyfuse.trainset import read_splits  # noqa: E402
+from polyfuse.training import dp  # noqa: E402
+from polyfuse.spec.schema import load_spec  # noqa: E402
+from polyfuse.training.trainset import read_splits  # noqa: E402
 from tests.conftest import toy_spec  # noqa: E402
 
 PRIVATE = {"epsilon": 8, "delta": 1e-3, "max_grad_norm": 1.0}
@@ -74,11 +74,11 @@ def test_per_row_gradients_of_every_encoder(toy_csv, tmp_path, encoders):
     """Opacus' per-row gradients average to the batch gradient, for every trained parameter."""
     from opacus import GradSampleModule
 
-    from polyfuse.epochs import total_loss
+    from polyfuse.training.epochs import total_loss
 
     spec, pre, splits, net = _private_net(toy_csv, tmp_path, **encoders)
     assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in net.modules())
-    private = dp.start(spec, net, len(splits.train), polyfuse.distributed.SINGLE)
+    private = dp.start(spec, net, len(splits.train), polyfuse.training.distributed.SINGLE)
     dp.register_grad_samplers()
     hooks = GradSampleModule(net, batch_first=True, loss_reduction="mean")
     idx = np.arange(12)
@@ -99,7 +99,7 @@ def test_per_row_gradients_of_every_encoder(toy_csv, tmp_path, encoders):
 
 def test_private_training_end_to_end(toy_csv, tmp_path):
     """A private run spends at most its epsilon, records it, and its artifact loads and exports."""
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
     from polyfuse.runtime import Runtime
 
     out = tmp_path / "dp"
@@ -157,11 +157,11 @@ def test_unknown_layer_refused(toy_csv, tmp_path):
 
     net.encoders["weight"].extra = Scale()
     with pytest.raises(SpecError, match=r"layer `encoders.weight.extra` \(Scale\) has no per-row gradient"):
-        dp.start(spec, copy.deepcopy(net), len(splits.train), polyfuse.distributed.SINGLE)
+        dp.start(spec, copy.deepcopy(net), len(splits.train), polyfuse.training.distributed.SINGLE)
     net.encoders["photo"].features[0][1] = torch.nn.BatchNorm2d(16)
     del net.encoders["weight"].extra
     with pytest.raises(SpecError, match=r"layer `encoders.photo.features.0.1` \(BatchNorm2d\) mixes the rows"):
-        dp.start(spec, net, len(splits.train), polyfuse.distributed.SINGLE)
+        dp.start(spec, net, len(splits.train), polyfuse.training.distributed.SINGLE)
 
 
 def test_resume_counts_the_steps_already_taken(toy_csv, tmp_path):
@@ -184,7 +184,7 @@ def test_resume_counts_the_steps_already_taken(toy_csv, tmp_path):
 def test_private_text_cnn_has_no_dropout():
     from types import SimpleNamespace
 
-    from polyfuse.nn.encoders import build_encoder
+    from polyfuse.nn.build import build_encoder
 
     cfg = SimpleNamespace(encoder="cnn", type="text", dim=32)
     state = {"vocab": ["<pad>", "<unk>", "a", "b"]}
@@ -199,8 +199,8 @@ def test_large_noise_accounting_is_quiet(accountant):
     largest alpha (a looser, still valid bound): said every epoch, it buried the training log."""
     import warnings
 
-    from polyfuse.privacy.dp import Private
-    from polyfuse.spec import PrivacySpec
+    from polyfuse.training.dp import Private
+    from polyfuse.spec.schema import PrivacySpec
 
     cfg = PrivacySpec(noise_multiplier=14.0, delta=1e-5, accountant=accountant)
     private = Private(cfg, 1350, 256, 80, 0.19, 5, 14.0, [])

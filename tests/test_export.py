@@ -12,8 +12,8 @@ from PIL import Image
 
 import polyfuse
 from polyfuse.errors import ArtifactError, BadInputError
-from polyfuse.export.exporter import export
-from polyfuse.export.onnx import ExportError
+from polyfuse.deploy.exporter import export
+from polyfuse.deploy.onnx import ExportError
 from polyfuse.preprocess.audio_file import write_wav
 from polyfuse.runtime import Runtime
 from tests.conftest import toy_spec
@@ -119,7 +119,7 @@ def test_broken_calibration_is_refused(exported, tmp_path):
 
 
 def test_torch_export_round_trip(exported):
-    from polyfuse.export.exporter import load_pt2
+    from polyfuse.deploy.exporter import load_pt2
 
     folder, test_csv = exported
     entry = json.loads((folder / "exports.json").read_text())["model.pt2"]
@@ -188,7 +188,7 @@ def test_predict_cli_through_onnx_runtime(exported, tmp_path):
             few[column] = [str(test_csv.parent / v) for v in few[column]]
     few.to_csv(tmp_path / "few.csv", index=False)
     out = tmp_path / "p.csv"
-    done = subprocess.run([sys.executable, "-m", "polyfuse.cli", "predict", str(folder), str(tmp_path / "few.csv"),
+    done = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "predict", str(folder), str(tmp_path / "few.csv"),
                            "--out", str(out), "--runtime", "onnx", "--quiet"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     preds = pd.read_csv(out)
@@ -200,7 +200,7 @@ def test_predict_cli_through_onnx_runtime(exported, tmp_path):
 def test_int8_gate_forgives_near_ties_but_not_clear_flips():
     from types import SimpleNamespace
 
-    from polyfuse.export.onnx import check_int8
+    from polyfuse.deploy.onnx import check_int8
 
     model = SimpleNamespace(spec=SimpleNamespace(outputs={"y": SimpleNamespace(type="category")}))
     ref = np.array([[0.9, 0.05, 0.05]] * 95 + [[0.48, 0.47, 0.05]] * 5, dtype=np.float32)

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import polyfuse
-from polyfuse.calibration import expected_calibration_error, fit_temperature
-from polyfuse.export.exporter import export
+from polyfuse.evaluate.metrics import expected_calibration_error
+from polyfuse.training.calibration import fit_temperature
+from polyfuse.deploy.exporter import export
 from polyfuse.preprocess import tabular, text
 from polyfuse.runtime import Runtime
-from polyfuse.spec import load_spec
+from polyfuse.spec.schema import load_spec
 from tests.conftest import toy_spec
 
 
@@ -117,9 +118,9 @@ def test_text_and_number_corruption_training_options():
 
 def _alone_losses(model, toy_csv) -> dict[str, float]:
     """Each input's loss answering alone (all others absent) over the toy table, through the trained net."""
-    from polyfuse.io import read_table
+    from polyfuse.data.io import read_table
     from polyfuse.preprocess.pipeline import decode_table
-    from polyfuse.training import alone_losses
+    from polyfuse.training.epochs import alone_losses
 
     pre, spec = model.preprocessor, model.spec
     decoded = decode_table(spec, read_table(toy_csv), with_targets=True)
@@ -127,7 +128,7 @@ def _alone_losses(model, toy_csv) -> dict[str, float]:
 
 
 def test_alone_is_the_answer_with_every_other_input_missing(toy_model, toy_csv):
-    from polyfuse.io import read_table
+    from polyfuse.data.io import read_table
     from polyfuse.nn.model import to_tensors
     from polyfuse.preprocess.pipeline import decode_table
 

@@ -28,7 +28,7 @@ from polyfuse.preprocess.image import decode_image
 from polyfuse.serve.config import ServeConfig
 from polyfuse.serve.protocol import parse_infer
 from polyfuse.serve.requests import RequestError, json_records, parse_json
-from polyfuse.spec import load_spec
+from polyfuse.spec.schema import load_spec
 from tests.conftest import toy_spec
 
 FAST = settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))

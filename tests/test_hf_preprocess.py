@@ -22,7 +22,7 @@ from PIL import Image
 
 from polyfuse.errors import BadInputError, SpecError
 from polyfuse.preprocess import hf
-from polyfuse.spec_inputs import AudioInput, ImageInput, TextInput
+from polyfuse.spec.inputs import AudioInput, ImageInput, TextInput
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,7 +247,7 @@ def test_runtime_path_imports_neither_torch_nor_transformers(tmp_path, bert_dir)
 import sys
 from pathlib import Path
 from polyfuse.preprocess import hf
-from polyfuse.spec_inputs import ImageInput, TextInput
+from polyfuse.spec.inputs import ImageInput, TextInput
 for cfg, folder, value in [(TextInput(type="text", encoder={{"hf": "t"}}), Path({str(bert_dir)!r}), "hello world"),
                            (ImageInput(type="image", encoder={{"hf": "i"}}), Path({str(tmp_path)!r}), "x.png")]:
     cfg.encoder._processor = hf.read_processor(cfg.type, folder, cfg)

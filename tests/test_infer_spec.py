@@ -14,12 +14,12 @@ import yaml
 from PIL import Image
 
 from polyfuse.errors import BadInputError, SpecError
-from polyfuse.infer_spec import infer, nice_ceil
-from polyfuse.spec_yaml import init_yaml
-from polyfuse.io import read_table
+from polyfuse.autospec.infer import infer, nice_ceil
+from polyfuse.autospec.spec_yaml import init_yaml
+from polyfuse.data.io import read_table
 from polyfuse.preprocess.audio_file import write_wav
-from polyfuse.profile import scripts
-from polyfuse.spec import load_spec
+from polyfuse.autospec.profile import scripts
+from polyfuse.spec.schema import load_spec
 
 ZHTEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "zhtext" / "train.csv"
 EN = ["the", "market", "opened", "higher", "after", "a", "quiet", "week", "for", "local", "traders", "and", "banks"]
@@ -273,14 +273,14 @@ def test_utf8_table_reads_without_warning(tmp_path):
 def test_cli_writes_commented_yaml_that_validates(tmp_path):
     frame = pd.DataFrame({"Body Text": sentences("ru", 30), "topic": labels(30), "other": labels(30, 2)})
     path = write(tmp_path, frame)
-    done = subprocess.run([sys.executable, "-m", "polyfuse.cli", "init", str(path), "--target", "topic"],
+    done = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "init", str(path), "--target", "topic"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     spec = yaml.safe_load(done.stdout)
     load_spec(spec)
     assert spec["inputs"]["Body_Text"]["column"] == "Body Text" and spec["outputs"] == {"topic": {"type": "category"}}
     assert done.stdout.startswith("# polyfuse init") and "Cyrillic" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "polyfuse.cli", "init", str(path), "--target", "nope"],
+    done = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "init", str(path), "--target", "nope"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "--target 'nope'" in done.stderr and "Traceback" not in done.stderr
 
@@ -328,7 +328,7 @@ def test_image_bytes_in_parquet(tmp_path):
 def test_ngram_count_matches_the_ngram_encoder(tokens):
     from types import SimpleNamespace
 
-    from polyfuse.infer_spec import ngram_count
+    from polyfuse.autospec.infer import ngram_count
     from polyfuse.preprocess import ngrams
 
     cfg = SimpleNamespace(max_ngrams=10**6, buckets=1 << 16, word_ngrams=2, char_ngrams=(1, 4), tokenizer="word")

@@ -20,7 +20,7 @@ from polyfuse.runtime import Runtime
 REPO = Path(__file__).resolve().parents[1]
 # wheels pip fetched for earlier runs: the base install then takes seconds, not a download
 PIP_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "polyfuse-tests" / "pip"
-BASE_MODULES = ["polyfuse.runtime", "polyfuse.artifact", "polyfuse.spec", "polyfuse.io", "polyfuse.cli",
+BASE_MODULES = ["polyfuse.runtime", "polyfuse.artifact", "polyfuse.spec.schema", "polyfuse.data.io", "polyfuse.cli.main",
                 "polyfuse.preprocess.pipeline", "polyfuse.preprocess.hf", "polyfuse.privacy.crypto"]
 NOT_IN_BASE = {"torch", "safetensors", "pandas", "scikit-learn", "transformers", "fastapi", "cryptography", "ray"}
 
@@ -120,7 +120,7 @@ def test_base_install_runs_the_runtime_without_torch(toy_dir, toy_csv, tmp_path)
 # ----------------------------------------------------------------------------- a missing extra, in process
 def test_a_missing_extra_is_named_with_its_pip_line(monkeypatch, capsys, toy_dir):
     import polyfuse
-    from polyfuse.cli import main
+    from polyfuse.cli.main import main
     from polyfuse.errors import MissingExtra, PolyfuseError
     from polyfuse.nn import hf
 

@@ -5,8 +5,8 @@ import torch
 
 from polyfuse.nn.model import FusionModel, to_tensors
 from polyfuse.preprocess.pipeline import Preprocessor, decode_table
-from polyfuse.io import read_table
-from polyfuse.spec import load_spec
+from polyfuse.data.io import read_table
+from polyfuse.spec.schema import load_spec
 from tests.conftest import toy_spec
 
 

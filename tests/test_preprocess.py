@@ -10,7 +10,7 @@ from PIL import Image
 
 from polyfuse.errors import BadInputError
 from polyfuse.preprocess import image, tabular, text
-from polyfuse.spec import load_spec
+from polyfuse.spec.schema import load_spec
 
 
 def _cfg(**inputs):
@@ -184,7 +184,7 @@ def test_preprocess_and_audio_import_without_torch():
     code = textwrap.dedent("""
         import sys
         sys.modules['torch'] = None  # any 'import torch' now fails
-        import polyfuse.preprocess.pipeline, polyfuse.preprocess.audio, polyfuse.spec
+        import polyfuse.preprocess.pipeline, polyfuse.preprocess.audio, polyfuse.spec.schema
         assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None and m.startswith('torch')]
         print('ok')
     """)

@@ -14,7 +14,7 @@ import torch
 
 import polyfuse
 from polyfuse.errors import SpecError
-from polyfuse.spec import load_spec
+from polyfuse.spec.schema import load_spec
 
 from conftest import make_toy, toy_spec
 from hf_models import tiny_bert
@@ -56,7 +56,7 @@ def test_trains_saves_and_reloads_with_the_same_answers(trained):
 def test_onnx_parity_int8_gate_and_torch_free_runtime(trained, tmp_path):
     import shutil
 
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     out, csv = trained
     folder = tmp_path / "m"
@@ -164,7 +164,7 @@ def test_train_last_unfreezes_only_the_last_layers(toy, tmp_path):
     hf.load_pretrained(net, spec_obj, Path.cwd())
     trainable = {n for n, p in net.encoders["note"].backbone.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("encoder.layer.1.") for n in trainable)
-    from polyfuse import optim
+    from polyfuse.training import optim
 
     opt, _ = optim.build(spec_obj, net)
     assert sorted(g["lr"] for g in opt.param_groups)[0] == pytest.approx(5e-5)
@@ -198,7 +198,7 @@ def test_bad_model_folders(toy, tmp_path):
 
 
 def test_cache_store_round_trips_every_key(tmp_path):
-    from polyfuse.nn.feature_cache import Store
+    from polyfuse.training.feature_cache import Store
 
     meta = {"format": "test", "model_digest": "d" * 64, "sequence": False}
     store = Store(tmp_path, meta)
@@ -215,7 +215,7 @@ def test_served_over_http_with_requests_of_different_lengths_batched(trained, tm
     import shutil
     from concurrent.futures import ThreadPoolExecutor
 
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
     from test_serve import Server
 
     out, _ = trained
@@ -273,7 +273,7 @@ def _cases(root: Path) -> dict[str, dict]:
 
 @pytest.mark.parametrize("case", ["vit", "wav2vec2", "whisper", "clip"])
 def test_each_modality_trains_reloads_exports_and_runs_torch_free(case, toy, tmp_path):
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     csv, _ = toy
     spec = modality_spec(csv, tmp_path / "cache", _cases(tmp_path)[case]())
@@ -351,7 +351,7 @@ def _tiny_config(kind: str) -> tuple[str, dict, torch.Tensor, torch.Tensor | Non
 @pytest.mark.parametrize("pooling", ["cls", "mean", "attention"])
 def test_other_architectures_pool_into_the_fusion_width(arch, pooling):
     from polyfuse.nn.hf import PretrainedEncoder, build_backbone
-    from polyfuse.spec_inputs import HFEncoder
+    from polyfuse.spec.inputs import HFEncoder
 
     kind, config, x, length = _tiny_config(arch)
     encoder = PretrainedEncoder(build_backbone(config, kind), kind, HFEncoder(hf="x", pooling=pooling), 12).eval()
@@ -364,7 +364,7 @@ def test_other_architectures_pool_into_the_fusion_width(arch, pooling):
 
 def test_a_model_in_the_local_hub_cache_is_found_offline(tmp_path, monkeypatch):
     from polyfuse.nn.hf import resolve_model
-    from polyfuse.spec_inputs import HFEncoder
+    from polyfuse.spec.inputs import HFEncoder
 
     snapshot = tmp_path / "hub" / "models--acme--tiny-bert" / "snapshots" / ("a" * 40)
     tiny_bert(snapshot)

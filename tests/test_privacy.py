@@ -14,7 +14,7 @@ import pytest
 from polyfuse.preprocess.pipeline import Preprocessor
 from polyfuse.privacy import pii
 from polyfuse.privacy.corpus import bank_card, clean_corpus, cn_id, cued, pii_corpus
-from polyfuse.spec import load_spec
+from polyfuse.spec.schema import load_spec
 
 
 def test_recall_per_type_on_english_and_chinese_corpus():

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from polyfuse.errors import BadInputError
-from polyfuse.io import read_table
+from polyfuse.data.io import read_table
 from polyfuse.preprocess.audio_file import write_wav
 from polyfuse.preprocess.pipeline import decode_table
-from polyfuse.spec import load_spec
+from polyfuse.spec.schema import load_spec
 from tests.conftest import toy_spec
 
 

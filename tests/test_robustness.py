@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import polyfuse
-from polyfuse import corruptions as C
-from polyfuse import robustness
+from polyfuse.evaluate import corruptions as C
+from polyfuse.evaluate import robustness
 from polyfuse.errors import ArtifactError
 
 INPUTS = ["photo", "sound", "note", "weight", "color"]
@@ -128,7 +128,7 @@ def report(toy_model, toy_csv):
 
 
 def test_report_schema_and_definitions(report):
-    assert report["format"] == "polyfuse.robustness/1" and report["seed"] == 0 and report["rows"] == 90
+    assert report["format"] == "polyfuse.evaluate.robustness/1" and report["seed"] == 0 and report["rows"] == 90
     assert set(report["definitions"]) >= {"relative_robustness", "effective_robustness", "normalised_level"}
     assert report["outputs"]["label"]["metric"] == "accuracy"
     assert report["outputs"]["label"]["chance"] == pytest.approx(1 / 3, abs=1e-6)
@@ -210,7 +210,7 @@ def test_write_refuses_a_modified_artifact(report, toy_model, tmp_path):
 def test_cli_prints_the_table_and_signs_the_files(report, toy_model, toy_csv, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(toy_model[1], folder)
-    done = subprocess.run([sys.executable, "-m", "polyfuse.cli", "robustness", str(folder), str(toy_csv), "--seed", "0",
+    done = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "robustness", str(folder), str(toy_csv), "--seed", "0",
                            "--threads", "1"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -36,7 +36,7 @@ def local_ray():
 
 def local_predictions(model_dir: Path, table: Path, out: Path) -> pd.DataFrame:
     """`polyfuse predict --runtime onnx` as a frame (keep_default_na off: an empty cell stays '')."""
-    from polyfuse.batch import predict_table
+    from polyfuse.deploy.batch import predict_table
     from polyfuse.runtime import Runtime
 
     rt = Runtime(model_dir)
@@ -144,7 +144,7 @@ def test_k8s_manifests_are_valid(toy_dir, tmp_path):
     import jsonschema
     from dockerfile_parse import DockerfileParser
 
-    from polyfuse.cli import main
+    from polyfuse.cli.main import main
 
     assert main(["k8s", str(toy_dir), "--out", str(tmp_path / "k8s"), "--replicas", "2", "--max-replicas", "4"]) == 0
     isvc = yaml.safe_load((tmp_path / "k8s" / "inference_service.yaml").read_text())
@@ -185,7 +185,7 @@ def test_k8s_manifests_are_valid(toy_dir, tmp_path):
 
 
 def test_missing_ray_names_the_extra(monkeypatch, toy_dir, toy_csv, tmp_path, capsys):
-    from polyfuse.cli import main
+    from polyfuse.cli.main import main
     from polyfuse.scale import require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError

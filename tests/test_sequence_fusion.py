@@ -9,7 +9,7 @@ import torch
 
 from polyfuse.errors import SpecError
 from polyfuse.nn.sequence_fusion import to_grid
-from polyfuse.spec import load_spec
+from polyfuse.spec.schema import load_spec
 from tests.test_timeseries import _flatten
 
 
@@ -136,8 +136,8 @@ def test_missing_input_is_zeroed_and_masked(trained):
 def test_onnx_export_passes_parity_and_runs(trained, tmp_path):
     import onnxruntime as ort
 
-    from polyfuse.export.exporter import export
-    from polyfuse.export.onnx import onnx_probabilities
+    from polyfuse.deploy.exporter import export
+    from polyfuse.deploy.onnx import onnx_probabilities
 
     model, out, folder, table = trained
     export(out, data=table)
@@ -152,7 +152,7 @@ def test_onnx_export_passes_parity_and_runs(trained, tmp_path):
 
 def test_lstm_trains_and_exports(tmp_path):
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     table = make_table(tmp_path, n=30)
     polyfuse.train(spec(table, "lstm", epochs=1, encoder="gru"), out=tmp_path / "m", show_progress=False)

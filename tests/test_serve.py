@@ -41,7 +41,7 @@ def trained_toy(toy_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     """The 5-input toy model, trained and exported to ONNX once per test session (the protocol
     tests reuse the same folder). The model is named after its folder: ``toy``."""
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     folder = tmp_path_factory.getbasetemp() / "serve-model" / "toy"
     if not (folder / "model.onnx").exists():
@@ -68,7 +68,7 @@ class Server:
         self.url = f"{self.scheme}://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"serve-{self.port}.log"
         self._log = open(self.log_path, "wb")
-        cmd = [sys.executable, "-m", "polyfuse.cli", "serve", str(model_dir), "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "polyfuse.cli.main", "serve", str(model_dir), "--host", "127.0.0.1",
                "--port", str(self.port), *args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})}, cwd=cwd)
@@ -664,7 +664,7 @@ def test_torch_runtime_answers_like_onnx(server, torch_server, reference, toy_di
 def test_gated_weights_and_abstaining_over_http(toy_csv, tmp_path):
     """/predict and V2 carry gated fusion's per-input weights and abstained (null) labels."""
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
     from tests.conftest import toy_spec
 
     spec = toy_spec(toy_csv, epochs=2)

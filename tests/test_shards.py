@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 import polyfuse
-from polyfuse.io import read_table
+from polyfuse.data.io import read_table
 from polyfuse.preprocess.pipeline import decode_table
-from polyfuse.shards import decode_to_shards
-from polyfuse.spec import load_spec
+from polyfuse.training.shards import decode_to_shards
+from polyfuse.spec.schema import load_spec
 
 from conftest import make_toy, toy_spec
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from polyfuse.errors import SpecError
-from polyfuse.spec import json_schema, load_spec
+from polyfuse.spec.schema import json_schema, load_spec
 
 MINIMAL = {"data": {"train": "t.csv"}, "inputs": {"x": {"type": "number"}}, "outputs": {"y": {"type": "category"}}}
 
@@ -51,7 +51,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_schema_cli_prints_json_schema():
-    out = subprocess.run([sys.executable, "-m", "polyfuse.cli", "schema"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "schema"], capture_output=True, text=True, check=True)
     schema = json.loads(out.stdout)
     assert schema["title"] == "polyfuse spec"
     assert set(schema["required"]) == {"inputs", "outputs"}

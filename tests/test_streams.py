@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from polyfuse.errors import BadInputError
-from polyfuse.spec import load_spec
-from polyfuse.streams import StreamWindows
+from polyfuse.spec.schema import load_spec
+from polyfuse.preprocess.streams import StreamWindows
 from tests.test_serve import Server
 from tests.test_timeseries import make_table, spec as ts_spec, wave
 
@@ -78,7 +78,7 @@ def test_windows_bad_input_and_bounded_pending():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     folder = tmp_path_factory.mktemp("stream")
     table = make_table(folder, n=30)

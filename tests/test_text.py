@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import polyfuse
-from polyfuse.export.exporter import export
+from polyfuse.deploy.exporter import export
 from polyfuse.preprocess import ngrams, text
 from polyfuse.runtime import Runtime
-from polyfuse.spec import load_spec
+from polyfuse.spec.schema import load_spec
 
 
 def _cfg(**fields):
@@ -42,7 +42,7 @@ def test_ngram_ids_are_stable_ordered_and_bounded():
     import subprocess
     import sys
 
-    code = ("from polyfuse.preprocess import ngrams; from polyfuse.spec import load_spec; "
+    code = ("from polyfuse.preprocess import ngrams; from polyfuse.spec.schema import load_spec; "
             "s,_=load_spec({'inputs':{'t':{'type':'text','char_ngrams':[2,3],'buckets':4096,'max_ngrams':64}},"
             "'outputs':{'y':{'type':'category'}}}); print(ngrams.ids(['new','york'], s.inputs['t']).tolist())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,8 +13,8 @@ import pytest
 
 from polyfuse.errors import BadInputError
 from polyfuse.preprocess import timeseries as ts
-from polyfuse.spec import load_spec
-from polyfuse.spec_inputs import TimeseriesAugment
+from polyfuse.spec.schema import load_spec
+from polyfuse.spec.inputs import TimeseriesAugment
 
 FREQS = {"slow": 1.0, "mid": 2.5, "fast": 5.0}  # cycles per 64-step series
 
@@ -125,7 +125,7 @@ def test_resample_window_pad_and_standardise():
     aug = cfg(length=8, augment=TimeseriesAugment(jitter=0.1, random_crop=True))
     a = ts.collate([x], aug, state, True, np.random.default_rng(0))
     assert a[""].shape == (1, 8, 2) and ts.augments(aug)
-    from polyfuse.corruptions import for_input, series_gaps
+    from polyfuse.evaluate.corruptions import for_input, series_gaps
 
     holed = series_gaps(np.ones((20, 2), np.float32), 0.25, np.random.default_rng(0))
     assert np.isnan(holed[:, 0]).sum() == 5 and [c.name for c in for_input(SimpleNamespace(type="timeseries"))] == [
@@ -177,7 +177,7 @@ def _flatten(d, prefix=""):
 @pytest.mark.parametrize("encoder", ["gru", "transformer"])
 def test_other_encoders_train_and_export(tmp_path, encoder):
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     table = make_table(tmp_path, n=30)
     polyfuse.train(spec(table, encoder, length=16, epochs=1), out=tmp_path / "m", show_progress=False)
@@ -188,7 +188,7 @@ def test_other_encoders_train_and_export(tmp_path, encoder):
 
 def test_save_load_onnx_parity_and_torch_free_runtime(trained, tmp_path):
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     model, out, folder, table = trained
     rng = np.random.default_rng(5)
@@ -218,8 +218,8 @@ def test_save_load_onnx_parity_and_torch_free_runtime(trained, tmp_path):
 
 
 def test_init_proposes_a_timeseries_input(tmp_path):
-    from polyfuse.infer_spec import guess_spec
-    from polyfuse.spec_yaml import init_yaml
+    from polyfuse.autospec.infer import guess_spec
+    from polyfuse.autospec.spec_yaml import init_yaml
 
     table = make_table(tmp_path, n=30)
     spec_ = guess_spec(table)

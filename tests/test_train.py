@@ -102,7 +102,7 @@ def test_resume_matches_uninterrupted_run(toy_csv, tmp_path, ema):
 
 
 def test_weight_average_follows_the_steps_and_swaps_in_only_when_asked():
-    from polyfuse.averaging import WeightAverage
+    from polyfuse.training.averaging import WeightAverage
 
     net = torch.nn.Linear(2, 1)
     with torch.no_grad():

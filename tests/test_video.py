@@ -12,7 +12,7 @@ import pytest
 from polyfuse.errors import BadInputError
 from polyfuse.preprocess import video as vid
 from polyfuse.preprocess.video import write_video
-from polyfuse.spec import load_spec
+from polyfuse.spec.schema import load_spec
 from tests.test_timeseries import _flatten
 
 av = pytest.importorskip("av")
@@ -59,7 +59,7 @@ def test_decode_shapes_sampling_and_mask(tmp_path):
 
 
 def test_augment_is_drawn_once_per_clip_and_only_in_training():
-    from polyfuse.spec_inputs import ImageAugment
+    from polyfuse.spec.inputs import ImageAugment
 
     clip = np.full((5, 16, 16, 3), 200, np.uint8)
     c = cfg(max_frames=5, augment=ImageAugment(erase=1.0, flip=True))
@@ -165,7 +165,7 @@ def table(tmp_path_factory):
 @pytest.mark.parametrize("encoder,epochs", [("cnn_pool", 8), ("cnn_gru", 2), ("cnn3d", 2)])
 def test_train_and_export_with_parity(table, tmp_path, encoder, epochs):
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     out = tmp_path / "m"
     model = polyfuse.train(spec(table, encoder, epochs, baseline=encoder == "cnn3d"), out=out, show_progress=False)
@@ -181,7 +181,7 @@ def test_train_and_export_with_parity(table, tmp_path, encoder, epochs):
 
 
 def test_init_proposes_a_video_input(table):
-    from polyfuse.infer_spec import guess_spec
+    from polyfuse.autospec.infer import guess_spec
 
     spec_ = guess_spec(table)
     assert spec_["inputs"]["clip"]["type"] == "video"
@@ -222,7 +222,7 @@ def test_server_takes_base64_videos_never_server_paths(tmp_path):
 
 def test_video_and_its_sound_train_and_export_together(tmp_path):
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     rng = np.random.default_rng(3)
     t = np.arange(16000) / 16000

@@ -13,7 +13,7 @@ import torch
 
 import polyfuse
 from polyfuse.errors import SpecError
-from polyfuse.spec import load_spec
+from polyfuse.spec.schema import load_spec
 
 from hf_models import tiny_bert, tiny_clip, tiny_vit
 from tests.test_video import square_clip, write_video
@@ -78,7 +78,7 @@ def test_training_batches_draw_one_augment_per_clip(models, tmp_path):
 def frames_encoder(models: dict[str, Path], **enc):
     from polyfuse.nn.hf import build_backbone, read_config
     from polyfuse.nn.video_hf import PretrainedFrames
-    from polyfuse.spec_inputs import HFEncoder
+    from polyfuse.spec.inputs import HFEncoder
 
     torch.manual_seed(0)
     backbone = build_backbone(read_config(models["vit"]), "video")
@@ -138,7 +138,7 @@ def video_spec(table: Path, cache: Path, encoder: dict, fusion: str = "concat") 
     ({"train_last": 1, "pooling": "mean"}, "sequence", False),
 ])
 def test_trains_reloads_and_exports_with_parity(models, tmp_path, encoder, fusion, cached):
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
 
     table = make_table(tmp_path)
     spec = video_spec(table, tmp_path / "cache", {"hf": str(models["vit"]), **encoder}, fusion)

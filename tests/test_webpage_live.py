@@ -19,7 +19,7 @@ def test_live_view_replays_a_sensor_file(tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
     from polyfuse.runtime import Runtime
 
     browser = _browser()  # skips before any training when there is no browser
@@ -80,7 +80,7 @@ def test_live_view_listens_to_the_microphone(tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     import polyfuse
-    from polyfuse.export.exporter import export
+    from polyfuse.deploy.exporter import export
     from polyfuse.preprocess.audio_file import write_wav
     from polyfuse.runtime import Runtime
 

@@ -7,9 +7,9 @@ import torch
 import polyfuse
 from polyfuse.nn.model import FusionModel, to_tensors
 from polyfuse.preprocess.pipeline import Preprocessor, decode_table
-from polyfuse.io import read_table
-from polyfuse.spec import load_spec
-from polyfuse import wide
+from polyfuse.data.io import read_table
+from polyfuse.spec.schema import load_spec
+from polyfuse.training import wide
 
 
 def _table(n: int = 150, seed: int = 0) -> pd.DataFrame:

@@ -152,7 +152,7 @@ class TextNgram(nn.Module):
         super().__init__()
         self.drop = drop
         width = width or dim
-        # sparse gradients: a batch touches a few thousand of the table's rows (see polyfuse.optim)
+        # sparse gradients: a batch touches a few thousand of the table's rows (see polyfuse.training.optim)
         self.embed = nn.Embedding(buckets, width, padding_idx=0, sparse=sparse)
         nn.init.uniform_(self.embed.weight, -1.0 / width, 1.0 / width)
         with torch.no_grad():
@@ -210,41 +210,3 @@ class CategoryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
         return self.embed(x)
-
-
-def build_encoder(cfg: Any, state: dict, private: bool = False) -> nn.Module:
-    """The encoder a spec input asks for, sized from the fitted preprocessing state; ``private``: the
-    variant DP-SGD can train (see the module's docstring)."""
-    if not isinstance(cfg.encoder, str):  # {hf: ...}: a pretrained backbone
-        from polyfuse.nn import hf
-
-        return hf.build_encoder(cfg, state)
-    if cfg.type == "image":
-        if cfg.encoder == "resnet":
-            return ImageResNet(cfg.channels, cfg.dim, private)
-        return ImageCNN(cfg.channels, cfg.dim, tuple(cfg.size), private)
-    if cfg.type == "audio":
-        return AudioCNN(len(state["mean"]), cfg.dim, lstm=cfg.encoder == "cnn_lstm", private=private)
-    if cfg.type == "text":
-        if cfg.encoder == "ngram":
-            from polyfuse.preprocess.ngrams import idf_table
-
-            return TextNgram(cfg.buckets, cfg.dim, idf_table(state, cfg.buckets) if cfg.pooling == "tfidf" else None,
-                             sparse=not private)
-        vocab = len(state["vocab"])
-        if cfg.encoder == "cnn":
-            return TextCNN(vocab, cfg.dim, dropout=0.0 if private else 0.2)
-        return TextRNN(vocab, cfg.dim, "gru" if cfg.encoder == "bigru" else "lstm")
-    if cfg.type == "number":
-        return NumberMLP(cfg.dim, linear=cfg.encoder == "linear")
-    if cfg.type == "category":
-        return CategoryEmbedding(len(state["vocab"]), cfg.dim)
-    if cfg.type == "timeseries":
-        from polyfuse.nn import timeseries
-
-        return timeseries.build(cfg, state, private)
-    if cfg.type == "video":
-        from polyfuse.nn import video
-
-        return video.build(cfg, state, private)
-    raise ValueError(f"no encoder for input type {cfg.type!r}")

@@ -14,7 +14,7 @@ class AbsentVectors(nn.ParameterList):
     """One learned "absent" vector per input, swapped in where the input is missing, concatenated.
 
     A module of its own, called on tensors only, so that DP-SGD (opacus) can take its per-row
-    gradients (:mod:`polyfuse.privacy.dp` registers them); its weights keep the names of the plain
+    gradients (:mod:`polyfuse.training.dp` registers them); its weights keep the names of the plain
     ParameterList it replaced (``absent.0``, ...), so models saved before still load."""
 
     __call__ = nn.Module.__call__  # a ParameterList refuses to be called; this one runs forward (with hooks)

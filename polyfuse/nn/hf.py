@@ -17,8 +17,8 @@ from torch import nn
 
 from polyfuse.errors import SpecError
 from polyfuse.extras import require
-from polyfuse.spec import Spec
-from polyfuse.spec_inputs import HFEncoder, hf_encoder
+from polyfuse.spec.schema import Spec
+from polyfuse.spec.inputs import HFEncoder, hf_encoder
 
 # model types whose pooler is the right "first token" summary (a trained layer norm or projection);
 # others (BERT, ViT) get the raw first token, since their poolers are NSP heads or random when absent
@@ -212,16 +212,6 @@ class PretrainedEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(*self.features(x, length))
-
-
-def build_encoder(cfg: Any, state: dict) -> PretrainedEncoder:
-    """The encoder of an ``encoder: {hf: ...}`` input, from the config stored in its state."""
-    enc = hf_encoder(cfg)
-    if cfg.type == "video":
-        from polyfuse.nn.video_hf import PretrainedFrames
-
-        return PretrainedFrames(build_backbone(state["backbone"], "video"), enc, cfg.dim)
-    return PretrainedEncoder(build_backbone(state["backbone"], cfg.type), cfg.type, enc, cfg.dim)
 
 
 # ----------------------------------------------------------------------------- training set-up

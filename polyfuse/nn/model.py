@@ -5,14 +5,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from polyfuse.nn.encoders import build_encoder
+from polyfuse.nn.build import build_encoder
 from polyfuse.nn.fusion import build_fusion
 from polyfuse.nn.heads import build_head
 from polyfuse.nn.wide import WideText, wide_inputs, wide_outputs
-from polyfuse.spec import Spec
+from polyfuse.preprocess.targets import MODALITY_WEIGHTS
+from polyfuse.spec.schema import Spec
 
 
-MODALITY_WEIGHTS = "_modality_weights"  # extra output of gated fusion: per-record input weights
 TIME_ALIGNED = ("timeseries", "video", "audio")  # inputs whose encoders can give per-step sequences (fusion sequence)
 
 
@@ -55,7 +55,7 @@ class FusionModel(nn.Module):
             start += k
         self.register_buffer("wide_bias", torch.zeros(start))
         # how much of the wide logits is added: 0 while the deep half trains (it learns the task on its
-        # own, not the linear model's training-set residuals), then fitted on validation (polyfuse.wide)
+        # own, not the linear model's training-set residuals), then fitted on validation (polyfuse.training.wide)
         self.register_buffer("wide_weight", torch.zeros(len(spec.outputs)))
         # temperature scaling, fitted after training (1 until then); a buffer, so it is saved with the
         # weights and exported into the ONNX graph
@@ -139,7 +139,7 @@ class FusionModel(nn.Module):
 
 
 def build_wide(spec: Spec, state: dict[str, dict]) -> nn.ModuleDict:
-    """A frozen wide path per ngram text input with ``wide`` (filled by polyfuse.wide before training)."""
+    """A frozen wide path per ngram text input with ``wide`` (filled by polyfuse.training.wide before training)."""
     from polyfuse.preprocess.ngrams import idf_table
 
     width = sum(k for _, k in wide_outputs(spec, state))

@@ -17,7 +17,7 @@ from torch import nn
 
 from polyfuse.nn.hf import PretrainedEncoder, hidden_size
 from polyfuse.nn.video import _mask
-from polyfuse.spec_inputs import HFEncoder
+from polyfuse.spec.inputs import HFEncoder
 
 
 def _exporting() -> bool:

@@ -3,7 +3,7 @@ n-grams of an ``ngram`` text input that adds its class logits to the deep networ
 
 On small tables a regularised linear model over n-grams (TF-IDF + logistic regression) is the
 baseline a network trained from scratch most often loses to. Here that linear model is part of
-the network: fitted by scikit-learn before training (:mod:`polyfuse.wide`), kept frozen, so the
+the network: fitted by scikit-learn before training (:mod:`polyfuse.training.wide`), kept frozen, so the
 deep half learns what it misses. Its features are the n-grams' IDF weights, L2-normalised per
 text, computed from the same ids the deep half reads; it exports in the same ONNX graph.
 """

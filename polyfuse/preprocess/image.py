@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from polyfuse.errors import BadInputError, MediaTooLarge
-from polyfuse.io import resolve_media
+from polyfuse.data.io import resolve_media
 from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
 
 

@@ -16,11 +16,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from polyfuse.errors import BadInputError
-from polyfuse.io import Table, is_missing, read_table, require_columns
+from polyfuse.data.io import Table, is_missing, read_table, require_columns
 from polyfuse.preprocess import audio, hf, image, tabular, targets, text, timeseries, video
 from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
-from polyfuse.spec import Spec
-from polyfuse.spec_inputs import hf_encoder
+from polyfuse.spec.schema import Spec
+from polyfuse.spec.inputs import hf_encoder
 from polyfuse.threads import usable_cpus
 
 
@@ -70,7 +70,7 @@ class Decoded:
     targets: dict[str, list]
     rows: list[Any]  # the table's row ids of the rows kept, in order
     bad: list[BadRow] = field(default_factory=list)
-    # frozen pretrained backbones' outputs per input (polyfuse.nn.feature_cache), used instead of the raw values
+    # frozen pretrained backbones' outputs per input (polyfuse.training.feature_cache), used instead of the raw values
     features: dict[str, list] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -78,7 +78,7 @@ class Decoded:
 
     @property
     def on_disk(self) -> bool:
-        """Whether the values are read lazily from shards on disk (polyfuse.shards)."""
+        """Whether the values are read lazily from shards on disk (polyfuse.training.shards)."""
         return any(hasattr(v, "take") for v in self.inputs.values())
 
     def subset(self, idx: Sequence[int]) -> "Decoded":

@@ -7,8 +7,10 @@ from typing import Any
 import numpy as np
 
 from polyfuse.errors import BadInputError
-from polyfuse.io import is_missing
+from polyfuse.data.io import is_missing
 from polyfuse.preprocess.tabular import decode_category, decode_number
+
+MODALITY_WEIGHTS = "_modality_weights"  # gated fusion's extra graph output: per-record input weights
 
 _POSITIVE = {"1", "true", "yes", "y", "positive", "pos"}
 

@@ -3,10 +3,10 @@ the pixels the backbone's image processor gives a picture.
 
 Decoding is :mod:`polyfuse.preprocess.video`'s (PyAV; frames sampled at ``fps`` by timestamp, at most
 ``max_frames``), except that each sampled frame is taken at the video's own resolution straight to
-the processor's resize and crop (:func:`polyfuse.preprocess.hf.processor_pixels`), so frames are
+the processor's resize and crop (:func:`polyfuse.preprocess.hf_image.processor_pixels`), so frames are
 stored at the processor's output size (e.g. 224 x 224) and are never resized twice; the spec's
 ``size``, ``mean`` and ``std`` do not apply. ``collate`` rescales and normalises each frame as an
-image input's pixels (:func:`polyfuse.preprocess.hf.model_pixels`), pads a shorter clip with zero
+image input's pixels (:func:`polyfuse.preprocess.hf_image.model_pixels`), pads a shorter clip with zero
 frames and marks the real ones in ``mask``. numpy + PyAV + Pillow only (the runtime imports this).
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
 def decode(source: Any, value: Any, cfg: Any, p: dict, budget: DecodeBudget = UNLIMITED) -> np.ndarray:
     """A resolved cell -> uint8 [frames, H, W, 3] (H, W: the processor's output size); the frame
     layout of built-in video inputs, so the linear baseline reads both alike."""
-    from polyfuse.preprocess import hf, video
+    from polyfuse.preprocess import hf_image, video
 
     def to_array(img: Any) -> np.ndarray:
-        return hf.processor_pixels(img, p, budget).transpose(1, 2, 0)
+        return hf_image.processor_pixels(img, p, budget).transpose(1, 2, 0)
 
     return video.decode_source(source, value, cfg, budget, to_array)
 
@@ -37,7 +37,7 @@ def collate(values: list[np.ndarray | None], cfg: Any, p: dict, rng: np.random.G
     """``""`` float32 [B, max_frames, 3, H, W] (padding 0), ``mask`` [B, max_frames] (1 = a real
     frame), ``length`` and ``present``. With ``rng`` (training), the spec's augment is drawn once per
     clip and applied alike to every frame, as built-in video inputs do."""
-    from polyfuse.preprocess.hf import model_pixels
+    from polyfuse.preprocess.hf_image import model_pixels
     from polyfuse.preprocess.video import pad_clips
 
     def frames_of(clip: np.ndarray, seed: int | None) -> np.ndarray:

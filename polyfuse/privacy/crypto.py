@@ -13,7 +13,6 @@ import binascii
 import hashlib
 import os
 import secrets
-from pathlib import Path
 from typing import Any
 
 from polyfuse.errors import ArtifactError
@@ -86,26 +85,3 @@ def open_sealed(data: bytes, key: bytes, name: str) -> bytes:
     except InvalidTag:
         raise ArtifactError(f"{name}: decryption failed authentication: the encrypted file was modified (or "
                             "renamed) after encryption, or the key is wrong; restore the artifact from a copy") from None
-
-
-def encrypt_artifact(folder: str | Path, key: bytes) -> dict[str, Any]:
-    """Encrypt every file of a verified artifact, replacing the directory atomically; returns the
-    new manifest (digests of the ciphertext, ``encryption`` with the key's fingerprint)."""
-    from polyfuse import artifact
-
-    folder = Path(folder)
-    manifest = artifact.verify(folder)
-    if artifact.ENCRYPTION in manifest:
-        raise ArtifactError(f"{folder} is already encrypted (key {manifest[artifact.ENCRYPTION]['key_id']})")
-    names = sorted(manifest["files"])
-    extra = {k: v for k, v in manifest.items() if k not in ("files", "format")}
-    extra[artifact.ENCRYPTION] = {"algorithm": ALGORITHM, "key_id": key_id(key), "files": names}
-
-    def fill(tmp: Path) -> None:
-        for name in names:
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_bytes(seal((folder / name).read_bytes(), key, name))
-        artifact.write_manifest(tmp, extra)
-
-    artifact.write_dir(folder, fill)
-    return artifact.verify(folder)

@@ -7,12 +7,10 @@ NAME.pub, or with openssl: ``openssl genpkey -algorithm ed25519 -out k.pem`` and
 """
 from __future__ import annotations
 
-import base64
 import os
 from pathlib import Path
 from typing import Any
 
-from polyfuse.artifact import MANIFEST, SIGNATURE, atomic_write_text, verify
 from polyfuse.errors import ArtifactError
 from polyfuse.extras import require
 
@@ -37,7 +35,7 @@ def keygen(out: str | Path) -> tuple[Path, Path]:
     return private, public
 
 
-def _load(path: str | Path, private: bool) -> Any:
+def load_key(path: str | Path, private: bool) -> Any:
     require("crypto", "signing a model" if private else "checking a model's signature (a verify key)")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -56,30 +54,3 @@ def _load(path: str | Path, private: bool) -> Any:
     if not isinstance(key, expected):
         raise ArtifactError(f"{path}: expected an Ed25519 {what} key, got {type(key).__name__}")
     return key
-
-
-def sign_artifact(folder: str | Path, key_file: str | Path) -> Path:
-    """Verify the artifact, then write ``manifest.sig`` (base64 Ed25519 signature of manifest.json)."""
-    folder = Path(folder)
-    verify(folder)  # never sign files that changed behind the manifest's back
-    signature = _load(key_file, private=True).sign((folder / MANIFEST).read_bytes())
-    atomic_write_text(folder / SIGNATURE, base64.b64encode(signature).decode() + "\n")
-    return folder / SIGNATURE
-
-
-def check(folder: str | Path, public_key_file: str | Path) -> None:
-    """Refuse an unsigned artifact or one whose manifest does not match its signature."""
-    folder = Path(folder)
-    key = _load(public_key_file, private=False)  # first: names the crypto extra when it is missing
-    from cryptography.exceptions import InvalidSignature
-
-    sig_path = folder / SIGNATURE
-    if not sig_path.is_file():
-        raise ArtifactError(f"{folder} is not signed (no {SIGNATURE}) but a verify key was given; "
-                            f"sign it with `polyfuse sign {folder} --key-file KEY`, or load it without a verify key")
-    try:
-        key.verify(base64.b64decode(sig_path.read_text().strip(), validate=True), (folder / MANIFEST).read_bytes())
-    except (InvalidSignature, ValueError):
-        raise ArtifactError(f"{folder}: the signature does not match {MANIFEST} under {public_key_file}: the "
-                            "artifact was changed after signing (re-sign it after an export) or signed by another "
-                            "key; do not use it") from None

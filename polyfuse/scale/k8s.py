@@ -91,9 +91,7 @@ CMD ["serve", "{MODEL_PATH}", "--host", "0.0.0.0", "--port", "{PORT}"]
 def copy_source(dest: Path) -> bool:
     """polyfuse's installable source (pyproject.toml, README.md, polyfuse/) into ``dest``, when this
     polyfuse runs from a checkout; False when it was installed from a wheel."""
-    import polyfuse
-
-    package = Path(polyfuse.__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # polyfuse/, from polyfuse/scale/k8s.py
     root = package.parent
     if not (root / "pyproject.toml").exists():
         return False

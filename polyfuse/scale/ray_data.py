@@ -1,5 +1,5 @@
 """Batch prediction on Ray Data: tasks whose worker processes each hold the torch-free Runtime map over
-units of rows and write Parquet shards with the columns of local `polyfuse predict` (``polyfuse.batch``).
+units of rows and write Parquet shards with the columns of local `polyfuse predict` (``polyfuse.deploy.batch``).
 
 A unit is a piece of the input that knows how to produce its rows as a ``Table`` with global row ids:
 - a CSV/JSONL/Parquet file is read on the driver in chunks exactly as local predict reads it
@@ -7,7 +7,7 @@ A unit is a piece of the input that knows how to produce its rows as a ``Table``
   travel to the workers through the object store;
 - a folder of Parquet files is read by the workers themselves, one row group each (row ids follow the
   files in sorted order, from the footers' row counts), so the data never passes through the driver.
-Each row goes through ``polyfuse.batch.predict_chunk``, the very code local predict runs: a bad row
+Each row goes through ``polyfuse.deploy.batch.predict_chunk``, the very code local predict runs: a bad row
 gets its message in the ``error`` column and never stops the job.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from polyfuse.batch import id_column_of, output_columns, predict_chunk
+from polyfuse.deploy.batch import id_column_of, output_columns, predict_chunk
 from polyfuse.errors import BadInputError
-from polyfuse.io import Table, iter_table_chunks
+from polyfuse.data.io import Table, iter_table_chunks
 from polyfuse.scale import init_ray
 
 PARQUET_SUFFIXES = (".parquet", ".pq")

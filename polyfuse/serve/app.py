@@ -12,19 +12,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from polyfuse.runtime import MODALITY_WEIGHTS
 from polyfuse.serve.batching import Batcher
 from polyfuse.serve.config import ServeConfig
 from polyfuse.serve.guard import Guard, within
 from polyfuse.serve.observability import flush_access_log
 from polyfuse.serve.page import add_page_routes
 from polyfuse.serve.requests import RequestError, json_records, parse_json
-from polyfuse.serve.state import Backend, ServerState, load_backend
+from polyfuse.serve.state import ServerState, load_backend, prediction_rows
 from polyfuse.serve.stream import add_stream_route
 from polyfuse.serve.v2 import add_v2_routes, v2_error
 from polyfuse.threads import single_threaded_blas
@@ -98,7 +96,7 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None,
             probs, labels, _ = await state.predict(parse, size, request.scope["state"]["deadline"],
                                                   request.scope["state"])
             return JSONResponse({"model": backend.name, "request_id": request.state.request_id,
-                                 "predictions": _predictions(backend, state.classes, probs, labels)})
+                                 "predictions": prediction_rows(backend, state.classes, probs, labels)})
 
         return await guarded(request, handle)
 
@@ -129,27 +127,3 @@ async def _form_record(request: Request) -> dict[str, Any]:
         else:
             record[key] = value if value != "" else None
     return {"records": [record]}
-
-
-def _predictions(backend: Backend, classes: dict[str, list], probs: dict[str, np.ndarray],
-                 labels: dict[str, list]) -> list[dict[str, Any]]:
-    out = []
-    n = len(next(iter(labels.values())))
-    for i in range(n):
-        row: dict[str, Any] = {}
-        dist: dict[str, dict[str, float]] = {}
-        for name, cfg in backend.spec.outputs.items():
-            row[name] = labels[name][i]
-            if cfg.type in ("category", "binary"):
-                row[f"{name}_probability"] = round(float(probs[name][i].max()), 6)
-                if row[name] is None:  # below the output's abstain_below threshold
-                    row["reason"] = "low confidence"
-            if cfg.type != "number":
-                dist[name] = {c: round(float(p), 6) for c, p in zip(classes[name], probs[name][i])}
-        if dist:
-            row["probabilities"] = dist
-        if MODALITY_WEIGHTS in probs:  # gated fusion: how much each input counted for this record
-            row["modality_weights"] = {backend.spec.column(n): round(float(w), 6)
-                                       for n, w in zip(backend.spec.inputs, probs[MODALITY_WEIGHTS][i])}
-        out.append(row)
-    return out

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from polyfuse.streams import STREAM_TYPES, window_size
+from polyfuse.preprocess.streams import STREAM_TYPES, window_size
 
 STATIC = Path(__file__).parent / "static"
 

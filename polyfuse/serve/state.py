@@ -21,8 +21,8 @@ from polyfuse.artifact import sha256
 from polyfuse.errors import BadInputError, DeadlineExceeded, MediaTooLarge
 from polyfuse.preprocess.budget import DecodeBudget
 from polyfuse.preprocess.pipeline import Decoded
-from polyfuse.preprocess.targets import decode_outputs
-from polyfuse.memory import map_large_allocations, release_memory  # noqa: F401 (used here and re-exported)
+from polyfuse.preprocess.targets import MODALITY_WEIGHTS, decode_outputs
+from polyfuse.training.memory import map_large_allocations, release_memory
 from polyfuse.serve.batching import Batcher, batching_pays
 from polyfuse.serve.config import ServeConfig
 from polyfuse.serve.observability import Metrics, access_logger
@@ -207,7 +207,7 @@ def sized_like_requests(spec: Any, row: dict[str, np.ndarray]) -> dict[str, np.n
     """The batching check's row, with pretrained text and waveform inputs at a typical request's
     length: an empty text is one token, and a transformer's cost (and what batching saves) grows
     with the length."""
-    from polyfuse.spec_inputs import hf_encoder
+    from polyfuse.spec.inputs import hf_encoder
 
     for name, cfg in spec.inputs.items():
         proc = hf_encoder(cfg)._processor if hf_encoder(cfg) is not None else {}
@@ -220,3 +220,29 @@ def sized_like_requests(spec: Any, row: dict[str, np.ndarray]) -> dict[str, np.n
         row[name] = np.zeros((1, steps), dtype=row[name].dtype)
         row[f"{name}__length"] = np.asarray([steps], dtype=np.int64)
     return row
+
+
+def prediction_rows(backend: Backend, classes: dict[str, list], probs: dict[str, np.ndarray],
+                    labels: dict[str, list]) -> list[dict[str, Any]]:
+    """The answer rows of /predict and /v2/stream: labels, probabilities, and for gated fusion how much
+    each input counted."""
+    out = []
+    n = len(next(iter(labels.values())))
+    for i in range(n):
+        row: dict[str, Any] = {}
+        dist: dict[str, dict[str, float]] = {}
+        for name, cfg in backend.spec.outputs.items():
+            row[name] = labels[name][i]
+            if cfg.type in ("category", "binary"):
+                row[f"{name}_probability"] = round(float(probs[name][i].max()), 6)
+                if row[name] is None:  # below the output's abstain_below threshold
+                    row["reason"] = "low confidence"
+            if cfg.type != "number":
+                dist[name] = {c: round(float(p), 6) for c, p in zip(classes[name], probs[name][i])}
+        if dist:
+            row["probabilities"] = dist
+        if MODALITY_WEIGHTS in probs:  # gated fusion: how much each input counted for this record
+            row["modality_weights"] = {backend.spec.column(n): round(float(w), 6)
+                                       for n, w in zip(backend.spec.inputs, probs[MODALITY_WEIGHTS][i])}
+        out.append(row)
+    return out

@@ -7,7 +7,7 @@ Protocol (JSON text messages):
     server: {"prediction": {...}, "window_end": 64}            # every `hop` samples once windows are full
     server: {"error": "..."}                                   # a bad message; the stream goes on
 
-Windows live in polyfuse.streams.StreamWindows (one per connection, freed on disconnect); each goes
+Windows live in polyfuse.preprocess.streams.StreamWindows (one per connection, freed on disconnect); each goes
 through the server's normal path (preprocessing lane, then the dynamic batcher), off the event loop.
 
 Limits per connection (ServeConfig): a message over ``stream_max_message_bytes`` closes with 1009;
@@ -33,7 +33,8 @@ from polyfuse.errors import BadInputError
 from polyfuse.serve.access import Access
 from polyfuse.serve.guard import api_key
 from polyfuse.serve.requests import RequestError
-from polyfuse.streams import StreamWindows
+from polyfuse.serve.state import prediction_rows
+from polyfuse.preprocess.streams import StreamWindows
 
 PATHS = ("/v2/stream", "/stream")
 _IDS = itertools.count(1)
@@ -106,8 +107,6 @@ class Session:
                 await self.send({"error": str(e)})
 
     async def predict(self) -> None:
-        from polyfuse.serve.app import _predictions  # app imports this module
-
         sent_dropped = 0
         while True:
             await self.due.wait()
@@ -127,7 +126,7 @@ class Session:
             except asyncio.TimeoutError:
                 await self.send({"error": f"no prediction within {self.cfg.timeout_s:g} s"})
                 continue
-            rows = _predictions(self.state.backend, self.state.classes, probs, labels)
+            rows = prediction_rows(self.state.backend, self.state.classes, probs, labels)
             for (end, _), row in zip(due, rows):
                 out: dict[str, Any] = {"prediction": row, "window_end": end}
                 if self.windows.dropped != sent_dropped:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from polyfuse.serve import protocol
 from polyfuse.serve.requests import RequestError
 from polyfuse.serve.state import ServerState
+from polyfuse.version import __version__
 
 
 def v2_error(e: RequestError) -> JSONResponse:
@@ -38,9 +39,7 @@ def add_v2_routes(app: FastAPI, state: ServerState, guarded: Callable[..., Any])
     @app.get("/v2", summary="V2 server metadata")
     @app.get("/v2/", include_in_schema=False)
     async def server_metadata() -> dict:
-        import polyfuse
-
-        return {"name": "polyfuse", "version": polyfuse.__version__, "extensions": ["binary_tensor_data"]}
+        return {"name": "polyfuse", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/health/live", summary="Liveness")
     async def live() -> Response:

@@ -1,0 +1,386 @@
+"""`polyfuse init`: read a table, profile a bounded sample of each column, write a commented spec.
+
+polyfuse.autospec.profile measures (kinds, scripts, lengths, image sizes, audio durations); this module
+chooses the spec from what was measured and says why beside each choice. The choices are general
+rules, not fitted to any data set: see the comments in ``_text``, ``_image`` and ``_target``.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polyfuse.errors import SpecError
+from polyfuse.data.io import TABLE_SUFFIXES, is_missing, read_table
+from polyfuse.autospec.profile import (GREY_MODES, MAX_FILES, MAX_VALUES, FileStats, Kind, classify, file_stats, percentile,
+                              sample, scripts)
+
+TARGET_NAMES = ("label", "target", "y", "class", "outcome")
+GROUP_NAMES = ("speaker", "subject", "patient", "user", "group", "session", "participant")
+IMAGE_CAP = 64  # longest side for a from-scratch CNN: ImageCNN trains at ~500 rows/s on 2 cores at 64x64
+LONG_TEXT = 300  # p95 tokens above which the CNN replaces the n-gram bag
+MAX_TEXT_LENGTH = 512
+TRAIN = {"epochs": 30, "batch_size": 64, "lr": 1.0e-3, "early_stopping": 5, "seed": 0}
+
+
+@dataclass
+class Inferred:
+    """A spec dict, a comment per field path (tuple of keys), and the header's lines."""
+
+    spec: dict[str, Any]
+    comments: dict[tuple, str] = field(default_factory=dict)
+    notes: dict[tuple, list[str]] = field(default_factory=dict)  # comment lines opening a mapping
+    header: list[str] = field(default_factory=list)
+
+
+def nice_ceil(x: float, floor: int, cap: int) -> int:
+    """Round up to a multiple of 8 (to 64), 16 (to 256), 64 (to 1024) or 256, within [floor, cap]."""
+    step = 8 if x <= 64 else 16 if x <= 256 else 64 if x <= 1024 else 256
+    return int(min(cap, max(floor, step * math.ceil(x / step))))
+
+
+def _input_name(column: str, taken: set[str]) -> str:
+    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in column).strip("_") or "input"
+    if not name.isidentifier():
+        name = "c_" + name
+    base, k = name, 2
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
+# ----------------------------------------------------------------------------- per kind
+def _text(kind: Kind, seed: int) -> tuple[dict, dict[str, str], str]:
+    from polyfuse.preprocess.text import tokenize
+
+    cells = [str(v) for v in sample(kind.present, MAX_VALUES, seed)]
+    seen = scripts(cells)
+    # Scripts without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar...) get characters
+    # as tokens: no segmenter is needed and token bigrams then are character bigrams.
+    char = seen.unsegmented_texts >= 0.5
+    tokenizer = "char" if char else "word"
+    lengths = [len(tokenize(t, tokenizer)) for t in cells]
+    p50, p95, top = percentile(lengths, 50), percentile(lengths, 95), max(lengths)
+    long = p95 > LONG_TEXT
+    max_length = nice_ceil(p95, 8, MAX_TEXT_LENGTH)
+    entry: dict[str, Any] = {"type": "text", "tokenizer": tokenizer, "max_length": max_length,
+                             "encoder": "cnn" if long else "ngram"}
+    why = {
+        "tokenizer": (f"{seen.language()} in {100 * seen.unsegmented_texts:.0f}% of {len(cells)} sampled texts "
+                      f"(letters: {seen.shares()}): no spaces between words, so characters are the tokens"
+                      + ("; jieba (Chinese word segmentation) is the alternative" if "Chinese" in seen.language()
+                         else "")) if char else
+                     f"letters: {seen.shares()}; space-delimited, so words are the tokens",
+        "max_length": f"{tokenizer} tokens per text: median {p50:.0f}, p95 {p95:.0f}, max {top}"
+                      + (f" (cut at {MAX_TEXT_LENGTH})" if p95 > MAX_TEXT_LENGTH else ""),
+        "encoder": (f"p95 {p95:.0f} > {LONG_TEXT} tokens: long text, convolutions over token embeddings"
+                    if long else f"p95 {p95:.0f} <= {LONG_TEXT} tokens: short/medium text, the hashed n-gram bag "
+                    "is strong and fast"),
+    }
+    if not long:
+        chars = None if char else (1, 4)
+        counts = [ngram_count(tokenize(t, tokenizer)[:max_length], 2, chars) for t in cells]
+        p95_ngrams = percentile(counts, 95)
+        entry.update(word_ngrams=2, char_ngrams=list(chars) if chars else None,
+                     max_ngrams=nice_ceil(p95_ngrams, 64, 8192))
+        why["word_ngrams"] = "token 1-2-grams over characters = char 1-2-grams" if char else "word 1-2-grams"
+        why["char_ngrams"] = ("tokens are single characters: nothing inside them" if char else
+                              "char 1-4-grams inside each word: spelling variants and rare words")
+        why["max_ngrams"] = (f"n-grams per text: median {percentile(counts, 50):.0f}, p95 {p95_ngrams:.0f}, "
+                             f"max {max(counts)}")
+    summary = f"{seen.shares()}; {tokenizer} tokens p50 {p50:.0f} p95 {p95:.0f} max {top}"
+    return entry, why, summary
+
+
+def ngram_count(tokens: list[str], word_ngrams: int, char_ngrams: tuple[int, int] | None) -> int:
+    """How many n-grams polyfuse.preprocess.ngrams makes of these tokens: token n-grams of order
+    1..word_ngrams, then each token's char n-grams within boundary marks (``<tok>``) less the bare
+    marks and the whole marked token."""
+    total = sum(max(0, len(tokens) - n + 1) for n in range(1, word_ngrams + 1))
+    if char_ngrams:
+        lo, hi = char_ngrams
+        for token in tokens:
+            marked = len(token) + 2
+            total += sum(max(0, marked - n + 1) for n in range(lo, hi + 1))
+            total -= (2 if lo == 1 else 0) + (1 if lo <= marked <= hi else 0)
+    return total
+
+
+def _image(name: str, kind: Kind, folder: Path, seed: int) -> tuple[dict, dict[str, str], str]:
+    stats = file_stats(name, "image", kind.present, folder, seed)
+    heights = [h for h, _ in stats.sizes]
+    widths = [w for _, w in stats.sizes]
+    h, w = float(np.median(heights)), float(np.median(widths))
+    # A from-scratch CNN's cost grows with pixels: cap the longest side, keep a square-ish aspect.
+    scale = min(1.0, IMAGE_CAP / max(h, w))
+    aspect = min(2.0, max(0.5, h / w))
+    side = max(h, w) * scale
+    size = [side, side / aspect] if aspect >= 1 else [side * aspect, side]
+    size = [max(8, 4 * round(s / 4)) for s in size]
+    grey = all(mode in GREY_MODES for mode in stats.modes)
+    modes = ", ".join(f"{m} {n}" for m, n in stats.modes.most_common())
+    distinct = len(set(stats.sizes))
+    sizes = (f"{heights[0]}x{widths[0]} (h x w)" if distinct == 1 else
+             f"median {h:.0f}x{w:.0f} (h x w), heights {min(heights)}-{max(heights)}, "
+             f"widths {min(widths)}-{max(widths)}, {distinct} distinct sizes")
+    seen = f"{stats.opened} sampled files: " + ("all " if distinct == 1 else "") + sizes
+    why = {
+        "size": seen + (f"; longest side capped at {IMAGE_CAP} px so the from-scratch CNN trains fast on CPU "
+                        "(use encoder: resnet or a larger size with a GPU)" if scale < 1 else ""),
+        "channels": f"modes in the sample: {modes}" + (" (all greyscale)" if grey else
+                                                        " (converted to RGB)" if len(stats.modes) > 1 else ""),
+    }
+    summary = f"{seen}; modes {modes}"
+    if stats.n_failed:
+        why["type"] = _unreadable(stats)
+    return {"type": "image", "size": size, "channels": 1 if grey else 3, "encoder": "cnn"}, why, summary
+
+
+def _audio(name: str, kind: Kind, folder: Path, seed: int) -> tuple[dict, dict[str, str], str]:
+    stats = file_stats(name, "audio", kind.present, folder, seed)
+    p50, p95, top = percentile(stats.seconds, 50), percentile(stats.seconds, 95), max(stats.seconds)
+    step = 0.1 if p95 <= 2 else 0.5 if p95 <= 10 else 1.0
+    seconds = round(min(30.0, max(0.1, step * math.ceil(p95 / step - 1e-9))), 1)
+    # always 16 kHz: the MFCC defaults (64 mel bands over 25 ms windows) are laid out for it; at 8 kHz the
+    # lowest bands are narrower than one FFT bin and stay empty (avdigits via init: 0.970 at 8 kHz)
+    rate = 16000
+    rates = ", ".join(f"{r} Hz x{n}" for r, n in stats.rates.most_common())
+    why = {
+        "sample_rate": f"sampled files: {rates}; resampled to 16 kHz, the rate the MFCC settings are laid out for"
+                       + ("; multi-channel files are mixed to mono" if max(stats.channels) > 1 else ""),
+        "augment": "speed perturbation and random crops in training: the usual guard against overfitting small "
+                   "audio sets (each epoch recomputes the features)",
+        "max_seconds": f"durations of {stats.opened} sampled files: median {p50:.2f} s, p95 {p95:.2f} s, "
+                       f"max {top:.2f} s" + ("; longer clips are cut at 30 s" if p95 > 30 else ""),
+    }
+    if stats.n_failed:
+        why["type"] = _unreadable(stats)
+    entry = {"type": "audio", "sample_rate": rate, "features": "mfcc", "n_mfcc": 40, "max_seconds": seconds,
+             "augment": {"speed": [0.9, 1.1], "random_crop": True}, "encoder": "cnn"}
+    return entry, why, f"{stats.opened} files opened: {rates}; seconds p50 {p50:.2f} p95 {p95:.2f}"
+
+
+def _video(kind: Kind) -> tuple[dict, dict[str, str], str]:
+    """Video files: the defaults (4 frames a second, at most 16, 64x64), which suit clips of a few seconds."""
+    why = {"fps": "4 frames a second by timestamp, at most max_frames (16) spread evenly over a longer clip",
+           "size": "frames resized and center-cropped to 64x64: small enough to train a CNN per frame on a CPU"}
+    return ({"type": "video", "fps": 4, "max_frames": 16, "size": 64, "encoder": "cnn_pool"}, why,
+            f"{len(kind.present)} video files")
+
+
+def _timeseries(kind: Kind, folder: Path, seed: int) -> tuple[dict, dict[str, str], str]:
+    """Channels and length from a few sampled series (read whole: series files are small)."""
+    from types import SimpleNamespace
+
+    from polyfuse.errors import BadInputError
+    from polyfuse.preprocess.timeseries import read_series
+
+    probe = SimpleNamespace(channels=1, max_steps=10_000_000)
+    shapes, failed = [], []
+    for cell in sample(kind.present, 50, seed):
+        try:
+            shapes.append(read_series(cell, probe, folder)[0].shape)
+        except BadInputError as e:
+            failed.append(e.reason)
+    if not shapes:
+        raise SpecError(f"no sampled time series could be read (e.g. {failed[0] if failed else 'no cells'})")
+    channels = Counter(c for _, c in shapes).most_common(1)[0][0]
+    steps = [s for s, _ in shapes]
+    length = nice_ceil(percentile(steps, 95), 8, 4096)
+    why = {"channels": f"{channels} columns in the sampled series" + (
+               f" ({sum(c != channels for _, c in shapes)} differ and will be bad rows)"
+               if any(c != channels for _, c in shapes) else ""),
+           "sample_rate": "unknown from the data: set the true rate (Hz) to resample series recorded at others",
+           "length": f"steps of {len(steps)} sampled series: median {percentile(steps, 50):.0f}, p95 "
+                     f"{percentile(steps, 95):.0f}, max {max(steps)}; longer series are cut, shorter padded"}
+    if failed:
+        why["type"] = f"{len(failed)} of {len(failed) + len(shapes)} sampled series unreadable (e.g. {failed[0]})"
+    entry = {"type": "timeseries", "channels": int(channels), "sample_rate": 1.0, "length": length,
+             "encoder": "cnn1d"}
+    return entry, why, f"{len(shapes)} series read: {channels} channels, steps p95 {percentile(steps, 95):.0f}"
+
+
+def _unreadable(stats: FileStats) -> str:
+    return (f"{stats.n_failed} of {stats.opened + stats.n_failed} sampled files could not be opened "
+            f"(e.g. {stats.failed[0]}); their rows will be skipped as bad rows")
+
+
+def _tabular(kind: Kind) -> tuple[dict, dict[str, str], str]:
+    if kind.kind == "category":
+        top = Counter(_level(v) for v in kind.present).most_common(3)
+        levels = ", ".join(f"{v[:20]!r} {n}" for v, n in top)
+        return {"type": "category"}, {"type": f"{kind.reason}; most common: {levels}"}, f"top: {levels}"
+    return {"type": "number"}, {"type": kind.reason}, kind.reason
+
+
+def _level(value: Any) -> str:
+    """A class or category level as the preprocessing sees it (3.0 and '3' are one level)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+# ----------------------------------------------------------------------------- target and split
+def _pick_target(columns: list[str], requested: str | None) -> tuple[str, str]:
+    if requested is not None:
+        if requested not in columns:
+            raise SpecError(f"--target {requested!r}: the table has no such column; it has {columns}")
+        return requested, "chosen with --target"
+    named = next((c for c in columns if c.lower() in TARGET_NAMES), None)
+    if named:
+        return named, f"the column named {named!r} (pass --target COLUMN to choose another)"
+    return columns[-1], "the last column (no column is named " + "/".join(TARGET_NAMES) + "; pass --target COLUMN)"
+
+
+def _target(name: str, values: list, how: str, requested: bool) -> tuple[dict, dict[str, str], str]:
+    """The output entry: number, binary, category or multilabel; class balance in the comment."""
+    present = [v for v in values if not is_missing(v)]
+    if not present:
+        raise SpecError(f"target column {name!r} is empty: nothing to learn; pass --target COLUMN")
+    unlabelled = len(values) - len(present)
+    gap = f"; {unlabelled} rows have no label" if unlabelled else ""
+    numeric = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in present)
+    if numeric:
+        arr = np.asarray(present, dtype=np.float64)
+        if not (np.all(arr == np.round(arr)) and len(set(present)) <= 20):
+            return ({"type": "number"}, {"type": f"{how}: numbers, min {arr.min():.4g}, median {np.median(arr):.4g}, "
+                                                 f"max {arr.max():.4g}: regression{gap}"}, "regression target")
+    levels = [_level(v) for v in present]
+    with_sep = sum("|" in v for v in sample(levels, MAX_VALUES))
+    if not numeric and with_sep >= 0.2 * min(len(levels), MAX_VALUES):
+        parts = Counter(p.strip() for v in levels for p in v.split("|") if p.strip())
+        return ({"type": "multilabel", "separator": "|"},
+                {"type": f"{how}: {with_sep} of the sampled cells list several labels separated by '|' "
+                         f"({len(parts)} labels){gap}"}, f"{len(parts)} labels")
+    counts = Counter(levels)
+    if len(counts) == 1:
+        raise SpecError(f"target column {name!r} has one class ({levels[0][:40]!r}) in all {len(present)} labelled "
+                        "rows: nothing to learn; pass --target COLUMN to choose another column")
+    if not requested and not numeric and len(counts) > max(50, len(present) // 2):
+        raise SpecError(f"target column {name!r} ({how}) has {len(counts)} distinct values in {len(present)} rows: "
+                        "it does not look like a label; pass --target COLUMN")
+    entry: dict[str, Any] = {"type": "binary" if len(counts) == 2 else "category"}
+    (top, most), (_, least) = counts.most_common(1)[0], counts.most_common()[-1]
+    share = most / len(present)
+    shown = ", ".join(f"{c[:20]!r} {n}" for c, n in counts.most_common(4)) + (", ..." if len(counts) > 4 else "")
+    why = {"type": f"{how}: {len(counts)} classes ({shown}){gap}"}
+    # Imbalanced: the largest class has >= 3x the rows of the smallest, or with 3+ classes one class
+    # holds half the rows. Then accuracy mostly rewards the majority; weights make every class count.
+    if most >= 3 * least or (len(counts) >= 3 and share >= 0.5):
+        entry["class_weights"] = "balanced"
+        why["class_weights"] = (f"imbalanced: largest/smallest class {most / least:.1f}x, {top[:20]!r} holds "
+                                f"{100 * share:.0f}%; judge the model by macro-F1 (metrics.json), not accuracy")
+    single = [c for c, n in counts.items() if n == 1]
+    if single:
+        why["type"] += (f"; WARNING: {len(single)} classes have a single row (e.g. {single[0][:20]!r}): a "
+                        "stratified split cannot put them in both train and validation; gather more or merge them")
+    return entry, why, f"{len(counts)} classes, largest {100 * share:.0f}%"
+
+
+def _sibling_test(table_path: str | Path) -> str | None:
+    """'test.csv' beside 'train.csv' (or x_test.* beside x_train.*), as a path like the one given."""
+    path = Path(table_path)
+    if "train" not in path.stem.lower():
+        return None
+    i = path.stem.lower().rindex("train")
+    stem = path.stem[:i] + ("TEST" if path.stem[i:i + 5].isupper() else "test") + path.stem[i + 5:]
+    for suffix in [path.suffix] + sorted(TABLE_SUFFIXES - {path.suffix}):
+        if path.with_name(stem + suffix).is_file():
+            return str(path.with_name(stem + suffix))
+    return None
+
+
+# ----------------------------------------------------------------------------- the spec
+def infer(table_path: str | Path, target: str | None = None, seed: int = 0) -> Inferred:
+    """Profile the table at ``table_path`` and choose a spec, with a comment on each choice."""
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnicodeWarning)
+        table = read_table(table_path)
+    columns = list(table.columns)
+    if not columns or not len(table):
+        raise SpecError(f"table {str(table_path)!r} has no rows or no columns")
+    out_col, how = _pick_target(columns, target)
+    group = next((c for c in columns if c.lower() in GROUP_NAMES and c != out_col), None)
+    inferred = Inferred({})
+    lines: list[str] = []
+    inputs: dict[str, Any] = {}
+    taken = {_input_name(out_col, set())}
+    for col in columns:
+        if col == out_col:
+            continue
+        kind = classify(col, table.columns[col], table.folder, seed)
+        info = f"{kind.kind}, {kind.missing} missing, {kind.distinct} distinct"
+        if col == group:
+            lines.append(f"{col}: {info}; grouping column for the split")
+            continue
+        if kind.kind in ("empty", "constant", "id", "unsupported"):
+            lines.append(f"{col}: {info}; dropped: {kind.reason}")
+            inferred.notes.setdefault(("inputs",), []).append(f"{col!r} dropped: {kind.reason}")
+            continue
+        if kind.kind == "text":
+            entry, why, summary = _text(kind, seed)
+        elif kind.kind == "timeseries":
+            entry, why, summary = _timeseries(kind, table.folder, seed)
+        elif kind.kind == "video":
+            entry, why, summary = _video(kind)
+        elif kind.kind in ("image", "audio"):
+            entry, why, summary = (_image if kind.kind == "image" else _audio)(col, kind, table.folder, seed)
+        else:
+            entry, why, summary = _tabular(kind)
+        name = _input_name(col, taken)
+        taken.add(name)
+        if name != col:
+            entry = {"type": entry["type"], "column": col, **{k: v for k, v in entry.items() if k != "type"}}
+        why.setdefault("type", kind.reason)
+        inputs[name] = entry
+        inferred.comments.update({("inputs", name, key): text for key, text in why.items()})
+        lines.append(f"{col}: {info}; {summary}")
+    if not inputs:
+        raise SpecError(f"table {str(table_path)!r}: no usable input column besides the target {out_col!r}:\n  "
+                        + "\n  ".join(lines))
+    out_entry, out_why, out_summary = _target(out_col, table.columns[out_col], how, target is not None)
+    out_name = _input_name(out_col, set())
+    if out_name != out_col:
+        out_entry["column"] = out_col
+    inferred.comments.update({("outputs", out_name, key): text for key, text in out_why.items()})
+    lines.insert(0, f"{out_col}: target; {out_summary}")
+
+    split: dict[str, Any] = {"valid": 0.1, "seed": 0}
+    data: dict[str, Any] = {"train": str(table_path)}
+    test = _sibling_test(table_path)
+    if test:
+        data["test"] = test
+        inferred.comments[("data", "test")] = "found beside the training table"
+    if group:
+        groups = len({_level(v) for v in table.columns[group] if not is_missing(v)})
+        if groups >= 2:
+            split["group_by"] = group
+            inferred.comments[("data", "split", "group_by")] = (
+                f"{groups} distinct {group!r} values: rows of one {group} never straddle train and validation")
+    data["split"] = split
+    inferred.comments[("data", "train")] = "relative to the spec's folder: adjust if you write the spec elsewhere"
+    inferred.spec = {"data": data, "inputs": inputs, "fusion": {"method": "concat"},
+                     "outputs": {out_name: out_entry}, "train": dict(TRAIN)}
+    encoding = [str(w.message) for w in caught if issubclass(w.category, UnicodeWarning)]
+    inferred.header = [
+        f"polyfuse init {table_path}",
+        f"{len(table)} rows x {len(columns)} columns, profiled in {time.perf_counter() - start:.1f} s from a seeded "
+        f"sample of <= {MAX_VALUES} cells and <= {MAX_FILES} files (headers only) per column",
+        *(f"encoding: {m}" for m in encoding),
+        "columns:",
+        *(f"  {line}" for line in lines),
+        "Check each choice; `polyfuse schema` lists every field and its default.",
+    ]
+    return inferred
+
+
+def guess_spec(table_path: str | Path, target: str | None = None) -> dict[str, Any]:
+    """The spec dict that `polyfuse init` writes (without its comments)."""
+    return infer(table_path, target).spec

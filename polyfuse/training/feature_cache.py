@@ -1,0 +1,183 @@
+"""The on-disk cache of frozen pretrained backbones' outputs.
+
+A frozen backbone (``freeze: true``, no ``train_last``, no LoRA) is a fixed function of its input,
+so its output for a record is computed once, in batches, and stored. An entry's key is the sha256
+of the record's model-ready arrays (token ids, pixels, samples or features: the content after every
+preprocessing setting), inside a folder keyed by the backbone's weight digest and its pooling. Later
+epochs, and later runs with other fusion or head settings, read it back; an interrupted run keeps
+every part already written (parts are written whole, then renamed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from polyfuse.preprocess.pipeline import Decoded, Preprocessor, modality_of
+from polyfuse.spec.schema import Spec
+from polyfuse.spec.inputs import hf_encoder
+from polyfuse.training.trainset import log
+
+FORMAT = "polyfuse.embeddings/2"
+PART_ROWS = 512  # rows per part file: what an interrupted run can lose at most
+
+
+def row_keys(arrays: dict[str, np.ndarray]) -> list[bytes]:
+    """A 16-byte key per row from its model-ready arrays (sequences cut to their length)."""
+    x, length = arrays[""], arrays.get("length")
+    keys = []
+    for i in range(len(x)):
+        row = x[i] if length is None or x.ndim != 2 else x[i, : int(length[i])]
+        keys.append(hashlib.sha256(str(row.dtype).encode() + str(row.shape).encode() + row.tobytes()).digest()[:16])
+    return keys
+
+
+@dataclass
+class Store:
+    """One backbone's cached outputs: parts of (keys, values) files in one folder."""
+
+    folder: Path
+    meta: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.entries: dict[bytes, np.ndarray] = {}
+        self.pending: dict[bytes, np.ndarray] = {}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta_path = self.folder / "meta.json"
+        if meta_path.exists() and json.loads(meta_path.read_text()) != self.meta:
+            log(f"WARNING: embedding cache {self.folder} was written by another model or preprocessing; "
+                "ignoring it and recomputing")
+            for part in self.folder.glob("part-*.npz"):
+                part.unlink()
+        meta_path.write_text(json.dumps(self.meta, indent=1))
+        for part in sorted(self.folder.glob("part-*.npz")):
+            self._read(part)
+
+    def _read(self, part: Path) -> None:
+        try:
+            with np.load(part, allow_pickle=False) as data:
+                if str(data["digest"]) != self.meta["model_digest"]:
+                    log(f"WARNING: {part} holds another model's outputs; skipped")
+                    return
+                keys, offsets, values = data["keys"], data["offsets"], data["values"]
+        except (OSError, ValueError, KeyError) as e:  # a torn or foreign file: recompute its rows
+            log(f"WARNING: unreadable cache part {part} ({type(e).__name__}); its rows are recomputed")
+            return
+        sequence = self.meta["sequence"]
+        for i, key in enumerate(keys):
+            self.entries[key.tobytes()] = values[offsets[i] : offsets[i + 1]] if sequence else values[i]
+
+    def put(self, key: bytes, value: np.ndarray) -> None:
+        self.entries[key] = self.pending[key] = value
+        if len(self.pending) >= PART_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending entries as one part, atomically."""
+        if not self.pending:
+            return
+        keys = list(self.pending)
+        values = [self.pending[k] for k in keys]
+        if self.meta["sequence"]:
+            offsets = np.cumsum([0] + [len(v) for v in values])
+            stacked = np.concatenate(values).astype(np.float32)
+        else:
+            offsets, stacked = np.arange(len(keys) + 1), np.stack(values).astype(np.float32)
+        name = f"part-{time.time_ns():x}-{os.getpid()}.npz"
+        tmp = self.folder / f".{name}.tmp.npz"
+        # keys as raw uint8 rows: numpy's fixed-width bytes type would drop a key's trailing zero bytes
+        np.savez(tmp, keys=np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, 16), offsets=offsets, values=stacked,
+                 digest=np.asarray(self.meta["model_digest"]))
+        os.replace(tmp, self.folder / name)
+        self.pending.clear()
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.glob("part-*.npz"))
+
+
+def store_for(encoder: Any, cfg: Any, root: Path) -> Store:
+    from polyfuse.nn.hf import digest
+
+    # the preprocessing settings need no place here: a row's key hashes its model-ready arrays, so rows
+    # that another max_length or size leaves unchanged are reused and the others get new keys
+    meta = {"format": FORMAT, "model_digest": digest(encoder.backbone), "pooling": encoder.pooling,
+            "sequence": encoder.caches_sequence}
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:24]
+    return Store(root / "embeddings" / key, meta)
+
+
+@torch.inference_mode()
+def fill(store: Store, encoder: Any, cfg: Any, pre: Preprocessor, name: str, decoded: Decoded,
+         batch_size: int, bar: Any) -> tuple[list, int]:
+    """Each row's cached output (None where the input is missing); computes the ones not cached yet."""
+    values, out, computed = decoded.inputs[name], [], 0
+    collate = modality_of(cfg).collate
+    for start in range(0, len(values), batch_size):
+        chunk = values[start : start + batch_size]
+        arrays = collate(chunk, cfg, pre.state[name], False, None)
+        keys = row_keys(arrays)
+        todo, seen = [], set()
+        for i, (k, v) in enumerate(zip(keys, chunk)):
+            if v is not None and k not in store.entries and k not in seen:  # duplicates run once
+                todo.append(i)
+                seen.add(k)
+        if todo:
+            x = torch.from_numpy(arrays[""][todo])
+            length = torch.from_numpy(arrays["length"][todo]) if "length" in arrays else None
+            feats, lengths = encoder.features(x, length)
+            for j, i in enumerate(todo):
+                row = feats[j] if lengths is None else feats[j, : int(lengths[j])]
+                store.put(keys[i], row.float().numpy().copy())
+            computed += len(todo)
+        out += [store.entries[k] if v is not None else None for k, v in zip(keys, chunk)]
+        bar.update(len(chunk))
+    return out, computed
+
+
+def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], root: Path, show: bool,
+               batch_size: int = 32) -> dict[str, dict]:
+    """Attach every frozen backbone's outputs to ``parts`` (train/valid/test rows) from the cache,
+    computing what is missing; returns per input what was computed, reused, and the cache's size."""
+    from tqdm import tqdm
+
+    report = {}
+    for name, cfg in spec.inputs.items():
+        enc = hf_encoder(cfg)
+        if enc is None or not enc.cached or not enc.cache:
+            continue
+        if modality_of(cfg).augments(cfg):
+            log(f"{name}: training augmentation changes its inputs every epoch, so its backbone runs every "
+                "epoch (no cache)")
+            continue
+        encoder = net.encoders[name]
+        if not encoder.cacheable:
+            log(f"{name}: its learned pooling reads every position of every frame, which the cache does not hold, "
+                "so its backbone runs every epoch (no cache)")
+            continue
+        encoder.eval()
+        store = store_for(encoder, cfg, root)
+        total, computed, started = sum(len(d) for d in parts), 0, time.perf_counter()
+        with tqdm(total=total, desc=f"{name} backbone", unit="row", disable=not show, leave=False) as bar:
+            for decoded in parts:
+                decoded.features[name], n = fill(store, encoder, cfg, pre, name, decoded, batch_size, bar)
+                computed += n
+        store.flush()
+        sample = next((v for d in parts for v in d.features[name] if v is not None), None)
+        if sample is None:  # no row has this input: nothing to cache
+            for decoded in parts:
+                del decoded.features[name]
+            continue
+        pre.state[name]["_feature_shape"] = [-1, sample.shape[-1]] if store.meta["sequence"] else list(sample.shape)
+        report[name] = {"rows": total, "computed": computed, "reused": total - computed,
+                        "seconds": round(time.perf_counter() - started, 2), "cache": str(store.folder),
+                        "cache_mb": round(store.size_bytes() / 2**20, 2)}
+        log(f"{name}: backbone outputs for {total} rows: {computed} computed, {total - computed} read from the "
+            f"cache in {report[name]['seconds']} s ({store.folder}, {report[name]['cache_mb']} MB)")
+    return report

@@ -1,0 +1,141 @@
+"""The training recipe, top to bottom: read and decode once (:mod:`polyfuse.training.trainset`), fit
+preprocessing, train with early stopping and per-epoch checkpoints, restore the best weights,
+then the finishing stages: calibration, classic heads, evaluation and the linear baseline.
+
+Determinism: data order, augmentation and dropout are seeded per epoch from ``train.seed``,
+so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from polyfuse.training import distributed
+from polyfuse.training.device import resolve as resolve_device
+from polyfuse.training.epochs import fit_network
+from polyfuse.evaluate.scores import evaluate
+from polyfuse.nn import hf
+from polyfuse.training.memory import map_large_allocations
+from polyfuse.nn.model import FusionModel
+from polyfuse.training import dp
+from polyfuse.preprocess.pipeline import BadRow, Preprocessor
+from polyfuse.spec.schema import Spec
+from polyfuse.spec.inputs import hf_encoder
+from polyfuse.threads import ThreadGovernor, single_threaded_blas, usable_cpus
+from polyfuse.training.wide import fit_wide
+from polyfuse.training.trainset import Splits, check_rows, log, read_splits
+
+
+@dataclass
+class TrainResult:
+    preprocessor: Preprocessor
+    net: FusionModel
+    history: list[dict] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    bad_rows: list[BadRow] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    data_info: dict[str, Any] = field(default_factory=dict)
+    main: bool = True  # False on torchrun ranks other than 0, which write nothing
+
+
+def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, valid_batch: dict | None,
+           wide: dict) -> dict[str, Any]:
+    """After training: the wide half's weight, classic heads, temperature scaling, evaluation (test
+    split if any, and validation) and the linear baseline the network is compared with."""
+    from polyfuse.evaluate import baseline
+    from polyfuse.training import classic_heads
+    from polyfuse.training.wide import blend
+
+    result: dict[str, Any] = {}
+    test_batch = pre.collate(splits.test) if splits.test is not None else None  # collated once, used thrice
+    if net.wide_slices:
+        result["wide"] = {**wide, "blend": blend(spec, net, valid_batch, pre.targets(splits.valid) if splits.valid else None)}
+    if any(c.head.type != "softmax" for c in spec.outputs.values()):
+        result["heads"] = classic_heads.fit_and_install(spec, pre, net, splits, valid_batch, test_batch)
+    if spec.train.calibrate and valid_batch is not None:
+        from polyfuse.training.calibration import calibrate
+
+        result["calibration"] = calibrate(net, spec, valid_batch, pre.targets(splits.valid), test_batch,
+                                          pre.targets(splits.test) if splits.test is not None else None)
+        for name, c in result["calibration"].items():
+            log(f"calibration {name}: temperature {c['temperature']:.3f}, validation ECE "
+                f"{c['valid_ece_before']:.4f} -> {c['valid_ece_after']:.4f}")
+    if splits.test is not None:
+        result["test"] = evaluate(net, pre, splits.test, batch=test_batch)
+    if splits.valid is not None:
+        # with its ablation always: the baseline's per-input warnings compare against it
+        result["valid"] = evaluate(net, pre, splits.valid, batch=valid_batch)
+    if spec.train.baseline:
+        result["baseline"] = baseline.fit_baselines(spec, pre, splits.train, splits.valid, splits.test)
+    return result
+
+
+def prepare_pretrained(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, base: Path,
+                       show: bool) -> dict[str, dict]:
+    """Pretrained weights into the backbones (frozen, partly trained or with LoRA), then the frozen
+    ones' outputs for every row, from the on-disk cache where they were computed before."""
+    from polyfuse.training import feature_cache, shards
+
+    hf.load_pretrained(net, spec, base)
+    parts = [d for d in (splits.train, splits.valid, splits.test) if d is not None]
+    return feature_cache.precompute(spec, pre, net, parts, shards.cache_root(spec, base), show)
+
+
+def warn_if_beaten(spec: Spec, result: dict[str, Any], history: list[dict]) -> None:
+    """Say loudly, with the likely causes, when the linear baseline beats the network on validation."""
+    from polyfuse.evaluate.baseline_compare import compare
+
+    if "valid" in result and "baseline" in result:
+        result["baseline_warnings"] = compare(result["valid"], result["baseline"], spec, history)
+        for warning in result["baseline_warnings"]:
+            log(f"WARNING: {warning}")
+
+
+def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, resume: bool = False,
+        show_progress: bool | None = None, callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train a model from a validated spec. ``base`` is the folder relative data paths start from.
+    Progress bars only on a terminal (``show_progress=None``); one line per epoch otherwise."""
+    show = sys.stderr.isatty() if show_progress is None else show_progress
+    dist = distributed.from_env()                                    # one process, or a torchrun rank
+    place = resolve_device(spec.train, dist.local_rank)
+    governor = ThreadGovernor(spec.train.threads, max(1, usable_cpus() // dist.world))
+    torch.set_num_threads(governor.threads())
+    single_threaded_blas()  # augmentation recomputes audio features beside torch's threads
+    map_large_allocations()  # batches come and go every step: fragmented heap blocks would stay resident
+    show = show and dist.main
+
+    pretrained = any(hf_encoder(c) for c in spec.inputs.values())
+    if pretrained:
+        hf.bind_folders(spec, base)                                  # 0. pretrained models' processors
+    splits = read_splits(spec, base, data, show)                     # 1. decode once, split
+    data_warnings = check_rows(spec, splits)
+    pre = Preprocessor.fit(spec, splits.train)                       # 2. fit on training rows only
+    torch.manual_seed(spec.train.seed)
+    net = FusionModel(spec, pre.state)                               # 3. the network
+    cached = prepare_pretrained(spec, pre, net, splits, base, show) if pretrained else {}  # 3a. backbones
+    wide = {} if resume else fit_wide(spec, pre, net, splits.train, splits.valid)  # 3b. its linear half
+    valid_batch = pre.collate(splits.valid) if splits.valid else None  # collated once, used in 4 and 5
+    private = dp.start(spec, net, len(splits.train), dist) if spec.train.privacy else None  # 3c. DP-SGD checks
+    history, seconds = fit_network(spec, pre, splits, net, valid_batch, out=out, resume=resume, show=show,
+                                   callback=callback, place=place, dist=dist, governor=governor,
+                                   private=private)                  # 4. train
+    privacy = private.finish(net) if private is not None else None  # 4a. plain layers back, epsilon spent
+    distributed.finish(dist)
+    if not dist.main:  # rank 0 alone finishes, evaluates and writes the artifact
+        return TrainResult(pre, net, history, {}, splits.bad_rows, splits.sizes(), seconds, splits.info, main=False)
+    if pretrained and hf.merge_lora(net):                            # 4b. adapters folded into the weights
+        log("LoRA adapters merged into the backbone weights")
+    result = finish(spec, pre, net, splits, valid_batch, wide)       # 5. blend, heads, calibrate, evaluate
+    if cached:
+        result["pretrained_cache"] = cached
+    if privacy:
+        result["privacy"] = privacy
+    warn_if_beaten(spec, result, history)                            # 6. the baseline floor
+    if data_warnings:
+        result["data_warnings"] = data_warnings
+    return TrainResult(pre, net, history, result, splits.bad_rows, splits.sizes(), seconds, splits.info)
