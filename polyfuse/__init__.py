@@ -14,6 +14,7 @@ from typing import Any
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from polyfuse.version import __version__  # noqa: E402 (after the variable above)
+
 __all__ = ["train", "load", "__version__"]
 RUNTIME_HINT = "an exported model runs without it: polyfuse.runtime.Runtime(path)"
 

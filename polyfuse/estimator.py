@@ -13,17 +13,17 @@ import yaml
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from polyfuse.version import __version__
 from polyfuse import artifact
+from polyfuse.data.io import read_table
 from polyfuse.errors import ArtifactError
 from polyfuse.evaluate.scores import evaluate as _evaluate
-from polyfuse.data.io import read_table
 from polyfuse.nn import heads
 from polyfuse.nn.model import FusionModel, predict_arrays
 from polyfuse.preprocess import targets
-from polyfuse.preprocess.targets import MODALITY_WEIGHTS
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, decode_table
+from polyfuse.preprocess.targets import MODALITY_WEIGHTS
 from polyfuse.spec.schema import Spec, load_spec
+from polyfuse.version import __version__
 
 
 @dataclass

@@ -23,6 +23,7 @@ from polyfuse.spec.schema import load_spec
 from polyfuse.threads import usable_cpus
 
 VARIANTS = {"fp32": "model.onnx", "int8-dynamic": "model.int8-dynamic.onnx", "int8-static": "model.int8-static.onnx"}
+PT2 = "model.pt2"  # the torch.export program polyfuse.deploy.exporter writes (torch runs it, not this runtime)
 
 
 def variant_file(folder: Path, variant: str) -> Path:

@@ -106,7 +106,7 @@ def real_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def toy_dir(toy_csv, tmp_path_factory) -> Path:
     """The toy model trained and exported to ONNX once, shared by the server and protocol tests."""
-    from tests.test_serve import trained_toy
+    from tests.serving import trained_toy
 
     return trained_toy(toy_csv, tmp_path_factory)
 

@@ -20,7 +20,7 @@ import pytest
 from polyfuse.errors import PolyfuseError
 from polyfuse.privacy.audit import AuditLog, log_files, verify
 from polyfuse.serve.access import Access, load_keys, parse_rate
-from tests.test_serve import Server, as_json, toy_records
+from tests.serving import Server, as_json, toy_records
 
 ALICE, BOB, DEFAULT = "alice-key-0123456789", "bob-key-9876543210", "env-key-abcdefgh"
 KEY_ENV = "POLYFUSE_TEST_ACCESS_KEY"
@@ -240,8 +240,8 @@ def test_keys_file_forms_and_errors(tmp_path):
 
 # ---------------------------------------------------------------------------- --key-env / --verify-key
 def test_predict_and_evaluate_take_key_env_and_verify_key(toy_dir, toy_csv, tmp_path, monkeypatch, capsys):
-    from polyfuse.cli.main import main
     from polyfuse import artifact
+    from polyfuse.cli.main import main
     from polyfuse.privacy import crypto, sign
 
     model = tmp_path / "toy"

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "polyfuse.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "polyfuse", *args], capture_output=True, text=True,
                           env=full_env, timeout=300)
 
 

@@ -12,7 +12,13 @@ import pytest
 import soundfile as sf
 
 from polyfuse.errors import BadInputError, SpecError
-from polyfuse.preprocess.audio import AudioFeatureConfig, augment_wave, features, features_batch, mel_filterbank
+from polyfuse.preprocess.audio import (
+    AudioFeatureConfig,
+    augment_wave,
+    features,
+    features_batch,
+    mel_filterbank,
+)
 from polyfuse.preprocess.audio_file import decode_audio, write_wav
 
 ROOT = Path(__file__).resolve().parents[1]

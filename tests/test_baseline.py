@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 import polyfuse
+from polyfuse.data.io import read_table
 from polyfuse.evaluate import report
 from polyfuse.evaluate.baseline import fit_baselines
 from polyfuse.evaluate.baseline_compare import compare
-from polyfuse.data.io import read_table
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, decode_table
 from polyfuse.spec.schema import Spec
 

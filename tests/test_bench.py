@@ -9,7 +9,6 @@ import pytest
 import polyfuse
 from polyfuse.deploy.bench import BenchError, run_bench
 from polyfuse.errors import PolyfuseError
-
 from tests.conftest import toy_spec
 
 FIGURES = ("bytes", "size_mb", "load_ms", "cold_start_s", "cold_start_wall_s", "p50_ms", "p99_ms", "e2e_p50_ms",

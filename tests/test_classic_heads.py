@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import polyfuse
-from polyfuse.training.classic_heads import fit_estimator, to_module
 from polyfuse.deploy.exporter import export
 from polyfuse.runtime import Runtime
 from polyfuse.spec.schema import load_spec
+from polyfuse.training.classic_heads import fit_estimator, to_module
 from tests.conftest import toy_spec
 
 

@@ -10,7 +10,7 @@ from tests.conftest import toy_spec
 
 
 def polyfuse(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "polyfuse.cli.main", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "polyfuse", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
 def test_init_guesses_every_column_kind(toy_csv):

@@ -14,8 +14,15 @@ import pytest
 import soundfile
 from PIL import Image
 
-from polyfuse.data.demo import (DEMO_SPEC, IMAGE_SIZE, SAMPLE_RATE, VOICES, WORDS, _speech_bank,
-                                build_demo_dataset)
+from polyfuse.data.demo import (
+    DEMO_SPEC,
+    IMAGE_SIZE,
+    SAMPLE_RATE,
+    VOICES,
+    WORDS,
+    _speech_bank,
+    build_demo_dataset,
+)
 
 COLUMNS = ["id", "image", "audio", "transcript", "label"]
 

@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import make_toy, toy_spec
 from safetensors.numpy import load_file
 
 import polyfuse
 from polyfuse.errors import SpecError
-
-from conftest import make_toy, toy_spec
 
 
 @pytest.fixture(scope="module")

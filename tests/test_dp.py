@@ -16,8 +16,8 @@ import polyfuse  # noqa: E402
 from polyfuse.errors import SpecError  # noqa: E402
 from polyfuse.nn.model import FusionModel, to_tensors  # noqa: E402
 from polyfuse.preprocess.pipeline import Preprocessor  # noqa: E402
-from polyfuse.training import dp  # noqa: E402
 from polyfuse.spec.schema import load_spec  # noqa: E402
+from polyfuse.training import dp  # noqa: E402
 from polyfuse.training.trainset import read_splits  # noqa: E402
 from tests.conftest import toy_spec  # noqa: E402
 
@@ -199,8 +199,8 @@ def test_large_noise_accounting_is_quiet(accountant):
     largest alpha (a looser, still valid bound): said every epoch, it buried the training log."""
     import warnings
 
-    from polyfuse.training.dp import Private
     from polyfuse.spec.schema import PrivacySpec
+    from polyfuse.training.dp import Private
 
     cfg = PrivacySpec(noise_multiplier=14.0, delta=1e-5, accountant=accountant)
     private = Private(cfg, 1350, 256, 80, 0.19, 5, 14.0, [])

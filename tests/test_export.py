@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 import polyfuse
-from polyfuse.errors import ArtifactError, BadInputError
 from polyfuse.deploy.exporter import export
 from polyfuse.deploy.onnx import ExportError
+from polyfuse.errors import ArtifactError, BadInputError
 from polyfuse.preprocess.audio_file import write_wav
 from polyfuse.runtime import Runtime
 from tests.conftest import toy_spec
@@ -188,7 +188,7 @@ def test_predict_cli_through_onnx_runtime(exported, tmp_path):
             few[column] = [str(test_csv.parent / v) for v in few[column]]
     few.to_csv(tmp_path / "few.csv", index=False)
     out = tmp_path / "p.csv"
-    done = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "predict", str(folder), str(tmp_path / "few.csv"),
+    done = subprocess.run([sys.executable, "-m", "polyfuse", "predict", str(folder), str(tmp_path / "few.csv"),
                            "--out", str(out), "--runtime", "onnx", "--quiet"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     preds = pd.read_csv(out)
@@ -213,3 +213,23 @@ def test_int8_gate_forgives_near_ties_but_not_clear_flips():
     clear[:2] = [0.1, 0.85, 0.05]  # two clear decisions flipped: a broken build
     bad = check_int8(model, {"y": ref}, {"y": clear}, truth)
     assert not bad.passed and "clearly decided" in bad.message
+
+
+def test_int8_gate_tolerates_one_row_but_not_two_on_few_rows():
+    """On 12 verification rows one flipped near-tie is 8 points of accuracy: never a reason to refuse
+    a build; two rows lost are."""
+    from types import SimpleNamespace
+
+    from polyfuse.deploy.onnx import check_int8
+
+    model = SimpleNamespace(spec=SimpleNamespace(outputs={"y": SimpleNamespace(type="category")}))
+    ref = np.array([[0.9, 0.1]] * 10 + [[0.52, 0.48]] * 2, dtype=np.float32)
+    truth = {"y": np.zeros(12)}
+    one = ref.copy()
+    one[10] = [0.48, 0.52]
+    ok = check_int8(model, {"y": ref}, {"y": one}, truth)
+    assert ok.passed and ok.figures["accuracy_drop"] == pytest.approx(1 / 12)
+    two = ref.copy()
+    two[10:] = [0.48, 0.52]
+    bad = check_int8(model, {"y": ref}, {"y": two}, truth)
+    assert not bad.passed and "one of 12 rows" in bad.message

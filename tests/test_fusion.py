@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import polyfuse
-from polyfuse.evaluate.metrics import expected_calibration_error
-from polyfuse.training.calibration import fit_temperature
 from polyfuse.deploy.exporter import export
+from polyfuse.evaluate.metrics import expected_calibration_error
 from polyfuse.preprocess import tabular, text
 from polyfuse.runtime import Runtime
 from polyfuse.spec.schema import load_spec
+from polyfuse.training.calibration import fit_temperature
 from tests.conftest import toy_spec
 
 

@@ -13,12 +13,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from polyfuse.errors import BadInputError, SpecError
 from polyfuse.autospec.infer import infer, nice_ceil
+from polyfuse.autospec.profile import scripts
 from polyfuse.autospec.spec_yaml import init_yaml
 from polyfuse.data.io import read_table
+from polyfuse.errors import BadInputError, SpecError
 from polyfuse.preprocess.audio_file import write_wav
-from polyfuse.autospec.profile import scripts
 from polyfuse.spec.schema import load_spec
 
 ZHTEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "zhtext" / "train.csv"
@@ -273,14 +273,14 @@ def test_utf8_table_reads_without_warning(tmp_path):
 def test_cli_writes_commented_yaml_that_validates(tmp_path):
     frame = pd.DataFrame({"Body Text": sentences("ru", 30), "topic": labels(30), "other": labels(30, 2)})
     path = write(tmp_path, frame)
-    done = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "init", str(path), "--target", "topic"],
+    done = subprocess.run([sys.executable, "-m", "polyfuse", "init", str(path), "--target", "topic"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     spec = yaml.safe_load(done.stdout)
     load_spec(spec)
     assert spec["inputs"]["Body_Text"]["column"] == "Body Text" and spec["outputs"] == {"topic": {"type": "category"}}
     assert done.stdout.startswith("# polyfuse init") and "Cyrillic" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "init", str(path), "--target", "nope"],
+    done = subprocess.run([sys.executable, "-m", "polyfuse", "init", str(path), "--target", "nope"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "--target 'nope'" in done.stderr and "Traceback" not in done.stderr
 

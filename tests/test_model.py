@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from polyfuse.data.io import read_table
 from polyfuse.nn.model import FusionModel, to_tensors
 from polyfuse.preprocess.pipeline import Preprocessor, decode_table
-from polyfuse.data.io import read_table
 from polyfuse.spec.schema import load_spec
 from tests.conftest import toy_spec
 

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_toy, toy_spec
+from hf_models import tiny_bert
 
 import polyfuse
 from polyfuse.errors import SpecError
 from polyfuse.spec.schema import load_spec
-
-from conftest import make_toy, toy_spec
-from hf_models import tiny_bert
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +63,8 @@ def test_onnx_parity_int8_gate_and_torch_free_runtime(trained, tmp_path):
     fp32 = export(folder)
     assert fp32["verification"]["passed"] and fp32["verification"]["max_abs_diff"] <= 1e-4
     int8 = export(folder, quantize="dynamic")
-    assert int8["verification"]["passed"] and int8["verification"]["top1_agreement"] >= 0.99
+    # the gate's own measure: near-ties may flip (a random tiny BERT has them), clear decisions may not
+    assert int8["verification"]["passed"] and int8["verification"]["top1_agreement_clear"] >= 0.99
     records = [{"note": "a big dog owl", "weight": 2.0}, {"note": "the small cat is a very good cat ok fine", "weight": 0.1}]
     code = textwrap.dedent(f"""
         import sys, json
@@ -216,7 +216,7 @@ def test_served_over_http_with_requests_of_different_lengths_batched(trained, tm
     from concurrent.futures import ThreadPoolExecutor
 
     from polyfuse.deploy.exporter import export
-    from test_serve import Server
+    from tests.serving import Server
 
     out, _ = trained
     folder = tmp_path / "m"

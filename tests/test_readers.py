@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from polyfuse.errors import BadInputError
 from polyfuse.data.io import read_table
+from polyfuse.errors import BadInputError
 from polyfuse.preprocess.audio_file import write_wav
 from polyfuse.preprocess.pipeline import decode_table
 from polyfuse.spec.schema import load_spec

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import polyfuse
+from polyfuse.errors import ArtifactError
 from polyfuse.evaluate import corruptions as C
 from polyfuse.evaluate import robustness
-from polyfuse.errors import ArtifactError
 
 INPUTS = ["photo", "sound", "note", "weight", "color"]
 SR = 16000
@@ -210,7 +210,7 @@ def test_write_refuses_a_modified_artifact(report, toy_model, tmp_path):
 def test_cli_prints_the_table_and_signs_the_files(report, toy_model, toy_csv, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(toy_model[1], folder)
-    done = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "robustness", str(folder), str(toy_csv), "--seed", "0",
+    done = subprocess.run([sys.executable, "-m", "polyfuse", "robustness", str(folder), str(toy_csv), "--seed", "0",
                            "--threads", "1"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -26,7 +26,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from tests.test_serve import Server, as_json, assert_ready, b64, toy_records
+from tests.serving import Server, as_json, assert_ready, b64, toy_records
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
 
@@ -331,7 +331,7 @@ def test_manifest_paths_stay_inside_the_artifact(toy_dir, tmp_path, logs):
     (model / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="outside the model directory"):
         verify(model)
-    done = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "serve", str(model), "--port", "9"],
+    done = subprocess.run([sys.executable, "-m", "polyfuse", "serve", str(model), "--port", "9"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "outside the model directory" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr

@@ -6,15 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_toy, toy_spec
 from PIL import Image
 
 import polyfuse
 from polyfuse.data.io import read_table
 from polyfuse.preprocess.pipeline import decode_table
-from polyfuse.training.shards import decode_to_shards
 from polyfuse.spec.schema import load_spec
-
-from conftest import make_toy, toy_spec
+from polyfuse.training.shards import decode_to_shards
 
 
 @pytest.fixture()

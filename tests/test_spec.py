@@ -51,7 +51,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_schema_cli_prints_json_schema():
-    out = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "schema"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "polyfuse", "schema"], capture_output=True, text=True, check=True)
     schema = json.loads(out.stdout)
     assert schema["title"] == "polyfuse spec"
     assert set(schema["required"]) == {"inputs", "outputs"}

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from polyfuse.errors import BadInputError
-from polyfuse.spec.schema import load_spec
 from polyfuse.preprocess.streams import StreamWindows
-from tests.test_serve import Server
-from tests.test_timeseries import make_table, spec as ts_spec, wave
+from polyfuse.spec.schema import load_spec
+from tests.serving import Server
+from tests.test_timeseries import make_table, wave
+from tests.test_timeseries import spec as ts_spec
 
 KEY = "stream-test-key-0123456789"
 LENGTH, HOP = 16, 8

@@ -13,8 +13,8 @@ import pytest
 
 from polyfuse.errors import BadInputError
 from polyfuse.preprocess import timeseries as ts
-from polyfuse.spec.schema import load_spec
 from polyfuse.spec.inputs import TimeseriesAugment
+from polyfuse.spec.schema import load_spec
 
 FREQS = {"slow": 1.0, "mid": 2.5, "fast": 5.0}  # cycles per 64-step series
 

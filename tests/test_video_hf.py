@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hf_models import tiny_bert, tiny_clip, tiny_vit
 
 import polyfuse
 from polyfuse.errors import SpecError
 from polyfuse.spec.schema import load_spec
-
-from hf_models import tiny_bert, tiny_clip, tiny_vit
 from tests.test_video import square_clip, write_video
 
 pytest.importorskip("av")

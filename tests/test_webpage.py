@@ -60,7 +60,7 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 def _start_server(model_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "polyfuse.cli.main", "serve", str(model_dir), "--port", str(port),
+    cmd = [sys.executable, "-m", "polyfuse", "serve", str(model_dir), "--port", str(port),
            "--api-key-env", "POLYFUSE_WEBPAGE_TEST_KEY"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "POLYFUSE_WEBPAGE_TEST_KEY": KEY})

@@ -8,7 +8,8 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from tests.test_timeseries import make_table, spec as ts_spec, wave
+from tests.test_timeseries import make_table, wave
+from tests.test_timeseries import spec as ts_spec
 from tests.test_webpage import KEY, _browser, _get, _start_server, _stop
 
 LENGTH = 16

@@ -5,9 +5,9 @@ import pandas as pd
 import torch
 
 import polyfuse
+from polyfuse.data.io import read_table
 from polyfuse.nn.model import FusionModel, to_tensors
 from polyfuse.preprocess.pipeline import Preprocessor, decode_table
-from polyfuse.data.io import read_table
 from polyfuse.spec.schema import load_spec
 from polyfuse.training import wide
 

@@ -16,10 +16,20 @@ from typing import Any
 
 import numpy as np
 
+from polyfuse.autospec.profile import (
+    GREY_MODES,
+    MAX_FILES,
+    MAX_VALUES,
+    FileStats,
+    Kind,
+    classify,
+    file_stats,
+    percentile,
+    sample,
+    scripts,
+)
+from polyfuse.data.io import TABLE_SUFFIXES, Table, is_missing, read_table
 from polyfuse.errors import SpecError
-from polyfuse.data.io import TABLE_SUFFIXES, is_missing, read_table
-from polyfuse.autospec.profile import (GREY_MODES, MAX_FILES, MAX_VALUES, FileStats, Kind, classify, file_stats, percentile,
-                              sample, scripts)
 
 TARGET_NAMES = ("label", "target", "y", "class", "outcome")
 GROUP_NAMES = ("speaker", "subject", "patient", "user", "group", "session", "participant")
@@ -310,9 +320,37 @@ def infer(table_path: str | Path, target: str | None = None, seed: int = 0) -> I
     group = next((c for c in columns if c.lower() in GROUP_NAMES and c != out_col), None)
     inferred = Inferred({})
     lines: list[str] = []
+    inputs = _inputs(table, out_col, group, seed, inferred, lines)
+    if not inputs:
+        raise SpecError(f"table {str(table_path)!r}: no usable input column besides the target {out_col!r}:\n  "
+                        + "\n  ".join(lines))
+    out_entry, out_why, out_summary = _target(out_col, table.columns[out_col], how, target is not None)
+    out_name = _input_name(out_col, set())
+    if out_name != out_col:
+        out_entry["column"] = out_col
+    inferred.comments.update({("outputs", out_name, key): text for key, text in out_why.items()})
+    lines.insert(0, f"{out_col}: target; {out_summary}")
+    inferred.spec = {"data": _data(table_path, table, group, inferred), "inputs": inputs,
+                     "fusion": {"method": "concat"}, "outputs": {out_name: out_entry}, "train": dict(TRAIN)}
+    encoding = [str(w.message) for w in caught if issubclass(w.category, UnicodeWarning)]
+    inferred.header = [
+        f"polyfuse init {table_path}",
+        f"{len(table)} rows x {len(columns)} columns, profiled in {time.perf_counter() - start:.1f} s from a seeded "
+        f"sample of <= {MAX_VALUES} cells and <= {MAX_FILES} files (headers only) per column",
+        *(f"encoding: {m}" for m in encoding),
+        "columns:",
+        *(f"  {line}" for line in lines),
+        "Check each choice; `polyfuse schema` lists every field and its default.",
+    ]
+    return inferred
+
+
+def _inputs(table: Table, out_col: str, group: str | None, seed: int, inferred: Inferred,
+            lines: list[str]) -> dict[str, Any]:
+    """One input entry per usable column (comments into ``inferred``, one summary line per column)."""
     inputs: dict[str, Any] = {}
     taken = {_input_name(out_col, set())}
-    for col in columns:
+    for col in table.columns:
         if col == out_col:
             continue
         kind = classify(col, table.columns[col], table.folder, seed)
@@ -324,16 +362,7 @@ def infer(table_path: str | Path, target: str | None = None, seed: int = 0) -> I
             lines.append(f"{col}: {info}; dropped: {kind.reason}")
             inferred.notes.setdefault(("inputs",), []).append(f"{col!r} dropped: {kind.reason}")
             continue
-        if kind.kind == "text":
-            entry, why, summary = _text(kind, seed)
-        elif kind.kind == "timeseries":
-            entry, why, summary = _timeseries(kind, table.folder, seed)
-        elif kind.kind == "video":
-            entry, why, summary = _video(kind)
-        elif kind.kind in ("image", "audio"):
-            entry, why, summary = (_image if kind.kind == "image" else _audio)(col, kind, table.folder, seed)
-        else:
-            entry, why, summary = _tabular(kind)
+        entry, why, summary = _input_entry(col, kind, table.folder, seed)
         name = _input_name(col, taken)
         taken.add(name)
         if name != col:
@@ -342,16 +371,23 @@ def infer(table_path: str | Path, target: str | None = None, seed: int = 0) -> I
         inputs[name] = entry
         inferred.comments.update({("inputs", name, key): text for key, text in why.items()})
         lines.append(f"{col}: {info}; {summary}")
-    if not inputs:
-        raise SpecError(f"table {str(table_path)!r}: no usable input column besides the target {out_col!r}:\n  "
-                        + "\n  ".join(lines))
-    out_entry, out_why, out_summary = _target(out_col, table.columns[out_col], how, target is not None)
-    out_name = _input_name(out_col, set())
-    if out_name != out_col:
-        out_entry["column"] = out_col
-    inferred.comments.update({("outputs", out_name, key): text for key, text in out_why.items()})
-    lines.insert(0, f"{out_col}: target; {out_summary}")
+    return inputs
 
+
+def _input_entry(col: str, kind: Kind, folder: Path, seed: int) -> tuple[dict, dict, str]:
+    if kind.kind == "text":
+        return _text(kind, seed)
+    if kind.kind == "timeseries":
+        return _timeseries(kind, folder, seed)
+    if kind.kind == "video":
+        return _video(kind)
+    if kind.kind in ("image", "audio"):
+        return (_image if kind.kind == "image" else _audio)(col, kind, folder, seed)
+    return _tabular(kind)
+
+
+def _data(table_path: str | Path, table: Table, group: str | None, inferred: Inferred) -> dict[str, Any]:
+    """The data section: the table, a test table found beside it, and a split grouped when it can be."""
     split: dict[str, Any] = {"valid": 0.1, "seed": 0}
     data: dict[str, Any] = {"train": str(table_path)}
     test = _sibling_test(table_path)
@@ -366,19 +402,7 @@ def infer(table_path: str | Path, target: str | None = None, seed: int = 0) -> I
                 f"{groups} distinct {group!r} values: rows of one {group} never straddle train and validation")
     data["split"] = split
     inferred.comments[("data", "train")] = "relative to the spec's folder: adjust if you write the spec elsewhere"
-    inferred.spec = {"data": data, "inputs": inputs, "fusion": {"method": "concat"},
-                     "outputs": {out_name: out_entry}, "train": dict(TRAIN)}
-    encoding = [str(w.message) for w in caught if issubclass(w.category, UnicodeWarning)]
-    inferred.header = [
-        f"polyfuse init {table_path}",
-        f"{len(table)} rows x {len(columns)} columns, profiled in {time.perf_counter() - start:.1f} s from a seeded "
-        f"sample of <= {MAX_VALUES} cells and <= {MAX_FILES} files (headers only) per column",
-        *(f"encoding: {m}" for m in encoding),
-        "columns:",
-        *(f"  {line}" for line in lines),
-        "Check each choice; `polyfuse schema` lists every field and its default.",
-    ]
-    return inferred
+    return data
 
 
 def guess_spec(table_path: str | Path, target: str | None = None) -> dict[str, Any]:

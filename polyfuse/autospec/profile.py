@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from polyfuse.errors import BadInputError
 from polyfuse.data.io import is_missing, resolve_media
+from polyfuse.errors import BadInputError
 
 MAX_VALUES = 2000
 MAX_FILES = 200

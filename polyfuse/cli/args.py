@@ -1,8 +1,9 @@
-"""Argument types for the command line: counts, sizes and durations that must be positive, refused
-by argparse with the flag's name before anything starts."""
+"""Argument types for the command line (counts, sizes and durations that must be positive, refused
+by argparse with the flag's name before anything starts) and the progress-bar switch."""
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Callable
 
 
@@ -23,3 +24,9 @@ def _bounded(kind: type, allow_zero: bool) -> Callable[[str], int | float]:
 positive_int = _bounded(int, allow_zero=False)
 positive_float = _bounded(float, allow_zero=False)
 non_negative_float = _bounded(float, allow_zero=True)
+
+
+def bars(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: a log file or pipe gets one line per epoch or step instead
+    of thousands of carriage-return updates."""
+    return not args.quiet and sys.stderr.isatty()

@@ -2,12 +2,15 @@
 that fusing image + speech + transcript beats each of them alone."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
+from polyfuse.cli.args import bars, positive_int
 from polyfuse.data.demo import DEMO_SPEC, build_demo_dataset
+from polyfuse.extras import EXTRAS, require
 
 
 def default_root() -> Path:
@@ -36,8 +39,8 @@ def run_demo(root: Path | None = None, out: Path | None = Path("runs/demo"), epo
              n: int | None = None, show_progress: bool | None = None, pretrained: bool = False) -> dict:
     """Build (or reuse) the demo data, train on it, print the fusion-vs-single-input table; with
     ``pretrained``, train again with a real MiniLM on the transcript and compare the two."""
-    from polyfuse.evaluate import report
     from polyfuse.estimator import train
+    from polyfuse.evaluate import report
 
     root = Path(root or default_root())
     t0 = time.perf_counter()
@@ -81,3 +84,21 @@ def compare_pretrained(spec: dict, scratch: dict, out: Path | None, show_progres
     if out:
         print(f"pretrained model saved to {out}/")
     return {"scratch": scratch, "pretrained": model.metrics}
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    require("train", "polyfuse demo", modules=(*EXTRAS["train"][1], "espeakng_loader"))
+    run_demo(root=args.data_dir, out=Path(args.out), epochs=args.epochs, show_progress=bars(args),
+             pretrained=args.pretrained)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="build the embedded demo data, train, and show fusion vs single inputs")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data-dir", default=None, help="where the demo data is built (default: ~/.cache/polyfuse/demo)")
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--pretrained", action="store_true",
+                   help="also train with a real pretrained MiniLM (shipped in a wheel, offline) on the transcript and "
+                        "show what it adds over the from-scratch text encoder")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_demo)

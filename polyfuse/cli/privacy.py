@@ -26,10 +26,8 @@ def cmd_keygen(args: argparse.Namespace) -> None:
 
 
 def cmd_encrypt(args: argparse.Namespace) -> None:
-    from polyfuse.artifact import encrypt_artifact
+    from polyfuse.artifact import SIGNATURE, encrypt_artifact
     from polyfuse.privacy.crypto import key_from_env
-
-    from polyfuse.artifact import SIGNATURE
 
     if not (Path(args.model) / "manifest.json").is_file():
         raise ArtifactError(f"{args.model}: not a model directory (no manifest.json); give the folder `polyfuse "

@@ -211,8 +211,8 @@ def build_demo_dataset(root: Path, *, seed: int = 0, n: int | None = None) -> Pa
     ``n`` limits the number of rows (default: all 1797 digits); ``root/test.csv`` holds ~17 % of them.
     Same (seed, n) gives byte-identical files. Not safe against two concurrent builds of one root.
     """
-    from PIL import Image
     import soundfile
+    from PIL import Image
     from sklearn.datasets import load_digits
 
     root = Path(root)

@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from polyfuse.errors import BadInputError
 from polyfuse.data.io import Table, count_rows, iter_table_chunks
+from polyfuse.errors import BadInputError
 
 Run = Callable[[dict], dict[str, np.ndarray]]
 

@@ -70,7 +70,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 def _chart(result: dict[str, Any], path: Path) -> None:
     """Grouped bars of batch-1 p50 per runtime: the model alone next to end to end from a raw record."""
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's matplotlib backend alone
+    from matplotlib.figure import (
+        Figure,  # no pyplot: leaves the caller's matplotlib backend alone
+    )
 
     names = list(result["runtimes"])
     x = np.arange(len(names))

@@ -60,8 +60,8 @@ def embed_table(model: Any, data: str | Path, out: str | Path, *, chunk_rows: in
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    from polyfuse.errors import BadInputError
     from polyfuse.data.io import count_rows, iter_table_chunks
+    from polyfuse.errors import BadInputError
 
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

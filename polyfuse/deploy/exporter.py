@@ -16,14 +16,24 @@ from typing import Any
 import numpy as np
 
 from polyfuse import artifact
-from polyfuse.errors import ArtifactError
-from polyfuse.deploy.onnx import (OPSET, Check, ExportError, batch1_latency, check_fp32, check_int8, example_batch, metadata,
-                                  onnx_probabilities, temp_path, torch_probabilities, write_onnx)
 from polyfuse.data.io import read_table
+from polyfuse.deploy.onnx import (
+    OPSET,
+    Check,
+    ExportError,
+    batch1_latency,
+    check_fp32,
+    check_int8,
+    example_batch,
+    metadata,
+    onnx_probabilities,
+    temp_path,
+    torch_probabilities,
+    write_onnx,
+)
+from polyfuse.errors import ArtifactError
 from polyfuse.preprocess.pipeline import Decoded, decode_table
-from polyfuse.runtime import VARIANTS, open_session
-
-PT2 = "model.pt2"
+from polyfuse.runtime import PT2, VARIANTS, open_session
 
 
 def log(msg: str) -> None:
@@ -110,27 +120,38 @@ def export(model_dir: str | Path, to: str = "onnx", quantize: str | None = None,
         raise ExportError(f"unknown export target {to!r}; expected 'onnx' or 'torch-export'")
 
     fp32 = folder / VARIANTS["fp32"]
-    entry: dict[str, Any]
     if quantize is None or not fp32.exists():
-        t0 = time.perf_counter()
-        tmp = temp_path(folder, fp32.name)
-        try:
-            write_onnx(model, example_batch(model, rows), tmp, metadata(model, folder))
-            check = check_fp32(reference, onnx_probabilities(open_session(tmp), batch))
-            _gate(check, "ONNX fp32", force)
-            os.replace(tmp, fp32)
-        finally:
-            tmp.unlink(missing_ok=True)
-        entry = {"format": "onnx", "opset": OPSET, "precision": "fp32", "bytes": fp32.stat().st_size,
-                 "verification": check.as_dict(), "forced": not check.passed, "rows": len(rows),
-                 "seconds": round(time.perf_counter() - t0, 2)}
-        _record(folder, model, fp32.name, entry)
+        entry = _export_fp32(folder, model, rows, batch, reference, force)
         if quantize is None:
             return entry
     if quantize not in ("dynamic", "static"):
         raise ExportError(f"unknown quantisation {quantize!r}; expected 'dynamic' or 'static'")
+    return _export_int8(folder, model, rows, batch, reference, target, quantize, calibration, force, per_channel)
+
+
+def _export_fp32(folder: Path, model: Any, rows: Decoded, batch: dict, reference: dict, force: bool) -> dict[str, Any]:
+    fp32 = folder / VARIANTS["fp32"]
+    t0 = time.perf_counter()
+    tmp = temp_path(folder, fp32.name)
+    try:
+        write_onnx(model, example_batch(model, rows), tmp, metadata(model, folder))
+        check = check_fp32(reference, onnx_probabilities(open_session(tmp), batch))
+        _gate(check, "ONNX fp32", force)
+        os.replace(tmp, fp32)
+    finally:
+        tmp.unlink(missing_ok=True)
+    entry = {"format": "onnx", "opset": OPSET, "precision": "fp32", "bytes": fp32.stat().st_size,
+             "verification": check.as_dict(), "forced": not check.passed, "rows": len(rows),
+             "seconds": round(time.perf_counter() - t0, 2)}
+    _record(folder, model, fp32.name, entry)
+    return entry
+
+
+def _export_int8(folder: Path, model: Any, rows: Decoded, batch: dict, reference: dict, target: dict, quantize: str,
+                 calibration: str | Path | None, force: bool, per_channel: bool) -> dict[str, Any]:
     from polyfuse.deploy.quantize import quantize_dynamic, quantize_static
 
+    fp32 = folder / VARIANTS["fp32"]
     target_file = folder / VARIANTS[f"int8-{quantize}"]
     tmp = temp_path(folder, target_file.name)
     t0 = time.perf_counter()

@@ -4,8 +4,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from polyfuse.version import __version__
 from polyfuse.evaluate import report
+from polyfuse.version import __version__
 
 
 def _exports(exports: dict[str, Any]) -> str:

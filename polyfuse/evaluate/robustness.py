@@ -37,11 +37,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from polyfuse import artifact
-
+from polyfuse.data.io import Table, read_table
+from polyfuse.errors import BadInputError, PolyfuseError
 from polyfuse.evaluate import corruptions, metrics
 from polyfuse.evaluate.corruptions import Corruption
-from polyfuse.errors import BadInputError, PolyfuseError
-from polyfuse.data.io import Table, read_table
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, decode_table
 
 FORMAT = "polyfuse.evaluate.robustness/1"

@@ -10,8 +10,16 @@ from typing import Any
 from torch import nn
 
 from polyfuse.nn import timeseries, video
-from polyfuse.nn.encoders import (AudioCNN, CategoryEmbedding, ImageCNN, ImageResNet, NumberMLP, TextCNN, TextNgram,
-                                  TextRNN)
+from polyfuse.nn.encoders import (
+    AudioCNN,
+    CategoryEmbedding,
+    ImageCNN,
+    ImageResNet,
+    NumberMLP,
+    TextCNN,
+    TextNgram,
+    TextRNN,
+)
 from polyfuse.nn.hf import PretrainedEncoder, build_backbone
 from polyfuse.nn.video_hf import PretrainedFrames
 from polyfuse.preprocess.ngrams import idf_table

@@ -17,8 +17,8 @@ from torch import nn
 
 from polyfuse.errors import SpecError
 from polyfuse.extras import require
-from polyfuse.spec.schema import Spec
 from polyfuse.spec.inputs import HFEncoder, hf_encoder
+from polyfuse.spec.schema import Spec
 
 # model types whose pooler is the right "first token" summary (a trained layer norm or projection);
 # others (BERT, ViT) get the raw first token, since their poolers are NSP heads or random when absent

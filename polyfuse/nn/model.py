@@ -12,7 +12,6 @@ from polyfuse.nn.wide import WideText, wide_inputs, wide_outputs
 from polyfuse.preprocess.targets import MODALITY_WEIGHTS
 from polyfuse.spec.schema import Spec
 
-
 TIME_ALIGNED = ("timeseries", "video", "audio")  # inputs whose encoders can give per-step sequences (fusion sequence)
 
 

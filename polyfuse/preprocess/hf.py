@@ -23,8 +23,7 @@ import numpy as np
 
 from polyfuse.errors import BadInputError, SpecError
 from polyfuse.preprocess import audio as audio_mod
-from polyfuse.preprocess import audio_file
-from polyfuse.preprocess import hf_audio, hf_image
+from polyfuse.preprocess import audio_file, hf_audio, hf_image
 from polyfuse.preprocess import image as image_mod
 from polyfuse.preprocess import text as text_mod
 from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
@@ -174,7 +173,9 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
     Images smaller than the model's input are upscaled (as the reference processor does)."""
     if cfg.type == "text":
         return _decode_text(value, cfg)
-    from polyfuse.data.io import resolve_media  # local: keeps the runtime's import light
+    from polyfuse.data.io import (
+        resolve_media,  # local: keeps the runtime's import light
+    )
 
     where = str(value) if isinstance(value, str) else ""
     source = resolve_media(value, folder)

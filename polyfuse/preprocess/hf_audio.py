@@ -10,6 +10,7 @@ runs float64 FFTs). Imported by the torch-free runtime: never import torch here.
 from __future__ import annotations
 
 from functools import lru_cache
+
 import numpy as np
 
 from polyfuse.preprocess.audio import mel_filterbank

@@ -18,10 +18,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from polyfuse.errors import BadInputError, MediaTooLarge
 from polyfuse.data.io import resolve_media
+from polyfuse.errors import BadInputError, MediaTooLarge
 from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
-
 
 # Formats a request or a table may hold. Each is opened from its header alone, so its size is known
 # before decoding; ICO (and others) are left out: Pillow decodes an ICO's embedded PNG inside open().

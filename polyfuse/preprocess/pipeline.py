@@ -15,12 +15,21 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from polyfuse.errors import BadInputError
 from polyfuse.data.io import Table, is_missing, read_table, require_columns
-from polyfuse.preprocess import audio, hf, image, tabular, targets, text, timeseries, video
+from polyfuse.errors import BadInputError
+from polyfuse.preprocess import (
+    audio,
+    hf,
+    image,
+    tabular,
+    targets,
+    text,
+    timeseries,
+    video,
+)
 from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
-from polyfuse.spec.schema import Spec
 from polyfuse.spec.inputs import hf_encoder
+from polyfuse.spec.schema import Spec
 from polyfuse.threads import usable_cpus
 
 
@@ -93,6 +102,25 @@ def _decode_cell(mod: Modality, value: Any, cfg: Any, folder: Path, budget: Deco
     return None if is_missing(value) else mod.decode(value, cfg, folder, budget)
 
 
+def _map_rows(one: Callable[[int], Any], n: int, workers: int | None,
+              progress: Callable[[int], None] | None) -> list:
+    """``[one(i) for i in range(n)]`` on a thread pool (decoders release the GIL), reporting progress."""
+    if n <= 8:  # a few records (serving): a thread pool would cost more than it saves
+        out = [one(i) for i in range(n)]
+        if progress:
+            progress(n)
+        return out
+    with ThreadPoolExecutor(max_workers=workers or usable_cpus()) as pool:
+        out = []
+        for i, value in enumerate(pool.map(one, range(n), chunksize=32)):
+            out.append(value)
+            if progress and (i + 1) % 64 == 0:
+                progress(64)
+        if progress:
+            progress(n % 64)
+    return out
+
+
 def decode_table(spec: Spec, table: Table, *, with_targets: bool, on_bad_row: str = "skip",
                  progress: Callable[[int], None] | None = None, workers: int | None = None,
                  budget: DecodeBudget = UNLIMITED) -> Decoded:
@@ -121,20 +149,7 @@ def decode_table(spec: Spec, table: Table, *, with_targets: bool, on_bad_row: st
                 bad.setdefault(i, BadRow(row_ids[i], column, e.reason))
                 return None
 
-        if n <= 8:  # a few records (serving): a thread pool would cost more than it saves
-            out = [one(i) for i in range(n)]
-            if progress:
-                progress(n)
-            return out
-        with ThreadPoolExecutor(max_workers=workers or usable_cpus()) as pool:
-            out = []
-            for i, value in enumerate(pool.map(one, range(n), chunksize=32)):
-                out.append(value)
-                if progress and (i + 1) % 64 == 0:
-                    progress(64)
-            if progress:
-                progress(n % 64)
-        return out
+        return _map_rows(one, n, workers, progress)
 
     inputs = {}
     for name, cfg in spec.inputs.items():

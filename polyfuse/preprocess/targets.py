@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from polyfuse.errors import BadInputError
 from polyfuse.data.io import is_missing
+from polyfuse.errors import BadInputError
 from polyfuse.preprocess.tabular import decode_category, decode_number
 
 MODALITY_WEIGHTS = "_modality_weights"  # gated fusion's extra graph output: per-record input weights

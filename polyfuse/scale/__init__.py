@@ -1,6 +1,8 @@
 """Scale-out: batch prediction on Ray Data, serving on Ray Serve, Kubernetes/KServe manifests.
 
-Ray is an optional extra; ``require_ray`` names the install line when it is missing."""
+Ray is an optional extra; ``require_ray`` names the install line when it is missing.
+May import: ``polyfuse.serve`` (Ray Serve wraps its app), ``polyfuse.deploy`` and everything below.
+"""
 from __future__ import annotations
 
 from types import ModuleType

@@ -20,9 +20,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from polyfuse.data.io import Table, iter_table_chunks
 from polyfuse.deploy.batch import id_column_of, output_columns, predict_chunk
 from polyfuse.errors import BadInputError
-from polyfuse.data.io import Table, iter_table_chunks
 from polyfuse.scale import init_ray
 
 PARQUET_SUFFIXES = (".parquet", ".pq")

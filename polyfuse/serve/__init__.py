@@ -1,4 +1,12 @@
-"""`polyfuse serve`: an HTTP server over a trained artifact (FastAPI + uvicorn)."""
+"""`polyfuse serve`: an HTTP server over a trained artifact (FastAPI + uvicorn).
+
+``app`` composes the routes; ``guard`` (limits, auth, admission), ``requests``/``protocol`` (parsing
+/predict and KServe V2 bodies), ``state`` (the model backend and the answer rows), ``batching``,
+``stream`` (/v2/stream), ``page`` (the web page), ``access`` (API keys, TLS, rate limits),
+``observability``, ``server``/``connection`` (uvicorn with header and drain limits).
+May import: ``polyfuse.runtime`` (the ONNX path), ``polyfuse.estimator`` (the torch path) and
+everything below them; never ``polyfuse.scale`` or ``polyfuse.cli``.
+"""
 from polyfuse.extras import require
 
 require("serve", "polyfuse.serve")  # the whole package is the serving extra: say so before any submodule fails

@@ -27,6 +27,7 @@ from polyfuse.serve.stream import add_stream_route
 from polyfuse.serve.v2 import add_v2_routes, v2_error
 from polyfuse.threads import single_threaded_blas
 
+
 def _error(status: int, message: str, v2: bool, headers: dict | None = None) -> JSONResponse:
     body = {"error": message} if v2 else {"error": message, "record": None, "field": None}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -51,6 +52,24 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None,
                   description="Predictions from a polyfuse fusion model: `/predict` (JSON or multipart) and the "
                               "KServe V2 / Open Inference Protocol under `/v2`.")
     app.state.server = state
+
+    guarded = _guarded(state, cfg)
+    _add_predict_route(app, state, cfg, guarded)
+    add_v2_routes(app, state, guarded)
+    add_stream_route(app, state)  # /v2/stream (serve/stream.py)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    add_page_routes(app, backend, state.classes)  # /, /static, /schema (serve/page.py)
+    return Guard(app, state)  # type: ignore[return-value]
+
+
+def _guarded(state: ServerState, cfg: ServeConfig) -> Callable[..., Awaitable[Response]]:
+    """The wrapper of every /predict and /infer handler."""
 
     async def guarded(request: Request, handler: Callable[[], Awaitable[Response]], v2: bool = False) -> Response:
         """Run a /predict or /infer handler within the request's deadline, tracked for the drain, with
@@ -77,6 +96,13 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None,
         finally:
             state.handlers.discard(task)
 
+    return guarded
+
+
+def _add_predict_route(app: FastAPI, state: ServerState, cfg: ServeConfig,
+                       guarded: Callable[..., Awaitable[Response]]) -> None:
+    backend = state.backend
+
     @app.post("/predict", summary="Predict from JSON records (base64 for binary inputs) or one multipart form")
     async def predict(request: Request) -> Response:
         async def handle() -> Response:
@@ -99,18 +125,6 @@ def create_app(model_dir: str | Path, cfg: ServeConfig | None = None,
                                  "predictions": prediction_rows(backend, state.classes, probs, labels)})
 
         return await guarded(request, handle)
-
-    add_v2_routes(app, state, guarded)
-    add_stream_route(app, state)  # /v2/stream (serve/stream.py)
-
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    add_page_routes(app, backend, state.classes)  # /, /static, /schema (serve/page.py)
-    return Guard(app, state)  # type: ignore[return-value]
 
 
 async def _form_record(request: Request) -> dict[str, Any]:

@@ -121,7 +121,7 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get("x-request-id") or f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
         scope.setdefault("state", {}).update(request_id=request_id, deadline=deadline, started=started, key_id=None)
-        path, kind = scope["path"], endpoint(scope["path"])
+        kind = endpoint(scope["path"])
         status_box = {"status": 500, "started": False}
 
         async def send_wrapper(message: dict) -> None:
@@ -141,23 +141,10 @@ class Guard:
         st.inflight += 1
         detail, admitted = None, False
         try:
-            length = headers.get("content-length")
-            key_id = None
-            if self.access.required and not path.startswith(OPEN_PATHS) and path != "/":
-                key_id = scope["state"]["key_id"] = self.access.identify(api_key(headers))
-                if key_id is None:
-                    detail = "missing or wrong API key"
-                    return await reject(401, "missing or wrong API key: send it in the x-api-key header",
-                                        {"www-authenticate": "Bearer"})
-            if kind in ADMITTED:  # before the body is read: a throttled client costs no more than its headers
-                wait = self.access.throttle(key_id or (scope.get("client") or ["?"])[0])
-                if wait > 0:
-                    detail = f"rate limited ({key_id or 'client'})"
-                    return await reject(429, "too many requests for this key's rate limit; retry after the "
-                                             "Retry-After seconds", {"retry-after": str(max(1, math.ceil(wait)))})
-            if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
-                detail = "body too large"
-                return await reject(413, f"request body of {length} bytes is over the limit of {cfg.max_body_bytes}")
+            refused = self._refusal(scope, headers, kind)
+            if refused is not None:
+                status, error, extra, detail = refused
+                return await reject(status, error, extra)
             if kind in ADMITTED:
                 try:
                     body = await read_body(receive, cfg.max_body_bytes, deadline)
@@ -183,10 +170,34 @@ class Guard:
             st.inflight -= 1
             if admitted:  # only what was counted in is counted out (a refusal must not open a slot)
                 st.working -= 1
-            st.metrics.inflight.dec()
-            took = time.perf_counter() - started
-            st.metrics.requests.labels(kind, str(status_box["status"])).inc()
-            st.metrics.latency.labels(kind).observe(took)
-            if kind not in ("health", "metrics"):
-                log_access(st.log, request_id, scope["method"], path, status_box["status"], took,
-                           (scope.get("client") or [None])[0], detail)
+            self._record(scope, kind, status_box["status"], started, detail)
+
+    def _refusal(self, scope: dict, headers: dict[str, str], kind: str) -> tuple[int, str, dict | None, str] | None:
+        """Why a request is refused before its body is read (status, error, headers, log detail), or None."""
+        path, cfg = scope["path"], self.state.cfg
+        key_id = None
+        if self.access.required and not path.startswith(OPEN_PATHS) and path != "/":
+            key_id = scope["state"]["key_id"] = self.access.identify(api_key(headers))
+            if key_id is None:
+                return (401, "missing or wrong API key: send it in the x-api-key header", {"www-authenticate": "Bearer"},
+                        "missing or wrong API key")
+        if kind in ADMITTED:  # before the body is read: a throttled client costs no more than its headers
+            wait = self.access.throttle(key_id or (scope.get("client") or ["?"])[0])
+            if wait > 0:
+                return (429, "too many requests for this key's rate limit; retry after the Retry-After seconds",
+                        {"retry-after": str(max(1, math.ceil(wait)))}, f"rate limited ({key_id or 'client'})")
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
+            return 413, f"request body of {length} bytes is over the limit of {cfg.max_body_bytes}", None, "body too large"
+        return None
+
+    def _record(self, scope: dict, kind: str, status: int, started: float, detail: str | None) -> None:
+        """Metrics and the access log line of a finished request."""
+        st = self.state
+        st.metrics.inflight.dec()
+        took = time.perf_counter() - started
+        st.metrics.requests.labels(kind, str(status)).inc()
+        st.metrics.latency.labels(kind).observe(took)
+        if kind not in ("health", "metrics"):
+            log_access(st.log, scope["state"]["request_id"], scope["method"], scope["path"], status, took,
+                       (scope.get("client") or [None])[0], detail)

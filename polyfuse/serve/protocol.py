@@ -100,25 +100,7 @@ def parse_infer(body: bytes, header_length: str | None, spec: Any, cfg: ServeCon
     values: dict[str, list] = {}
     offset, n_rows = 0, None
     for tensor in request["inputs"]:
-        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
-            raise RequestError(400, "each input tensor needs a 'name', 'shape', 'datatype' and 'data'")
-        name, dtype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
-        if not isinstance(tensor.get("parameters", {}), (dict, type(None))):
-            raise RequestError(400, f"input '{name}': 'parameters' must be an object", None, name)
-        if name not in columns:
-            raise RequestError(400, f"unknown input '{name}'; the model's inputs are {sorted(columns)}", None, name)
-        if not isinstance(shape, list) or not shape or not all(isinstance(s, int) and s >= 0 for s in shape):
-            raise RequestError(400, f"input '{name}': 'shape' must be a list of non-negative integers", None, name)
-        if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
-            raise RequestError(400, f"input '{name}': shape must be [N] or [N, 1], got {shape}", None, name)
-        if shape[0] > cfg.max_records:  # before any of its data is read
-            raise RequestError(413, f"batch of {shape[0]} records over the limit of {cfg.max_records}; split the request")
-        expected = datatype(columns[name].type)
-        allowed = {"BYTES"} if expected == "BYTES" else set(NUMERIC) - {"BOOL"}
-        if columns[name].type == "category":
-            allowed |= {"INT32", "INT64"}
-        if dtype not in allowed:
-            raise RequestError(400, f"input '{name}': datatype {dtype!r} not accepted; send {expected}", None, name)
+        name, shape, dtype = _tensor_header(tensor, columns, cfg)
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
@@ -142,27 +124,53 @@ def parse_infer(body: bytes, header_length: str | None, spec: Any, cfg: ServeCon
         raise RequestError(400, "the request has no input data")
     if n_rows > cfg.max_records:
         raise RequestError(413, f"batch of {n_rows} records over the limit of {cfg.max_records}; split the request")
-    records = []
-    for i in range(n_rows):
-        raw: dict[str, Any] = {}
-        for name, data in values.items():
-            v = data[i]
-            kind = columns[name].type
-            if isinstance(v, (bytes, bytearray)):
-                if len(v) == 0:
-                    continue
-                if kind not in ("image", "audio", "video"):
-                    try:
-                        v = bytes(v).decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise RequestError(400, f"record {i}, field '{name}': text is not UTF-8", i, name) from None
-            elif isinstance(v, float) and math.isnan(v):
+    return [_record(values, columns, i, spec, budget) for i in range(n_rows)], request
+
+
+def _tensor_header(tensor: Any, columns: dict[str, Any], cfg: ServeConfig) -> tuple[str, list[int], str]:
+    """(name, shape, datatype) of one input tensor, checked before any of its data is read."""
+    if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+        raise RequestError(400, "each input tensor needs a 'name', 'shape', 'datatype' and 'data'")
+    name, dtype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
+    if not isinstance(tensor.get("parameters", {}), (dict, type(None))):
+        raise RequestError(400, f"input '{name}': 'parameters' must be an object", None, name)
+    if name not in columns:
+        raise RequestError(400, f"unknown input '{name}'; the model's inputs are {sorted(columns)}", None, name)
+    if not isinstance(shape, list) or not shape or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise RequestError(400, f"input '{name}': 'shape' must be a list of non-negative integers", None, name)
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        raise RequestError(400, f"input '{name}': shape must be [N] or [N, 1], got {shape}", None, name)
+    if shape[0] > cfg.max_records:  # before any of its data is read
+        raise RequestError(413, f"batch of {shape[0]} records over the limit of {cfg.max_records}; split the request")
+    expected = datatype(columns[name].type)
+    allowed = {"BYTES"} if expected == "BYTES" else set(NUMERIC) - {"BOOL"}
+    if columns[name].type == "category":
+        allowed |= {"INT32", "INT64"}
+    if dtype not in allowed:
+        raise RequestError(400, f"input '{name}': datatype {dtype!r} not accepted; send {expected}", None, name)
+    return name, shape, dtype
+
+
+def _record(values: dict[str, list], columns: dict[str, Any], i: int, spec: Any, budget: DecodeBudget) -> dict:
+    """Row ``i`` of the request's tensors as a cleaned record; empty bytes, NaN and "" are missing."""
+    raw: dict[str, Any] = {}
+    for name, data in values.items():
+        v = data[i]
+        kind = columns[name].type
+        if isinstance(v, (bytes, bytearray)):
+            if len(v) == 0:
                 continue
-            elif v == "" and kind != "number":
-                continue
-            raw[name] = v
-        records.append(clean_record(raw, i, spec, budget))
-    return records, request
+            if kind not in ("image", "audio", "video"):
+                try:
+                    v = bytes(v).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise RequestError(400, f"record {i}, field '{name}': text is not UTF-8", i, name) from None
+        elif isinstance(v, float) and math.isnan(v):
+            continue
+        elif v == "" and kind != "number":
+            continue
+        raw[name] = v
+    return clean_record(raw, i, spec, budget)
 
 
 def _flatten(data: list) -> list:

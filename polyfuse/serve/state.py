@@ -22,12 +22,12 @@ from polyfuse.errors import BadInputError, DeadlineExceeded, MediaTooLarge
 from polyfuse.preprocess.budget import DecodeBudget
 from polyfuse.preprocess.pipeline import Decoded
 from polyfuse.preprocess.targets import MODALITY_WEIGHTS, decode_outputs
-from polyfuse.training.memory import map_large_allocations, release_memory
 from polyfuse.serve.batching import Batcher, batching_pays
 from polyfuse.serve.config import ServeConfig
 from polyfuse.serve.observability import Metrics, access_logger
 from polyfuse.serve.requests import RequestError
 from polyfuse.threads import usable_cpus
+from polyfuse.training.memory import map_large_allocations, release_memory
 
 HEAVY_BODY_BYTES = 1 << 20  # bodies larger than this are parsed in the heavy lane
 HEAVY_DECODE_BYTES = 8 << 20  # requests whose media declare more decoded bytes are decoded there

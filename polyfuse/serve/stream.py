@@ -30,11 +30,11 @@ from fastapi import FastAPI, WebSocket
 from prometheus_client import Gauge
 
 from polyfuse.errors import BadInputError
+from polyfuse.preprocess.streams import StreamWindows
 from polyfuse.serve.access import Access
 from polyfuse.serve.guard import api_key
 from polyfuse.serve.requests import RequestError
 from polyfuse.serve.state import prediction_rows
-from polyfuse.preprocess.streams import StreamWindows
 
 PATHS = ("/v2/stream", "/stream")
 _IDS = itertools.count(1)

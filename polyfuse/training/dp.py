@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from polyfuse.training.epochs import Stepper
 from polyfuse.errors import SpecError
 from polyfuse.extras import require
 from polyfuse.spec.schema import PrivacySpec, Spec
+from polyfuse.training.epochs import Stepper
 from polyfuse.training.trainset import log
 
 TABLE_BYTES = 2 << 30  # per-row gradients of the embedding tables, for the largest likely batch

@@ -19,19 +19,18 @@ from typing import Any, Callable, ContextManager, Iterator
 import numpy as np
 import torch
 
-from polyfuse.training import checkpoint, distributed, optim
-
-from polyfuse.evaluate import metrics
-from polyfuse.training.averaging import WeightAverage
-from polyfuse.training.device import CPU, Placement, to_device
-from polyfuse.training.distributed import SINGLE, Dist
 from polyfuse.errors import SpecError
+from polyfuse.evaluate import metrics
 from polyfuse.evaluate.scores import metrics_from_logits
 from polyfuse.nn import heads
 from polyfuse.nn.model import FusionModel, predict_arrays, to_tensors
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor
 from polyfuse.spec.schema import Spec
 from polyfuse.threads import ThreadGovernor
+from polyfuse.training import checkpoint, distributed, optim
+from polyfuse.training.averaging import WeightAverage
+from polyfuse.training.device import CPU, Placement, to_device
+from polyfuse.training.distributed import SINGLE, Dist
 from polyfuse.training.trainset import Splits, batches_of, log, prefetch, slice_batch
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, modality_of
-from polyfuse.spec.schema import Spec
 from polyfuse.spec.inputs import hf_encoder
+from polyfuse.spec.schema import Spec
 from polyfuse.training.trainset import log
 
 FORMAT = "polyfuse.embeddings/2"

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch import nn
 
-
 TABLE_LR = 0.3  # learning rate of the sparse n-gram tables, relative to train.lr
 
 

@@ -14,20 +14,19 @@ from typing import Any, Callable
 
 import torch
 
-from polyfuse.training import distributed
-from polyfuse.training.device import resolve as resolve_device
-from polyfuse.training.epochs import fit_network
 from polyfuse.evaluate.scores import evaluate
 from polyfuse.nn import hf
-from polyfuse.training.memory import map_large_allocations
 from polyfuse.nn.model import FusionModel
-from polyfuse.training import dp
 from polyfuse.preprocess.pipeline import BadRow, Preprocessor
-from polyfuse.spec.schema import Spec
 from polyfuse.spec.inputs import hf_encoder
+from polyfuse.spec.schema import Spec
 from polyfuse.threads import ThreadGovernor, single_threaded_blas, usable_cpus
-from polyfuse.training.wide import fit_wide
+from polyfuse.training import distributed, dp
+from polyfuse.training.device import resolve as resolve_device
+from polyfuse.training.epochs import fit_network
+from polyfuse.training.memory import map_large_allocations
 from polyfuse.training.trainset import Splits, check_rows, log, read_splits
+from polyfuse.training.wide import fit_wide
 
 
 @dataclass

@@ -25,8 +25,8 @@ import numpy as np
 from polyfuse.artifact import sha256
 from polyfuse.data.io import Table
 from polyfuse.preprocess.pipeline import BadRow, Decoded, decode_table
-from polyfuse.spec.schema import Spec
 from polyfuse.spec.inputs import hf_encoder
+from polyfuse.spec.schema import Spec
 
 FORMAT = "polyfuse.training.shards/2"  # 2: images decoded upright (EXIF orientation applied)
 ROWS_PER_SHARD = 2048

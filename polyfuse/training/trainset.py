@@ -2,8 +2,8 @@
 says, and cut epochs into mini-batches built in a background thread."""
 from __future__ import annotations
 
-import queue
 import os
+import queue
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -12,11 +12,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from polyfuse.errors import BadInputError, SpecError
 from polyfuse.data.io import Table, read_table
+from polyfuse.errors import BadInputError, SpecError
 from polyfuse.preprocess.pipeline import BadRow, Decoded, decode_table
-from polyfuse.spec.schema import Spec
 from polyfuse.spec.inputs import hf_encoder
+from polyfuse.spec.schema import Spec
 
 
 def log(msg: str) -> None:
@@ -91,8 +91,8 @@ def decode_table_for(spec: Spec, table: Table, base: Path, what: str, on_bad_row
         return decode_with_progress(spec, table, what, on_bad_row, show)
     from tqdm import tqdm
 
-    from polyfuse.training.shards import cache_root, decode_to_shards
     from polyfuse.threads import usable_cpus
+    from polyfuse.training.shards import cache_root, decode_to_shards
 
     with tqdm(total=len(table), desc=f"shards {what}", unit="row", disable=not show, leave=False) as bar:
         decoded, report = decode_to_shards(spec, table, cache_root(spec, base) / "shards", on_bad_row=on_bad_row,
