@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -31,50 +32,29 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import HOST, REPO, free_port, load_payloads, prepare_model, rss_mb  # noqa: E402
+from common import REPO, percentile_ms, rss_mb, running_server  # noqa: E402
+from serve_load_model import load_payloads, prepare_model  # noqa: E402
 
 from tests.test_serve_attacks import flac  # noqa: E402  (the test corpus's generator: one definition)
 
 OLD_DEFAULT = "7067f30"  # the last commit before the hardening (issue 11)
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-class Server:
-    """`polyfuse serve` from the code in ``code`` (a checkout), in a subprocess on a free loopback port."""
-
-    def __init__(self, code: Path, model_dir: Path, *flags: str):
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="serve-attack-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "polyfuse.cli.main", "serve", str(model_dir), "--host", HOST, "--port", str(self.port),
-               *flags]
-        self.proc = subprocess.Popen(cmd, cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server from {code} exited:\n{Path(self.log.name).read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=2, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise SystemExit(f"server from {code} not ready in 120 s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+@contextlib.contextmanager
+def warm_server(code: Path, model_dir: Path, p, args) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`polyfuse serve` from the code in ``code`` (a checkout) on a free loopback port, warmed up by 2 s of
+    normal traffic (not measured), for a ``with``: (process, URL); its log is kept in a temp file."""
+    with tempfile.NamedTemporaryFile(prefix="serve-attack-", suffix=".log", delete=False) as f:
+        log_path = Path(f.name)
+    with running_server(model_dir, log_path=log_path, cwd=code, env={**os.environ, "PYTHONPATH": str(code)}) as run:
+        asyncio.run(normal_clients(run[1], p.single, args.normal, 2.0))
+        yield run
 
 
 def old_code(rev: str) -> Path:
@@ -168,10 +148,6 @@ async def under_attack(url: str, normal: list[bytes], worst: list[bytes], args) 
     return latencies, statuses, await attack
 
 
-def p99(xs: list[float]) -> float:
-    return float(np.percentile(xs, 99)) if xs else float("nan")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per measured round")
@@ -209,58 +185,44 @@ def step_normal(args, model_dir: Path, p) -> None:
     rps: dict[str, list[float]] = {"new": [], "old": []}
     for _ in range(args.rounds):
         for tag, code in (("new", REPO), ("old", old)):
-            s = Server(code, model_dir)
-            try:
-                asyncio.run(normal_clients(s.url, p.single, args.normal, 2.0))  # warm-up
-                lat, _ = asyncio.run(normal_clients(s.url, p.single, args.normal, args.duration))
+            with warm_server(code, model_dir, p, args) as (_, url):
+                lat, _ = asyncio.run(normal_clients(url, p.single, args.normal, args.duration))
                 rps[tag].append(len(lat) / args.duration)
-            finally:
-                s.stop()
     new_rps, old_rps = statistics.median(rps["new"]), statistics.median(rps["old"])
     print(f"1. normal traffic, no attacker: {new_rps:.1f} req/s vs {old_rps:.1f} before the hardening ({args.old}): "
           f"ratio {new_rps / old_rps:.2f} (target >= 0.95); rounds new {[round(x, 1) for x in rps['new']]}, "
           f"old {[round(x, 1) for x in rps['old']]}")
 
 
-
 def step_attack(args, model_dir: Path, p, worst: dict[str, bytes]) -> None:
     """2. normal traffic under attack and not, interleaved on one server"""
-    s = Server(REPO, model_dir)
-    try:
-        asyncio.run(normal_clients(s.url, p.single, args.normal, 2.0))
+    with warm_server(REPO, model_dir, p, args) as (_, url):
         calm, hit, fives, attack_statuses = [], [], 0, []
         for _ in range(args.rounds):
-            lat, _st = asyncio.run(normal_clients(s.url, p.single, args.normal, args.duration))
-            calm.append(p99(lat))
-            lat, st, att = asyncio.run(under_attack(s.url, p.single, list(worst.values()), args))
-            hit.append(p99(lat))
+            lat, _st = asyncio.run(normal_clients(url, p.single, args.normal, args.duration))
+            calm.append(percentile_ms(lat, 99))
+            lat, st, att = asyncio.run(under_attack(url, p.single, list(worst.values()), args))
+            hit.append(percentile_ms(lat, 99))
             fives += sum(1 for x in st if x >= 500 or x == 0)
             attack_statuses += att
         calm_p99, hit_p99 = statistics.median(calm), statistics.median(hit)
         counts = {code: attack_statuses.count(code) for code in sorted(set(attack_statuses))}
-        print(f"2. normal p99 under attack {hit_p99 * 1e3:.1f} ms vs {calm_p99 * 1e3:.1f} ms without: ratio "
+        print(f"2. normal p99 under attack {hit_p99:.1f} ms vs {calm_p99:.1f} ms without: ratio "
               f"{hit_p99 / calm_p99:.2f} (target <= 3); normal requests answered 5xx or not at all: {fives} (target 0); "
               f"attackers' statuses {counts}")
-    finally:
-        s.stop()
-
 
 
 def step_memory(args, model_dir: Path, p, worst: dict[str, bytes]) -> None:
     """3. RSS after worst-case requests against RSS after start-up"""
-    s = Server(REPO, model_dir)
-    try:
-        asyncio.run(normal_clients(s.url, p.single, args.normal, 2.0))
+    with warm_server(REPO, model_dir, p, args) as (proc, url):
         time.sleep(0.5)
-        start = rss_mb(s.proc.pid)
-        statuses = asyncio.run(attackers(s.url, list(worst.values()), 4, count=args.memory_requests))
+        start = rss_mb(proc.pid)
+        statuses = asyncio.run(attackers(url, list(worst.values()), 4, count=args.memory_requests))
         time.sleep(1.0)
-        after = rss_mb(s.proc.pid)
+        after = rss_mb(proc.pid)
         counts = {code: statuses.count(code) for code in sorted(set(statuses))}
         print(f"3. RSS after {len(statuses)} worst-case requests {after:.0f} MB vs {start:.0f} MB after start-up: ratio "
               f"{after / start:.2f} (target <= 1.5); their statuses {counts}")
-    finally:
-        s.stop()
 
 
 if __name__ == "__main__":

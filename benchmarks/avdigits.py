@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import AVDIGITS, REPO  # noqa: E402
 
 import polyfuse  # noqa: E402
 from polyfuse.evaluate import report  # noqa: E402
@@ -23,7 +23,7 @@ LUDWIG_S, LUDWIG_ACC = 98.0, 0.995  # Ludwig 0.11 on the same data and machine, 
 
 
 def main() -> None:
-    if not (REPO.parent / "shared" / "data" / "avdigits" / "train.csv").exists():
+    if not (AVDIGITS / "train.csv").exists():
         print("skipped: ../shared/data/avdigits is absent")
         return
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,6 +18,7 @@ Targets (issue 14): fused >= 0.98 on clean clips; with occluded or missing frame
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +28,11 @@ import pandas as pd
 import soundfile as sf
 from PIL import Image
 
-import polyfuse
-from polyfuse.preprocess.video import write_video
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import AVDIGITS  # noqa: E402
+
+import polyfuse  # noqa: E402
+from polyfuse.preprocess.video import write_video  # noqa: E402
 
 SIDE, FRAMES, FPS, RATE = 40, 16, 8, 8000
 
@@ -93,7 +97,7 @@ def accuracy(model, table: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/avdigits"))
+    ap.add_argument("--data", default=str(AVDIGITS))
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--rows", type=int, default=None, help="train rows (default: all 1,800)")
     ap.add_argument("--erase", type=float, default=0.5, help="video augment: random erasing chance per clip")

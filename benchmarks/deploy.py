@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import AVDIGITS, REPO, log  # noqa: E402
 
 from polyfuse.deploy.bench import run_bench  # noqa: E402
 from polyfuse.errors import PolyfuseError  # noqa: E402
@@ -26,14 +26,9 @@ from polyfuse.deploy.onnx import ExportError  # noqa: E402
 from polyfuse.runtime import VARIANTS  # noqa: E402
 from polyfuse.spec.schema import load_spec  # noqa: E402
 
-AVDIGITS = REPO.parent / "shared" / "data" / "avdigits"
 PT2 = "model.pt2"
 BUILDS = (("onnx", None, VARIANTS["fp32"]), ("onnx", "dynamic", VARIANTS["int8-dynamic"]),
           ("onnx", "static", VARIANTS["int8-static"]), ("torch-export", None, PT2))
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def same_spec(spec: Any, folder: Path) -> bool:

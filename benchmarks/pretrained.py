@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,31 +30,9 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import interleaved_ms  # noqa: E402
+from common import DATA, Figures, cli, interleaved_ms, running_server, train_spec  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-RESULTS: list[tuple[str, str, str, bool | None]] = []
-
-
-def record(what: str, value: str, target: str = "", ok: bool | None = None) -> None:
-    RESULTS.append((what, value, target, ok))
-    mark = "" if ok is None else ("PASS" if ok else "FAIL")
-    print(f"{what:<58} {value:>14}  {target:<14} {mark}", flush=True)
-
-
-def train(spec: dict, folder: Path, name: str, env: dict) -> tuple[dict, float]:
-    """Train in a subprocess (so its peak RSS is its own); returns (metrics, peak RSS in GB)."""
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    log = folder / f"{name}.log"
-    with open(log, "wb") as out:  # a file, not a pipe: os.wait4 below reaps the child and reads its rusage
-        proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli.main", "train", str(path), "--out",
-                                 str(folder / name), "--quiet"], stdout=out, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"training {name} failed:\n{log.read_text()[-3000:]}")
-    return json.loads((folder / name / "metrics.json").read_text()), usage.ru_maxrss / 2**20  # KiB -> GiB
+FIGURES = Figures(58, 14, 14)
 
 
 def minilm() -> str:
@@ -92,36 +68,37 @@ def epoch_seconds(folder: Path) -> float:
 def cache_figures(tmp: Path, env: dict, quick: bool) -> Path:
     train_csv, test_csv, column = text_table(tmp, quick)
     epochs = 3
-    _, _ = train(text_spec(train_csv, test_csv, column, epochs, tmp / "nocache", cache=False), tmp, "nocache", env)
-    cached_metrics, _ = train(text_spec(train_csv, test_csv, column, epochs, tmp / "cache"), tmp, "cached", env)
+    train_spec(text_spec(train_csv, test_csv, column, epochs, tmp / "nocache", cache=False), tmp, "nocache", env=env)
+    cached_metrics, _, _ = train_spec(text_spec(train_csv, test_csv, column, epochs, tmp / "cache"), tmp, "cached",
+                                      env=env)
     slow, fast = epoch_seconds(tmp / "nocache"), epoch_seconds(tmp / "cached")
-    record("1a. epoch s from epoch 2: recomputed / cached", f"{slow:.2f}/{fast:.3f}={slow / fast:.0f}x", ">= 20x",
-           slow / fast >= 20)
+    FIGURES.record("1a. epoch s from epoch 2: recomputed / cached", f"{slow:.2f}/{fast:.3f}={slow / fast:.0f}x",
+                   ">= 20x", slow / fast >= 20)
     spec = text_spec(train_csv, test_csv, column, epochs, tmp / "cache")
     spec["fusion"] = {"method": "gated"}
-    again, _ = train(spec, tmp, "cached_gated", env)
+    again, _, _ = train_spec(spec, tmp, "cached_gated", env=env)
     computed = again["pretrained_cache"]["text"]["computed"]
-    record("1b. second run, other fusion: backbone forward passes", f"{computed} rows", "0", computed == 0)
-    record("    cache size", f"{again['pretrained_cache']['text']['cache_mb']} MB")
-    record("    MiniLM text alone, test accuracy", f"{cached_metrics['test']['outputs']['label']['accuracy']:.3f}")
+    FIGURES.record("1b. second run, other fusion: backbone forward passes", f"{computed} rows", "0", computed == 0)
+    FIGURES.record("    cache size", f"{again['pretrained_cache']['text']['cache_mb']} MB")
+    FIGURES.record("    MiniLM text alone, test accuracy",
+                   f"{cached_metrics['test']['outputs']['label']['accuracy']:.3f}")
     return tmp / "cached"
 
 
 def mvsa_figures(tmp: Path, env: dict) -> None:
     if not (DATA / "mvsa" / "train.csv").exists():
-        record("2. mvsa", "skipped", "../shared/data/mvsa absent")
+        FIGURES.record("2. mvsa", "skipped", "../shared/data/mvsa absent")
         return
-    init = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", "init", str(DATA / "mvsa" / "train.csv"), "--target",
-                           "label"], capture_output=True, text=True, check=True, env=env)
+    init = cli("init", DATA / "mvsa" / "train.csv", "--target", "label", env=env)
     spec = yaml.safe_load(init.stdout)
     spec["data"]["cache_dir"] = str(tmp / "cache")
     spec["inputs"]["text"] = {"type": "text", "max_length": 64, "encoder": {"hf": minilm()}}
-    metrics, rss = train(spec, tmp, "mvsa", env)
+    metrics, rss, _ = train_spec(spec, tmp, "mvsa", env=env)
     acc = metrics["test"]["outputs"]["label"]["accuracy"]
-    record("2a. mvsa test accuracy, MiniLM text + CNN photo", f"{acc:.3f}", ">= 0.74", acc >= 0.74)
+    FIGURES.record("2a. mvsa test accuracy, MiniLM text + CNN photo", f"{acc:.3f}", ">= 0.74", acc >= 0.74)
     only = metrics["test"]["ablation"]["only"]
-    record("    text alone / photo alone", f"{only['text']['label']:.3f}/{only['image']['label']:.3f}")
-    record("2b. peak RSS of that training", f"{rss:.2f} GB", "<= 3 GB", rss <= 3.0)
+    FIGURES.record("    text alone / photo alone", f"{only['text']['label']:.3f}/{only['image']['label']:.3f}")
+    FIGURES.record("2b. peak RSS of that training", f"{rss:.2f} GB", "<= 3 GB", rss <= 3.0)
 
 
 def latency_figures(model_dir: Path, test_csv: str | None, column: str) -> None:
@@ -142,15 +119,18 @@ def latency_figures(model_dir: Path, test_csv: str | None, column: str) -> None:
     batches = [model.preprocessor.transform([{"text": t}])[0] for t in texts[:50]]
     med = interleaved_ms({"torch": model.run_arrays, "onnx": rts["onnx"].run_arrays, "int8": rts["int8"].run_arrays},
                          batches)  # interleaved blocks: the machine is shared
-    record("3a. batch-1 ms: torch eager / ONNX fp32", f"{med['torch']:.2f}/{med['onnx']:.2f}={med['torch'] / med['onnx']:.2f}x",
-           ">= 1.5x", med["torch"] / med["onnx"] >= 1.5)
+    FIGURES.record("3a. batch-1 ms: torch eager / ONNX fp32",
+                   f"{med['torch']:.2f}/{med['onnx']:.2f}={med['torch'] / med['onnx']:.2f}x",
+                   ">= 1.5x", med["torch"] / med["onnx"] >= 1.5)
     drop = 100 * int8["verification"]["accuracy_drop"]
-    record("    int8 gate: top-1 agreement clear rows / all", f"{int8['verification']['top1_agreement_clear']:.3f}/"
-           f"{int8['verification']['top1_agreement']:.3f}", ">= 0.99 clear", int8["verification"]["passed"])
-    record("3b. batch-1 ms: ONNX fp32 / int8 dynamic", f"{med['onnx']:.2f}/{med['int8']:.2f}={med['onnx'] / med['int8']:.2f}x",
-           ">= 1.5x", med["onnx"] / med["int8"] >= 1.5)
-    record("    int8 accuracy loss (validation rows)", f"{drop:.2f} pts", "<= 1 pt", drop <= 1.0)
-    record("    sizes fp32 / int8", f"{fp32['bytes'] / 2**20:.0f}/{int8['bytes'] / 2**20:.0f} MB")
+    FIGURES.record("    int8 gate: top-1 agreement clear rows / all",
+                   f"{int8['verification']['top1_agreement_clear']:.3f}/"
+                   f"{int8['verification']['top1_agreement']:.3f}", ">= 0.99 clear", int8["verification"]["passed"])
+    FIGURES.record("3b. batch-1 ms: ONNX fp32 / int8 dynamic",
+                   f"{med['onnx']:.2f}/{med['int8']:.2f}={med['onnx'] / med['int8']:.2f}x",
+                   ">= 1.5x", med["onnx"] / med["int8"] >= 1.5)
+    FIGURES.record("    int8 accuracy loss (validation rows)", f"{drop:.2f} pts", "<= 1 pt", drop <= 1.0)
+    FIGURES.record("    sizes fp32 / int8", f"{fp32['bytes'] / 2**20:.0f}/{int8['bytes'] / 2**20:.0f} MB")
     # what batching can save at most: one padded batch of 32 against 32 single calls, model alone
     from polyfuse.serve.batching import merge
 
@@ -163,31 +143,14 @@ def latency_figures(model_dir: Path, test_csv: str | None, column: str) -> None:
     t = time.perf_counter()
     rts["onnx"].run_arrays(merged)
     t_batch = time.perf_counter() - t
-    record("    model alone: 32 singles / one batch of 32 (ms)", f"{t_single * 1e3:.0f}/{t_batch * 1e3:.0f}="
-           f"{t_single / t_batch:.2f}x")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    FIGURES.record("    model alone: 32 singles / one batch of 32 (ms)", f"{t_single * 1e3:.0f}/{t_batch * 1e3:.0f}="
+                   f"{t_single / t_batch:.2f}x")
 
 
 def served_rps(model_dir: Path, flags: list[str], texts: list[str], clients: int, seconds: float) -> float:
     import httpx
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli.main", "serve", str(model_dir), "--port", str(port),
-                             "--runtime", "onnx", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with running_server(model_dir, "--runtime", "onnx", *flags) as (_, url):
         done, stop = [0] * clients, time.monotonic() + seconds
 
         def client(i: int) -> None:
@@ -205,9 +168,6 @@ def served_rps(model_dir: Path, flags: list[str], texts: list[str], clients: int
         for t in threads:
             t.join(seconds + 60)
         return sum(done) / (time.monotonic() - started)
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def serving_figures(model_dir: Path, test_csv: str | None, column: str, clients: int, seconds: float) -> None:
@@ -217,8 +177,8 @@ def serving_figures(model_dir: Path, test_csv: str | None, column: str, clients:
     rounds = [(served_rps(model_dir, [], texts, clients, seconds), served_rps(model_dir, ["--max-batch", "1"], texts,
                                                                                  clients, seconds)) for _ in range(2)]
     on, off = statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
-    record(f"4. served at {clients} clients, req/s batching / off", f"{on:.0f}/{off:.0f}={on / off:.2f}x", ">= 2x",
-           on / off >= 2.0)
+    FIGURES.record(f"4. served at {clients} clients, req/s batching / off", f"{on:.0f}/{off:.0f}={on / off:.2f}x",
+                   ">= 2x", on / off >= 2.0)
 
 
 def main() -> None:
@@ -230,14 +190,13 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory(prefix="polyfuse-pretrained-") as name:
         tmp = Path(name)
-        print(f"{'figure':<58} {'value':>14}  {'target':<14}", flush=True)
+        FIGURES.header()
         model_dir = cache_figures(tmp, env, args.quick)
         _, test_csv, column = text_table(tmp, args.quick)
         latency_figures(model_dir, test_csv, column)
         serving_figures(model_dir, test_csv, column, args.clients, args.seconds)
         mvsa_figures(tmp, env)
-    failed = [r for r in RESULTS if r[3] is False]
-    print(f"\n{sum(r[3] is True for r in RESULTS)} targets met, {len(failed)} missed")
+    FIGURES.summary()
 
 
 if __name__ == "__main__":

@@ -31,9 +31,7 @@ import gc
 import os
 import re
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,8 +40,8 @@ from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import AVDIGITS, DATA, REPO, cpu_s, start_server, stop_server  # noqa: E402
 
 import polyfuse  # noqa: E402
 from polyfuse.deploy.exporter import export  # noqa: E402
@@ -51,8 +49,6 @@ from polyfuse import artifact  # noqa: E402
 from polyfuse.privacy import crypto, pii  # noqa: E402
 from polyfuse.privacy.corpus import clean_corpus, cued, pii_corpus  # noqa: E402
 from polyfuse.runtime import Runtime  # noqa: E402
-
-AVDIGITS = REPO.parent / "shared" / "data" / "avdigits"
 
 
 def deidentification(per_type: int) -> list:
@@ -89,7 +85,7 @@ def _real_text_flags(n: int = 3000) -> None:
     Chinese headlines), with examples to judge by eye: the false positives a synthetic clean corpus
     cannot show."""
     for name in ("mvsa", "zhtext"):
-        path = REPO.parent / "shared" / "data" / name / "train.csv"
+        path = DATA / name / "train.csv"
         if not path.exists():
             continue
         texts = pd.read_csv(path)["text"].astype(str).tolist()[:n]
@@ -141,33 +137,6 @@ def encryption(plain: Path, work: Path, repeats: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- 3. audit log overhead
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(model: Path, extra: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli.main", "serve", str(model), "--host", "127.0.0.1",
-                             "--port", str(port), *extra], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server not ready in 120 s")
-
-
 async def _round(url: str, bodies: list[dict], clients: int, requests: int, max_s: float) -> tuple[float, int]:
     """Closed loop: ``clients`` workers share ``requests`` requests (at most ``max_s`` s); (req/s, 200s)."""
     import httpx
@@ -185,18 +154,6 @@ async def _round(url: str, bodies: list[dict], clients: int, requests: int, max_
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(c, i) for i in range(clients)))
         return (requests - max(left[0], 0)) / (time.perf_counter() - t0), ok[0]
-
-
-def _cpu_s(pid: int, thread: str | None = None) -> float:
-    """User + system CPU seconds of a process (its threads included), or of its threads named
-    ``thread`` (as the OS shows them: the audit writer names itself), from /proc."""
-    stats = [Path(f"/proc/{pid}/stat")] if thread is None else [
-        t / "stat" for t in Path(f"/proc/{pid}/task").iterdir() if (t / "comm").read_text().strip() == thread]
-    total = 0
-    for stat in stats:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def writer_cost(work: Path, corpus: list, n: int = 5000) -> float:
@@ -243,28 +200,29 @@ def audit_overhead(plain: Path, work: Path, corpus: list, rounds: int, clients: 
     servers = {}
     try:
         for name, extra in (("off", []), ("on", [] if control else ["--audit-log", str(audit)])):
-            servers[name] = _start(plain, extra, work / f"serve-{name}.log")
+            servers[name] = start_server(plain, *extra, log_path=work / f"serve-{name}.log", cwd=REPO,
+                                         env={**os.environ, "PYTHONPATH": str(REPO)})
         rates: dict[str, list[float]] = {"off": [], "on": []}
         cpu: dict[str, list[float]] = {"off": [], "on": []}  # server CPU ms per request: robust to other load
         answered = 0
         for name in ("off", "on"):  # warm-up: first requests pay lazy imports and allocations
             _, ok = asyncio.run(_round(servers[name][1], bodies, clients, 100, 30))
             answered += ok if name == "on" else 0
-        writer_s, on_s = _cpu_s(servers["on"][0].pid, "polyfuse-audit"), _cpu_s(servers["on"][0].pid)
+        writer_s, on_s = cpu_s(servers["on"][0].pid, "polyfuse-audit"), cpu_s(servers["on"][0].pid)
         on_answered = answered
         for i in range(rounds):
             # interleaved, the order alternating (off-on, on-off, ...): drift in the machine's load and any
             # trend within a pair hit both alike
             for name in (("off", "on") if i % 2 == 0 else ("on", "off")):
-                before = _cpu_s(servers[name][0].pid)
+                before = cpu_s(servers[name][0].pid)
                 rate, ok = asyncio.run(_round(servers[name][1], bodies, clients, requests, 60))
-                cpu[name].append((_cpu_s(servers[name][0].pid) - before) * 1e3 / max(ok, 1))
+                cpu[name].append((cpu_s(servers[name][0].pid) - before) * 1e3 / max(ok, 1))
                 rates[name].append(rate)
                 answered += ok if name == "on" else 0
         # the log's own CPU in the server that writes it: the writer thread, plus the queueing on the
         # request's path (measured in process), as a share of that server's CPU
-        writer_s = _cpu_s(servers["on"][0].pid, "polyfuse-audit") - writer_s
-        on_s, on_answered = _cpu_s(servers["on"][0].pid) - on_s, answered - on_answered
+        writer_s = cpu_s(servers["on"][0].pid, "polyfuse-audit") - writer_s
+        on_s, on_answered = cpu_s(servers["on"][0].pid) - on_s, answered - on_answered
         share = (writer_s + path_us * 1e-6 * on_answered) / max(on_s, 1e-9)
         off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
         ratio = statistics.median(b / a for a, b in zip(rates["off"], rates["on"]))  # per pair: robust to load swings
@@ -294,8 +252,7 @@ def audit_overhead(plain: Path, work: Path, corpus: list, rounds: int, clients: 
         return share <= 0.05 and v.ok and v.lines == answered
     finally:
         for proc, _ in servers.values():
-            proc.kill()
-            proc.wait(10)
+            stop_server(proc)
 
 
 def dp_spec(work: Path, epochs: int) -> dict:

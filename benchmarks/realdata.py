@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,16 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, cli  # noqa: E402
 TEXT = {"mvsa": ["text"], "zhtext": ["text", "keywords"], "avdigits": []}  # what the TF-IDF baseline reads
-
-
-def cli(*args: object) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "polyfuse.cli.main", *map(str, args)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"polyfuse {' '.join(map(str, args[:2]))} failed:\n{done.stderr[-3000:]}")
-    return done
 
 
 def tfidf_baseline(name: str) -> float | None:

@@ -33,14 +33,13 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import AVDIGITS, REPO  # noqa: E402
 
 import polyfuse  # noqa: E402
 from polyfuse.evaluate import robustness  # noqa: E402
 from polyfuse.spec.schema import FusionSpec  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data" / "avdigits"
 CLEAN_TARGET = 0.98
 MARGIN = 0.01  # "minus 1 point"
 IMAGE_SIGMA, AUDIO_SNR = 0.6, -5.0
@@ -151,8 +150,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training")
     parser.add_argument("--out", default=None, help="keep the three artifacts here (default: a temporary folder)")
     args = parser.parse_args()
-    if not (DATA / "train.csv").exists():
-        print(f"skipped: {DATA} is absent")
+    if not (AVDIGITS / "train.csv").exists():
+        print(f"skipped: {AVDIGITS} is absent")
         return
     base = base_spec(args.threads)
     if args.early_stopping:
@@ -162,7 +161,7 @@ def main() -> None:
           f"fusion={fused_spec['fusion']}, image.augment={fused_spec['inputs']['image']['augment']}, "
           f"audio.augment={fused_spec['inputs']['audio']['augment']}; single-input models: the same spec "
           "minus one input", flush=True)
-    test = DATA / "test.csv"
+    test = AVDIGITS / "test.csv"
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for train_seed in range(args.seeds):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -27,30 +26,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-RESULTS: list[tuple[str, str, str, bool | None]] = []
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, Figures, cli, train_spec  # noqa: E402
 
-
-def record(what: str, value: str, target: str = "", ok: bool | None = None) -> None:
-    RESULTS.append((what, value, target, ok))
-    mark = "" if ok is None else ("PASS" if ok else "FAIL")
-    print(f"{what:<60} {value:>18}  {target:<12} {mark}", flush=True)
-
-
-def train(spec: dict, folder: Path, name: str, *extra: str) -> tuple[dict, float, float]:
-    """Train in a subprocess; (metrics, peak RSS GiB, wall seconds)."""
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    log = folder / f"{name}.log"
-    t = time.perf_counter()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "polyfuse", "train", str(path), "--out", str(folder / name),
-                                 "--quiet", *extra], stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"training {name} failed:\n{log.read_text()[-3000:]}")
-    return json.loads((folder / name / "metrics.json").read_text()), usage.ru_maxrss / 2**20, time.perf_counter() - t
+FIGURES = Figures(60, 18, 12)
 
 
 def image_table(folder: Path, rows: int, files: int = 300, side: int = 112) -> Path:
@@ -88,13 +67,14 @@ def big_figures(tmp: Path, quick: bool) -> None:
     rows = 3000 if quick else int(5 * budget_gb * 2**30 / per_row) + 1
     csv = image_table(tmp / "big", rows, side=side)
     spec = image_spec(csv, side, tmp / "cache", memory_budget_mb=int(budget_gb * 1024))
-    metrics, rss, seconds = train(spec, tmp, "big")
+    metrics, rss, seconds = train_spec(spec, tmp, "big")
     in_memory = rows * per_row / 2**30
-    record(f"1. {rows} rows, decoded {in_memory:.1f} GB as float32: peak RSS", f"{rss:.2f} GB",
-           f"<= {budget_gb:g} GB", rss <= budget_gb if not quick else None)
-    record("   same run as the real-sized (>= 30k rows) table", f"{rss:.2f} GB", "<= 2.5 GB",
-           rss <= 2.5 if rows >= 30_000 else None)
-    record("   its one epoch + shard build", f"{seconds:.0f} s, acc {metrics['valid']['outputs']['label']['accuracy']:.3f}")
+    FIGURES.record(f"1. {rows} rows, decoded {in_memory:.1f} GB as float32: peak RSS", f"{rss:.2f} GB",
+                   f"<= {budget_gb:g} GB", rss <= budget_gb if not quick else None)
+    FIGURES.record("   same run as the real-sized (>= 30k rows) table", f"{rss:.2f} GB", "<= 2.5 GB",
+                   rss <= 2.5 if rows >= 30_000 else None)
+    FIGURES.record("   its one epoch + shard build",
+                   f"{seconds:.0f} s, acc {metrics['valid']['outputs']['label']['accuracy']:.3f}")
 
 
 def disk_figures(tmp: Path) -> None:
@@ -103,12 +83,13 @@ def disk_figures(tmp: Path) -> None:
     for storage in ("memory", "disk", "memory", "disk"):  # interleaved: the machine is shared
         spec = image_spec(csv, 48, tmp / "cache", storage=storage)
         spec["train"]["epochs"] = 3
-        train(spec, tmp, f"fits_{storage}")
+        train_spec(spec, tmp, f"fits_{storage}")
         history = json.loads((tmp / f"fits_{storage}" / "history.json").read_text())
         seconds.setdefault(storage, []).append(statistics.median(h["seconds"] for h in history[1:]))
     mem, disk = statistics.median(seconds["memory"]), statistics.median(seconds["disk"])
-    record("2. epoch s, disk shards / in memory (3000 rows, 48 px)", f"{disk:.2f}/{mem:.2f}={disk / mem:.2f}x",
-           "<= 1.3x", disk / mem <= 1.3)
+    FIGURES.record("2. epoch s, disk shards / in memory (3000 rows, 48 px)",
+                   f"{disk:.2f}/{mem:.2f}={disk / mem:.2f}x",
+                   "<= 1.3x", disk / mem <= 1.3)
 
 
 def decode_figures(tmp: Path) -> None:
@@ -125,14 +106,13 @@ def decode_figures(tmp: Path) -> None:
         decode_to_shards(spec, table, tmp / f"decode_shards_{workers}", on_bad_row="skip", workers=workers,
                          rows_per_shard=500)
         rate[workers] = len(table) / (time.perf_counter() - t)
-    record("3. shard build records/s, 2 workers / 1", f"{rate[2]:.0f}/{rate[1]:.0f}={rate[2] / rate[1]:.2f}x",
-           ">= 1.6x", rate[2] / rate[1] >= 1.6)
+    FIGURES.record("3. shard build records/s, 2 workers / 1", f"{rate[2]:.0f}/{rate[1]:.0f}={rate[2] / rate[1]:.2f}x",
+                   ">= 1.6x", rate[2] / rate[1] >= 1.6)
 
 
 def ddp_figures(tmp: Path) -> None:
     if (DATA / "avdigits" / "train.csv").exists():
-        spec = yaml.safe_load(subprocess.run([sys.executable, "-m", "polyfuse", "init", str(DATA / "avdigits" / "train.csv"),
-                                              "--target", "label"], capture_output=True, text=True, check=True).stdout)
+        spec = yaml.safe_load(cli("init", DATA / "avdigits" / "train.csv", "--target", "label").stdout)
         what = "avdigits"
     else:
         from polyfuse.data.demo import DEMO_SPEC, build_demo_dataset
@@ -141,12 +121,13 @@ def ddp_figures(tmp: Path) -> None:
         spec = {**DEMO_SPEC, "data": {**DEMO_SPEC["data"], "train": str(csv), "test": str(csv.with_name("test.csv"))}}
         what = "demo"
     spec["train"].update(epochs=10, early_stopping=None, baseline=False, calibrate=False)
-    one, _, t1 = train(spec, tmp, "ddp1")
-    two, _, t2 = train(spec, tmp, "ddp2", "--nproc", "2")
+    one, _, t1 = train_spec(spec, tmp, "ddp1")
+    two, _, t2 = train_spec(spec, tmp, "ddp2", "--nproc", "2")
     a1, a2 = (m["test"]["outputs"]["label"]["accuracy"] for m in (one, two))
     # "reaches the single-process accuracy within 1 point": two processes may not fall more than a point short
-    record(f"4. {what} test accuracy, 2 processes vs 1", f"{a2:.3f} vs {a1:.3f}", ">= 1-proc - 1 pt", a2 >= a1 - 0.01)
-    record("   wall time, 2 processes / 1 (2 cores)", f"{t2:.0f}/{t1:.0f} s={t2 / t1:.2f}x")
+    FIGURES.record(f"4. {what} test accuracy, 2 processes vs 1", f"{a2:.3f} vs {a1:.3f}", ">= 1-proc - 1 pt",
+                   a2 >= a1 - 0.01)
+    FIGURES.record("   wall time, 2 processes / 1 (2 cores)", f"{t2:.0f}/{t1:.0f} s={t2 / t1:.2f}x")
 
 
 def busy_figures(tmp: Path) -> None:
@@ -157,7 +138,7 @@ def busy_figures(tmp: Path) -> None:
     for mode in ("quiet", "busy", "quiet", "busy"):
         burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if mode == "busy" else None
         try:
-            train(spec, tmp, f"busy_{mode}")
+            train_spec(spec, tmp, f"busy_{mode}")
         finally:
             if burner:
                 burner.kill()
@@ -165,8 +146,9 @@ def busy_figures(tmp: Path) -> None:
         history = json.loads((tmp / f"busy_{mode}" / "history.json").read_text())
         rates.setdefault(mode, []).append(statistics.median(h["rows_per_s"] for h in history[1:]))
     quiet, busy = statistics.median(rates["quiet"]), statistics.median(rates["busy"])
-    record("5. rows/s with one core spinning elsewhere / quiet", f"{busy:.0f}/{quiet:.0f}={busy / quiet:.2f}x",
-           ">= 0.4x", busy / quiet >= 0.4)
+    FIGURES.record("5. rows/s with one core spinning elsewhere / quiet",
+                   f"{busy:.0f}/{quiet:.0f}={busy / quiet:.2f}x",
+                   ">= 0.4x", busy / quiet >= 0.4)
 
 
 def main() -> None:
@@ -177,15 +159,14 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     with tempfile.TemporaryDirectory(prefix="polyfuse-scale-") as name:
         tmp = Path(name)
-        print(f"{'figure':<60} {'value':>18}  {'target':<12}", flush=True)
+        FIGURES.header()
         for part, fn in (("busy", busy_figures), ("decode", decode_figures), ("disk", disk_figures),
                          ("ddp", ddp_figures)):
             if part not in skip:
                 fn(tmp)
         if "big" not in skip:
             big_figures(tmp, args.quick)
-    failed = [r for r in RESULTS if r[3] is False]
-    print(f"\n{sum(r[3] is True for r in RESULTS)} targets met, {len(failed)} missed")
+    FIGURES.summary()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import interleaved_ms  # noqa: E402
+from common import interleaved_ms  # noqa: E402
 
 STREAMS = {"accel": (64, 3), "gyro": (100, 6)}
 

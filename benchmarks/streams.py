@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import rss_mb, running_server  # noqa: E402
 
 RATE, LENGTH, HOP = 50, 60, 10  # windows end on multiples of the hop
 
@@ -55,13 +56,6 @@ def train(root: Path) -> Path:
     polyfuse.train(spec, out=root / "model", show_progress=False)
     export(root / "model")
     return root / "model"
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def client(port: int, windows: int, seed: int, latencies: list[float], errors: list[str]) -> None:
@@ -109,22 +103,9 @@ def main() -> None:
     per_stream = max(1, args.windows // args.streams)
     with tempfile.TemporaryDirectory() as tmp:
         model = train(Path(tmp))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        log = open(Path(tmp) / "serve.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "polyfuse.cli.main", "serve", str(model), "--host", "127.0.0.1",
-                                 "--port", str(port), "--stream-max-pending", "4"], stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            import httpx
-
-            for _ in range(600):
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+        with running_server(model, "--stream-max-pending", "4", log_path=Path(tmp) / "serve.log",
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}) as (proc, url):
+            port = int(url.rsplit(":", 1)[1])
             latencies: list[float] = []
             errors: list[str] = []
             threads = [threading.Thread(target=client, args=(port, per_stream, i, latencies, errors))
@@ -140,8 +121,6 @@ def main() -> None:
             rss.append(rss_mb(proc.pid))
             for t in threads:
                 t.join()
-        finally:
-            proc.kill()
     ms = np.asarray(latencies) * 1000
     hop_ms = HOP / RATE * 1000
     p50, p99 = np.percentile(ms, [50, 99]) if ms.size else (float("nan"),) * 2

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import AVDIGITS, REPO  # noqa: E402
 
 from polyfuse.data.io import read_table  # noqa: E402
 from polyfuse.nn.model import FusionModel, to_tensors  # noqa: E402
@@ -28,8 +28,6 @@ from polyfuse.preprocess.pipeline import Preprocessor, decode_table  # noqa: E40
 from polyfuse.spec.schema import load_spec  # noqa: E402
 from polyfuse.training.recipe import run  # noqa: E402
 from polyfuse.training.trainset import batches_of, split_decoded  # noqa: E402
-
-AVDIGITS = REPO.parent / "shared" / "data" / "avdigits"
 
 
 def reference_spec(which: str, epochs: int, augment: bool) -> tuple[dict, Path]:
