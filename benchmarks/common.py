@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 AVDIGITS = DATA / "avdigits"
 HOST = "127.0.0.1"  # all traffic stays on the loopback interface
-POLYFUSE = [sys.executable, "-m", "polyfuse.cli.main"]
+POLYFUSE = [sys.executable, "-m", "polyfuse"]
 
 sys.path.insert(0, str(REPO))
 
