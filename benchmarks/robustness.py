@@ -134,8 +134,7 @@ def share(text: str) -> float:
     return value
 
 
-def main() -> None:
-    methods = fusion_methods()
+def _args(methods: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fusion", default="gated" if "gated" in methods else "concat", choices=methods)
     parser.add_argument("--modality-dropout", type=float, default=0.5)
@@ -149,7 +148,58 @@ def main() -> None:
     parser.add_argument("--seeds", type=positive, default=3, help="training seeds; the targets are judged on the means")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training")
     parser.add_argument("--out", default=None, help="keep the three artifacts here (default: a temporary folder)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _one_seed(spec: dict, root: Path, test: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Train the fused and both single-input models for one seed; (figures, robustness report)."""
+    fused = train(spec, root / "fused", "fused")
+    image_only = train(without(spec, "audio"), root / "image-only", "image-only", args.reuse_single)
+    audio_only = train(without(spec, "image"), root / "audio-only", "audio-only", args.reuse_single)
+    t0 = time.perf_counter()
+    report = robustness.run(fused, test, seed=args.seed)
+    robustness.write(report, root / "fused")
+    print(f"robustness of the fused model in {time.perf_counter() - t0:.1f} s "
+          f"(robustness.json/.png written into {root / 'fused'})\n")
+    print(robustness.format_table(report))
+    figures = {
+        "clean": report["outputs"]["label"]["clean"],
+        "image_noised": level_score(report, "image", "noise", IMAGE_SIGMA),
+        "image_missing": missing_score(report, "image"),
+        "audio_noised": level_score(report, "audio", "noise", AUDIO_SNR),
+        "audio_missing": missing_score(report, "audio"),
+        "image_only": image_only.evaluate(test)["outputs"]["label"]["accuracy"],
+        "audio_only": audio_only.evaluate(test)["outputs"]["label"]["accuracy"],
+        "ece": ece_after(fused),
+    }
+    return figures, report
+
+
+def _print_targets(runs: list[dict], report: dict, test: Path, fusion: str) -> None:
+    # a point is 2 of test.csv's 200 rows, about the spread between training seeds: with several seeds the
+    # targets are judged on the means
+    f = {k: (None if any(r[k] is None for r in runs) else sum(r[k] for r in runs) / len(runs)) for k in runs[0]}
+    spread = lambda k: "" if len(runs) < 2 else f" (seeds: {', '.join(f'{r[k]:.3f}' for r in runs)})"  # noqa: E731
+    what = f"mean of {len(runs)} training seeds" if len(runs) > 1 else "one training seed"
+    print(f"\nsingle-input models on test.csv: image-only {f['image_only']:.4f}{spread('image_only')}, "
+          f"audio-only {f['audio_only']:.4f}{spread('audio_only')}\n")
+    print(f"targets on {test.name} ({report['rows']} rows; fusion {fusion}; {what}):")
+    print(row("clean fused accuracy", f["clean"], CLEAN_TARGET) + spread("clean"))
+    print(row(f"images noised sigma={IMAGE_SIGMA}: fused vs audio-only - 1 pt", f["image_noised"],
+              f["audio_only"] - MARGIN) + spread("image_noised"))
+    print(row("images missing: fused vs audio-only - 1 pt", f["image_missing"], f["audio_only"] - MARGIN)
+          + spread("image_missing"))
+    print(row(f"audio at {AUDIO_SNR:g} dB SNR: fused vs image-only - 1 pt", f["audio_noised"], f["image_only"] - MARGIN)
+          + spread("audio_noised"))
+    print(row("audio missing: fused vs image-only - 1 pt", f["audio_missing"], f["image_only"] - MARGIN)
+          + spread("audio_missing"))
+    print(row("ECE after temperature scaling (fused, test)", f["ece"], 0.03, higher=False)
+          + (spread("ece") if f["ece"] is not None else ""))
+
+
+def main() -> None:
+    methods = fusion_methods()
+    args = _args(methods)
     if not (AVDIGITS / "train.csv").exists():
         print(f"skipped: {AVDIGITS} is absent")
         return
@@ -169,46 +219,11 @@ def main() -> None:
             spec = copy.deepcopy(fused_spec)
             spec["train"]["seed"] = train_seed
             print(f"\n==== training seed {train_seed} ====", flush=True)
-            fused = train(spec, root / "fused", "fused")
-            image_only = train(without(spec, "audio"), root / "image-only", "image-only", args.reuse_single)
-            audio_only = train(without(spec, "image"), root / "audio-only", "audio-only", args.reuse_single)
-            t0 = time.perf_counter()
-            report = robustness.run(fused, test, seed=args.seed)
-            robustness.write(report, root / "fused")
-            print(f"robustness of the fused model in {time.perf_counter() - t0:.1f} s "
-                  f"(robustness.json/.png written into {root / 'fused'})\n")
-            print(robustness.format_table(report))
-            figures = {
-                "clean": report["outputs"]["label"]["clean"],
-                "image_noised": level_score(report, "image", "noise", IMAGE_SIGMA),
-                "image_missing": missing_score(report, "image"),
-                "audio_noised": level_score(report, "audio", "noise", AUDIO_SNR),
-                "audio_missing": missing_score(report, "audio"),
-                "image_only": image_only.evaluate(test)["outputs"]["label"]["accuracy"],
-                "audio_only": audio_only.evaluate(test)["outputs"]["label"]["accuracy"],
-                "ece": ece_after(fused),
-            }
+            figures, report = _one_seed(spec, root, test, args)
             runs.append(figures)
             print(f"\nseed {train_seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items() if v is not None))
-    # a point is 2 of test.csv's 200 rows, about the spread between training seeds: with several seeds the
-    # targets are judged on the means
-    f = {k: (None if any(r[k] is None for r in runs) else sum(r[k] for r in runs) / len(runs)) for k in runs[0]}
-    spread = lambda k: "" if len(runs) < 2 else f" (seeds: {', '.join(f'{r[k]:.3f}' for r in runs)})"  # noqa: E731
-    what = f"mean of {len(runs)} training seeds" if len(runs) > 1 else "one training seed"
-    print(f"\nsingle-input models on test.csv: image-only {f['image_only']:.4f}{spread('image_only')}, "
-          f"audio-only {f['audio_only']:.4f}{spread('audio_only')}\n")
-    print(f"targets on {test.name} ({report['rows']} rows; fusion {args.fusion}; {what}):")
-    print(row("clean fused accuracy", f["clean"], CLEAN_TARGET) + spread("clean"))
-    print(row(f"images noised sigma={IMAGE_SIGMA}: fused vs audio-only - 1 pt", f["image_noised"],
-              f["audio_only"] - MARGIN) + spread("image_noised"))
-    print(row("images missing: fused vs audio-only - 1 pt", f["image_missing"], f["audio_only"] - MARGIN)
-          + spread("image_missing"))
-    print(row(f"audio at {AUDIO_SNR:g} dB SNR: fused vs image-only - 1 pt", f["audio_noised"], f["image_only"] - MARGIN)
-          + spread("audio_noised"))
-    print(row("audio missing: fused vs image-only - 1 pt", f["audio_missing"], f["image_only"] - MARGIN)
-          + spread("audio_missing"))
-    print(row("ECE after temperature scaling (fused, test)", f["ece"], 0.03, higher=False)
-          + (spread("ece") if f["ece"] is not None else ""))
+    _print_targets(runs, report, test, args.fusion)
+
 
 if __name__ == "__main__":
     main()
