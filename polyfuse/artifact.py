@@ -23,6 +23,7 @@ from polyfuse.errors import ArtifactError
 MANIFEST = "manifest.json"
 REQUIRED = ("spec.yaml", "weights.safetensors", "preprocess.json")
 SIGNATURE = "manifest.sig"  # an Ed25519 signature of manifest.json (polyfuse.privacy.sign); not itself listed
+TAG = "manifest.tag"  # an encrypted artifact's HMAC of manifest.json under its key; not itself listed
 ENCRYPTION = "encryption"  # the manifest key of an encrypted artifact (polyfuse.privacy.crypto)
 
 
@@ -35,7 +36,7 @@ def sha256(path: Path) -> str:
 
 
 def write_manifest(folder: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, SIGNATURE))
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, SIGNATURE, TAG))
     manifest = {"format": "polyfuse.artifact/1", **(extra or {}),
                 "files": {str(p.relative_to(folder)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files}}
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
@@ -52,8 +53,9 @@ def refresh_manifest(folder: Path, updates: dict[str, Any] | None = None) -> dic
     return write_manifest(folder, {**extra, **(updates or {})})
 
 
-def verify(folder: str | Path) -> dict[str, Any]:
-    """Check that the directory is a complete, unmodified artifact; returns its manifest."""
+def verify(folder: str | Path, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Check that the directory is a complete, unmodified artifact; returns its manifest. The files
+    in ``skip`` are not hashed here: the caller hashes the bytes it reads (:func:`open_artifact`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactError(f"model directory {str(folder)!r} not found")
@@ -81,7 +83,7 @@ def verify(folder: str | Path) -> dict[str, Any]:
                                 "the manifest was tampered with")
         if not path.is_file():
             raise ArtifactError(f"{folder}: file {name!r} listed in {MANIFEST} is missing")
-        if sha256(path) != digest:
+        if name not in skip and sha256(path) != digest:
             raise ArtifactError(
                 f"{folder}: file {name!r} was modified after the model was saved (sha256 mismatch); "
                 "restore it or re-export the model")
@@ -115,29 +117,49 @@ def write_dir(target: str | Path, fill: Callable[[Path], None]) -> Path:
 
 
 # ----------------------------------------------------------------------------- reading (plain or encrypted)
-def read_bytes(folder: str | Path, name: str, key: bytes | None = None) -> bytes:
-    """One file of an artifact, decrypted in memory when it is encrypted: the one way loaders read files."""
+def _plain(folder: Path, name: str, data: bytes, key: bytes | None) -> bytes:
+    """A file's bytes as the model uses them: decrypted with ``key`` when the artifact is encrypted
+    (then every file must be sealed), as they are otherwise."""
     from polyfuse.privacy import crypto
 
-    data = (Path(folder) / name).read_bytes()
-    if not crypto.is_sealed(data):
-        return data
-    if key is None:
+    if key is not None:
+        if not crypto.is_sealed(data):
+            raise ArtifactError(f"{folder}: {name} is not encrypted in an encrypted model: a plaintext file was put "
+                                "in place of a sealed one; restore the artifact from a copy")
+        return crypto.open_sealed(data, key, name)
+    if crypto.is_sealed(data):
         raise ArtifactError(f"{folder}: {name} is encrypted; set ${crypto.DEFAULT_KEY_ENV} (or key_env=) to its key")
-    return crypto.open_sealed(data, key, name)
+    return data
+
+
+def _checked(folder: Path, manifest: dict[str, Any], name: str, digest: str) -> None:
+    """Refuse a file the manifest does not list, or whose bytes are not the ones it lists."""
+    entry = manifest["files"].get(name)
+    if entry is None:
+        raise ArtifactError(f"{folder}: {name} is not listed in {MANIFEST}, so neither the manifest nor a signature "
+                            f"covers it: it is never read. Remove it, or export again so the export lists it")
+    if entry["sha256"] != digest:
+        raise ArtifactError(f"{folder}: file {name!r} was modified after the model was saved (sha256 mismatch); "
+                            "restore it or re-export the model")
 
 
 @dataclass
 class Opened:
-    """A verified artifact and the key to read it (None when it is not encrypted)."""
+    """A verified artifact and the key to read it (None when it is not encrypted). Every file is
+    read through :meth:`read`, which reads only files the manifest lists and checks their bytes
+    against it, so a signature of the manifest covers everything a model loads."""
 
     folder: Path
     manifest: dict[str, Any]
     key: bytes | None = None
-    ready: dict[str, bytes] = field(default_factory=dict)  # files decrypted while the manifest was checked
+    ready: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # read while the manifest was checked
 
     def read(self, name: str) -> bytes:
-        return self.ready.pop(name) if name in self.ready else read_bytes(self.folder, name, self.key)
+        if name in self.ready:  # hashed, checked and decrypted when the artifact was opened
+            return self.ready.pop(name)[1]
+        raw = (self.folder / name).read_bytes() if name in self.manifest["files"] else b""
+        _checked(self.folder, self.manifest, name, hashlib.sha256(raw).hexdigest())
+        return _plain(self.folder, name, raw, self.key)
 
     def text(self, name: str) -> str:
         return self.read(name).decode("utf-8")
@@ -146,9 +168,8 @@ class Opened:
         return name in self.manifest["files"]
 
 
-def _key(folder: Path, key_env: str | None) -> bytes | None:
+def _key(folder: Path, key_env: str | None, manifest: dict[str, Any]) -> bytes | None:
     """The key of an encrypted artifact from ``$key_env``; None for a plain one."""
-    manifest = json.loads((folder / MANIFEST).read_text())
     encryption = manifest.get(ENCRYPTION) if isinstance(manifest, dict) else None  # verify names a corrupt one
     if encryption is None:
         return None
@@ -160,31 +181,60 @@ def _key(folder: Path, key_env: str | None) -> bytes | None:
     return crypto.key_from_env(key_env or crypto.DEFAULT_KEY_ENV, encryption)
 
 
+def _prefetch(folder: Path, names: tuple[str, ...], key: bytes | None) -> dict[str, tuple[str, bytes]]:
+    """name -> (sha256 of the bytes on disk, the bytes the model uses), for the listed files in ``names``."""
+    out = {}
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            raw = path.read_bytes()
+            out[name] = (hashlib.sha256(raw).hexdigest(), _plain(folder, name, raw, key))
+    return out
+
+
 def open_artifact(folder: str | Path, *, key_env: str | None = None, verify_key: str | Path | None = None,
                   prefetch: tuple[str, ...] = ()) -> Opened:
     """Verify an artifact's files against its manifest; with ``verify_key`` (a PEM public key file)
     require a valid signature of the manifest; when it is encrypted, take its key from ``$key_env``
-    (default POLYFUSE_KEY), never from an argument that could end up in a shell history.
+    (default POLYFUSE_KEY), never from an argument that could end up in a shell history, and check
+    the manifest's own authentication tag. Naming ``key_env`` demands an encrypted model: a plain
+    one is then refused (it could have been swapped in for the encrypted one).
 
-    The files in ``prefetch`` of an encrypted artifact are decrypted while the manifest's digests
-    are computed in a thread (hashlib releases the GIL), so decryption costs little extra time;
-    nothing is returned before every file has been verified.
+    The files in ``prefetch`` are read (and decrypted) while the other files' digests are computed
+    in a thread (hashlib releases the GIL), and hashed once: their digests are checked against the
+    manifest here. Nothing is returned before every file has been verified.
     """
     folder = Path(folder)
+    manifest_bytes = _manifest_bytes(folder)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        checked = pool.submit(verify, folder)
+        checked = pool.submit(verify, folder, skip=frozenset(prefetch))
         try:
-            key = _key(folder, key_env)
-            ready = {name: read_bytes(folder, name, key) for name in prefetch} if key else {}
+            key = _key(folder, key_env, json.loads(manifest_bytes))
+            ready = _prefetch(folder, prefetch, key)
         except (ArtifactError, OSError, ValueError):
             checked.result()  # a missing, corrupt or modified artifact is named as such first
             raise
         manifest = checked.result()
-    if (ENCRYPTION in manifest) != (key is not None):  # manifest.json replaced while it was checked
+    if json.loads(manifest_bytes) != manifest or (ENCRYPTION in manifest) != (key is not None):
         raise ArtifactError(f"{folder}: {MANIFEST} changed while the model was loading; load it again")
+    if key is not None:
+        check_manifest_tag(folder, manifest_bytes, key)
+    elif key_env is not None:
+        raise ArtifactError(f"{folder} is not encrypted, but key_env / --key-env {key_env} asks for an encrypted model; "
+                            "a plain model in its place is refused. Encrypt it (`polyfuse encrypt`) or drop the key option")
+    for name, (digest, _) in ready.items():
+        _checked(folder, manifest, name, digest)
     if verify_key is not None:
         check_signature(folder, verify_key)
     return Opened(folder, manifest, key, ready)
+
+
+def _manifest_bytes(folder: Path) -> bytes:
+    try:
+        return (folder / MANIFEST).read_bytes()
+    except OSError:
+        verify(folder)  # names a missing folder or manifest
+        raise
 
 
 # ----------------------------------------------------------------------------- sealing: encryption and signatures
@@ -207,7 +257,11 @@ def encrypt_artifact(folder: str | Path, key: bytes) -> dict[str, Any]:
             (tmp / name).write_bytes(crypto.seal((folder / name).read_bytes(), key, name))
         write_manifest(tmp, extra)
 
-    write_dir(folder, fill)
+    def fill_and_tag(tmp: Path) -> None:
+        fill(tmp)
+        atomic_write_text(tmp / TAG, crypto.manifest_tag((tmp / MANIFEST).read_bytes(), key) + "\n")
+
+    write_dir(folder, fill_and_tag)
     return verify(folder)
 
 
@@ -240,3 +294,19 @@ def check_signature(folder: str | Path, public_key_file: str | Path) -> None:
         raise ArtifactError(f"{folder}: the signature does not match {MANIFEST} under {public_key_file}: the "
                             "artifact was changed after signing (re-sign it after an export) or signed by another "
                             "key; do not use it") from None
+
+
+def check_manifest_tag(folder: Path, manifest_bytes: bytes, key: bytes) -> None:
+    """Refuse an encrypted artifact whose manifest is not the one its key's holder wrote: the manifest
+    lists the ciphertexts' digests, so with it authenticated a foreign or plaintext file is refused too."""
+    import hmac
+
+    from polyfuse.privacy import crypto
+
+    path = folder / TAG
+    if not path.is_file():
+        raise ArtifactError(f"{folder}: encrypted, but {TAG} (the manifest's authentication tag) is missing; the "
+                            "manifest cannot be trusted. Encrypt the plain model again with `polyfuse encrypt`")
+    if not hmac.compare_digest(path.read_text().strip(), crypto.manifest_tag(manifest_bytes, key)):
+        raise ArtifactError(f"{folder}: {MANIFEST} does not match its authentication tag under this key: it was "
+                            "edited after encryption (files added, swapped or marked plain); do not use it")

@@ -149,8 +149,9 @@ def load(path: str | Path, *, key_env: str | None = None, verify_key: str | Path
     """Load an artifact directory after verifying every file against its manifest.
 
     An encrypted artifact is decrypted in memory with the key in ``$key_env`` (default
-    POLYFUSE_KEY); with ``verify_key`` (a PEM public key file) an unsigned or mis-signed artifact
-    is refused.
+    POLYFUSE_KEY); naming ``key_env`` demands an encrypted artifact (a plain one is refused). With
+    ``verify_key`` (a PEM public key file) an unsigned or mis-signed artifact is refused. Only
+    files the manifest lists are read, each checked against its digest.
     """
     path = Path(path)
     opened = artifact.open_artifact(path, key_env=key_env, verify_key=verify_key,

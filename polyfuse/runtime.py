@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from polyfuse.artifact import open_artifact, verify
+from polyfuse.artifact import MANIFEST, open_artifact, verify
 from polyfuse.errors import ArtifactError, BadInputError
 from polyfuse.preprocess.pipeline import Preprocessor
 from polyfuse.preprocess.targets import MODALITY_WEIGHTS, decode_outputs
@@ -26,17 +26,28 @@ VARIANTS = {"fp32": "model.onnx", "int8-dynamic": "model.int8-dynamic.onnx", "in
 PT2 = "model.pt2"  # the torch.export program polyfuse.deploy.exporter writes (torch runs it, not this runtime)
 
 
+def listed_files(folder: Path) -> set[str]:
+    """The files manifest.json lists (unverified: for choosing what to load; loading verifies)."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return set(files) if isinstance(files, dict) else set()
+
+
 def variant_file(folder: Path, variant: str) -> Path:
-    """The ONNX file of a variant; ``int8`` means the static build if present, else the dynamic one."""
+    """The ONNX file of a variant; ``int8`` means the static build if present, else the dynamic one.
+    Only files the manifest lists count: a graph dropped into the folder is never picked."""
+    listed = listed_files(folder)
     if variant == "int8":
         for name in ("int8-static", "int8-dynamic"):
-            if (folder / VARIANTS[name]).exists():
+            if VARIANTS[name] in listed:
                 return folder / VARIANTS[name]
         raise ArtifactError(f"{folder}: no int8 model; run `polyfuse export {folder} --to onnx --quantize dynamic` first")
     if variant not in VARIANTS:
         raise ArtifactError(f"unknown variant {variant!r}; expected one of {['int8', *VARIANTS]}")
     path = folder / VARIANTS[variant]
-    if not path.exists():
+    if path.name not in listed:
         flag = "" if variant == "fp32" else f" --quantize {variant.split('-')[1]}"
         raise ArtifactError(f"{folder}: no {path.name}; run `polyfuse export {folder} --to onnx{flag}` first")
     return path
@@ -65,8 +76,9 @@ class Runtime:
 
     def __init__(self, path: str | Path, variant: str = "fp32", threads: int | None = None, *,
                  key_env: str | None = None, verify_key: str | Path | None = None):
-        """``key_env``: the variable holding the key of an encrypted artifact (default POLYFUSE_KEY);
-        ``verify_key``: a PEM public key file; unsigned or mis-signed artifacts are then refused."""
+        """``key_env``: the variable holding the key of an encrypted artifact (default POLYFUSE_KEY;
+        naming it demands an encrypted artifact); ``verify_key``: a PEM public key file; unsigned or
+        mis-signed artifacts are then refused. Only files the manifest lists are read."""
         self.path = Path(path)
         try:
             self.model_file = variant_file(self.path, variant)

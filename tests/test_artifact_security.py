@@ -19,7 +19,7 @@ from polyfuse import artifact
 from polyfuse.errors import ArtifactError
 from polyfuse.privacy import crypto, sign
 from polyfuse.runtime import Runtime
-from tests.test_serve import Server, as_json, toy_records
+from tests.serving import Server, as_json, toy_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,11 +113,16 @@ def test_tampered_ciphertext_fails_digest_then_authentication(encrypted):
         polyfuse.load(encrypted)
 
 
-def test_swapped_encrypted_files_fail_authentication(encrypted):
+def test_swapped_encrypted_files_fail_authentication(encrypted, key):
     a, b = encrypted / "metrics.json", encrypted / "history.json"
     da, db = a.read_bytes(), b.read_bytes()
     a.write_bytes(db), b.write_bytes(da)
     artifact.refresh_manifest(encrypted)
+    with pytest.raises(ArtifactError, match="does not match its authentication tag"):
+        polyfuse.load(encrypted)
+    # even with the manifest re-tagged under the key, each file's name is authenticated with it
+    tag = crypto.manifest_tag((encrypted / "manifest.json").read_bytes(), crypto.parse_key(key, "POLYFUSE_KEY"))
+    (encrypted / artifact.TAG).write_text(tag + "\n")
     with pytest.raises(ArtifactError, match="decryption failed authentication"):
         polyfuse.load(encrypted)
 

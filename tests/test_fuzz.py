@@ -201,7 +201,7 @@ RECORD_SCHEMA = {"type": "object", "additionalProperties": False, "properties": 
 
 @pytest.fixture(scope="module")
 def server(toy_dir, tmp_path_factory):
-    from tests.test_serve import Server
+    from tests.serving import Server
 
     s = Server(toy_dir, ["--max-records", "8", "--max-batch", "1"], tmp_path_factory.mktemp("fuzz-logs"))
     yield s

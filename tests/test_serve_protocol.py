@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.test_serve import Server, b64, toy_records
+from tests.serving import Server, b64, toy_records
 
 SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "specs" / "open_inference_rest.yaml"
 NAME = "toy"  # the model's name is its artifact folder's name

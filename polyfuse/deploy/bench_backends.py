@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import yaml
 
 from polyfuse import artifact
-from polyfuse.runtime import PT2, VARIANTS
+from polyfuse.runtime import PT2, VARIANTS, listed_files
 
 WEIGHTS = "weights.safetensors"
 
@@ -103,10 +104,11 @@ def load_pt2_runtime(folder: Path) -> Loaded:
     from polyfuse.preprocess.targets import decode_outputs
     from polyfuse.spec.schema import load_spec
 
-    artifact.verify(folder)  # the other runtimes verify on load; pt2 must not get a cheaper load for free
-    spec, _ = load_spec(folder / "spec.yaml")
-    pre = Preprocessor.from_json(spec, (folder / "preprocess.json").read_text())
-    module = load_pt2(folder / PT2)
+    # verified and read through the manifest like the other runtimes: pt2 must not get a cheaper load for free
+    opened = artifact.open_artifact(folder, prefetch=("spec.yaml", "preprocess.json", PT2))
+    spec, _ = load_spec(yaml.safe_load(opened.read("spec.yaml")))
+    pre = Preprocessor.from_json(spec, opened.text("preprocess.json"))
+    module = load_pt2(opened.read(PT2), folder / PT2)
     names = list(spec.outputs)
 
     def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -125,13 +127,14 @@ def backends(folder: Path, threads: int) -> list[Backend]:
     """The runtimes present in the artifact, torch eager first (the reference for speed-ups)."""
     found = []
     common = {"folder": str(folder.resolve()), "threads": threads}
-    if (folder / WEIGHTS).exists():
+    listed = listed_files(folder)  # what is present means what the manifest lists
+    if WEIGHTS in listed:
         found.append(Backend("torch", folder / WEIGHTS, lambda: load_torch_runtime(folder), CHILD_TORCH, common))
     for variant, name in VARIANTS.items():
-        if (folder / name).exists():
+        if name in listed:
             found.append(Backend(f"onnx-{variant}", folder / name,
                                  lambda v=variant: load_onnx_runtime(folder, v, threads),
                                  CHILD_ONNX, {**common, "variant": variant}))
-    if (folder / PT2).exists():
+    if PT2 in listed:
         found.append(Backend("torch-export", folder / PT2, lambda: load_pt2_runtime(folder), CHILD_PT2, common))
     return found

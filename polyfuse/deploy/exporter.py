@@ -217,11 +217,15 @@ def _export_pt2(folder: Path, model: Any, rows: Decoded, batch: dict, reference:
     return entry
 
 
-def load_pt2(path: Path) -> Any:
-    """The callable module of a saved torch.export program."""
+def load_pt2(data: bytes | Path, path: Path | None = None) -> Any:
+    """The callable module of a saved torch.export program, from its bytes (as the artifact's manifest
+    checked them) or a file; ``path`` names it in errors."""
+    import io
+
     import torch
 
+    path = path or (data if isinstance(data, Path) else Path("model.pt2"))
     try:
-        return torch.export.load(str(path)).module()
+        return torch.export.load(io.BytesIO(data) if isinstance(data, bytes) else str(data)).module()
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         raise ArtifactError(f"{path}: not a loadable torch.export program ({e}); re-export it") from None

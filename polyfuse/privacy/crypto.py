@@ -85,3 +85,11 @@ def open_sealed(data: bytes, key: bytes, name: str) -> bytes:
     except InvalidTag:
         raise ArtifactError(f"{name}: decryption failed authentication: the encrypted file was modified (or "
                             "renamed) after encryption, or the key is wrong; restore the artifact from a copy") from None
+
+
+def manifest_tag(manifest: bytes, key: bytes) -> str:
+    """HMAC-SHA256 of an encrypted artifact's manifest under a key derived from its AES key (one key
+    never serves two purposes): whoever lacks the key cannot rewrite the list of files and digests."""
+    import hmac
+
+    return hmac.new(hashlib.sha256(b"polyfuse manifest tag\0" + key).digest(), manifest, hashlib.sha256).hexdigest()

@@ -51,15 +51,17 @@ class Backend:
 
 def load_backend(path: Path, cfg: ServeConfig) -> Backend:
     """ONNX Runtime when the artifact has an ONNX export (torch is then never imported), else torch."""
-    digest = sha256(path / "weights.safetensors") if (path / "weights.safetensors").exists() else ""
+    from polyfuse.runtime import VARIANTS, listed_files  # torch-free
+
     manifest = sha256(path / "manifest.json") if (path / "manifest.json").exists() else ""
-    use_onnx = cfg.runtime == "onnx" or (cfg.runtime == "auto" and (path / "model.onnx").exists())
+    # ONNX only when the manifest lists the graph: a model.onnx dropped beside a signed model is never served
+    use_onnx = cfg.runtime == "onnx" or (cfg.runtime == "auto" and VARIANTS["fp32"] in listed_files(path))
     if use_onnx:
         from polyfuse.runtime import Runtime
 
         rt = Runtime(path, variant=cfg.variant, threads=cfg.threads, key_env=cfg.key_env, verify_key=cfg.verify_key)
-        return Backend(path.name, "1", sha256(rt.model_file), "polyfuse_onnxruntime", rt.spec, rt.preprocessor,
-                       rt.run_arrays, manifest)
+        return Backend(path.name, "1", rt.manifest["files"][rt.model_file.name]["sha256"], "polyfuse_onnxruntime",
+                       rt.spec, rt.preprocessor, rt.run_arrays, manifest)
     from polyfuse.extras import require
 
     require("train", f"serving {path.name} with torch", hint=f"`polyfuse export {path}` lets the base runtime serve it")
@@ -67,6 +69,7 @@ def load_backend(path: Path, cfg: ServeConfig) -> Backend:
 
     set_threads(cfg.threads)
     model = load(path, key_env=cfg.key_env, verify_key=cfg.verify_key)
+    digest = model.info["manifest"]["files"]["weights.safetensors"]["sha256"]
     return Backend(path.name, "1", digest, "polyfuse_pytorch", model.spec, model.preprocessor, model.run_arrays,
                    manifest)
 
