@@ -16,6 +16,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from polyfuse.serve.access import check_tls, parse_rate
     from polyfuse.serve.config import ServeConfig
     from polyfuse.serve.server import serve
+    from polyfuse.serve.stream_access import parse_origins
 
     check_tls(args.tls_cert, args.tls_key)
     if args.audit_log and args.ray:
@@ -26,6 +27,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise PolyfuseError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
+    try:
+        origins = parse_origins(args.allowed_origins)
+    except ValueError as e:
+        raise PolyfuseError(f"--allowed-origins: {e}") from None
     cfg = ServeConfig(host=args.host, port=args.port, runtime=args.runtime, variant=args.variant, api_key=api_key,
                       max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, queue_size=args.queue_size,
                       timeout_s=args.timeout, max_body_bytes=args.max_body_mb << 20, max_records=args.max_records,
@@ -37,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       audit_log=args.audit_log, audit_max_mb=args.audit_max_mb, tls_cert=args.tls_cert,
                       tls_key=args.tls_key, stream_idle_s=args.stream_idle_timeout,
                       stream_max_message_bytes=args.stream_max_message_kb << 10, stream_max_pending=args.stream_max_pending,
-                      stream_max_open=args.stream_max_open)
+                      stream_max_open=args.stream_max_open, allowed_origins=origins)
     if args.ray:
         from polyfuse.scale import require_ray
 
@@ -119,6 +124,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="/v2/stream: streams open at once; one more is closed with 1013 (try again later)")
     p.add_argument("--stream-max-pending", type=positive_int, default=4,
                    help="/v2/stream: windows awaiting the model per stream; beyond it the oldest are dropped")
+    p.add_argument("--allowed-origins", default=None, metavar="ORIGIN[,ORIGIN...]",
+                   help="/v2/stream: browser origins (https://app.example.com) that may open streams besides the "
+                        "server's own page; '*' allows any; clients without an Origin header are not browsers and may")
     p.add_argument("--threads", type=positive_int, default=1, help="model threads (requests already run concurrently)")
     p.add_argument("--ray", action="store_true", help="serve as a Ray Serve application (replicas, autoscaling)")
     scale = p.add_mutually_exclusive_group()

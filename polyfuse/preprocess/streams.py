@@ -9,11 +9,14 @@ input of the spec, or ``clock=``) make one record: the windows as arrays plus th
 preprocessing, so a stream and a batch of the same windows predict the same.
 
 At most ``max_pending`` records wait for ``ready()``; beyond it the oldest are dropped (a consumer
-slower than the stream sees the latest windows) and ``dropped`` counts them.
+slower than the stream sees the latest windows) and ``dropped`` counts them. Only the windows that
+can be kept are cut and copied: the cost of a push grows with its samples, not with the windows it
+makes due (``hop=1`` and 500k samples cut at most ``max_pending``; ``max_due`` refuses such a push).
 """
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -77,6 +80,7 @@ class StreamWindows:
     context: dict = field(default_factory=dict)
     clock: str | None = None
     max_pending: int | None = None  # None: unbounded (a consumer that keeps up)
+    max_due: int | None = None  # windows one push may make due (counted, not cut); None: unbounded
     dropped: int = 0
     samples: int = 0  # clock samples received so far (a record's ``window_end``)
 
@@ -97,6 +101,9 @@ class StreamWindows:
         self.rings = {n: Ring(*window_size(c)) for n, c in self.streams.items()}
         self._since = 0
         self._pending: deque[tuple[int, dict]] = deque()
+        # push may run in a worker thread while the consumer takes records on another (the server's
+        # event loop): the queue and its drop count change together, under this lock, held only briefly
+        self._lock = threading.Lock()
 
     def _name(self, name: str) -> str:
         if name in self.streams:
@@ -128,36 +135,57 @@ class StreamWindows:
 
     def push(self, name: str, samples: Any) -> int:
         """Append readings ([steps, channels], or [steps] for one channel); returns how many records
-        became ready. Raises BadInputError naming the input for an unknown input or a wrong shape."""
+        became due (dropped ones included). Raises BadInputError naming the input for an unknown input,
+        a wrong shape, or (with ``max_due``) a message that makes more windows due than that."""
         name = self._name(name)
         x = self._validate(name, samples)
         if name != self.clock:
             self.rings[name].extend(x)
             return 0
-        made, i = 0, 0
-        while i < len(x):  # at each hop boundary of the clock a record may be due
-            take = min(len(x) - i, self.hop - self._since)
-            self.rings[name].extend(x[i:i + take])
-            i += take
-            self.samples += take
-            self._since += take
-            if self._since >= self.hop:
-                self._since = 0
-                if all(r.full for r in self.rings.values()):
-                    self._emit()
-                    made += 1
-        return made
+        due = self._due(x)
+        if self.max_due is not None and len(due) > self.max_due:  # checked before any state changes
+            raise BadInputError(f"stream input '{name}': {len(x)} samples at hop {self.hop} make {len(due)} windows "
+                                f"due in one message, over the limit of {self.max_due}; send fewer samples per "
+                                "message or use a larger hop", column=name)
+        # Only the windows that can survive backpressure are cut (the last max_pending); the others are
+        # counted as dropped without being copied, so a message's cost does not grow with its windows.
+        keep = due if self.max_pending is None else due[max(0, len(due) - self.max_pending):]
+        records = [self._record(name, x, end) for end in keep]
+        self.rings[name].extend(x)
+        self.samples += len(x)
+        self._since = (self._since + len(x)) % self.hop
+        with self._lock:
+            self.dropped += len(due) - len(keep)
+            for end, record in zip(keep, records):
+                self._pending.append((self.samples - len(x) + end, record))
+                if self.max_pending is not None and len(self._pending) > self.max_pending:
+                    self._pending.popleft()
+                    self.dropped += 1
+        return len(due)
 
-    def _emit(self) -> None:
+    def _due(self, x: np.ndarray) -> range:
+        """Where in ``x`` (samples taken, 1-based) a window is due: at each hop boundary of the clock once
+        every stream input's window is full. A range, so its length costs nothing to know."""
+        first = self.hop - self._since
+        if not all(r.full for n, r in self.rings.items() if n != self.clock):
+            return range(0)
+        need = len(self.rings[self.clock].data) - self.rings[self.clock].filled  # samples until the clock's is full
+        start = first if first >= need else first + -(-(need - first) // self.hop) * self.hop
+        return range(start, len(x) + 1, self.hop)
+
+    def _record(self, clock: str, x: np.ndarray, end: int) -> dict:
+        """The record of the window that ends after ``x[:end]`` (the clock's ring not yet extended by x)."""
+        size = len(self.rings[clock].data)
+        if end >= size:
+            window = x[end - size:end].copy()
+        else:
+            window = np.concatenate([self.rings[clock].window()[end - size:], x[:end]])
         record = {self.spec.column(n): v for n, v in self.context.items() if n in self.spec.inputs}
         record.update({k: v for k, v in self.context.items() if k not in self.spec.inputs})
         for n, ring in self.rings.items():
-            w = ring.window()
+            w = window if n == clock else ring.window()
             record[self.spec.column(n)] = w[:, 0] if self.streams[n].type == "audio" else w
-        self._pending.append((self.samples, record))
-        if self.max_pending is not None and len(self._pending) > self.max_pending:
-            self._pending.popleft()
-            self.dropped += 1
+        return record
 
     @property
     def pending(self) -> int:
@@ -165,8 +193,9 @@ class StreamWindows:
 
     def ready_with_ends(self) -> Iterator[tuple[int, dict]]:
         """(window_end, record) for each record due, oldest first; ``window_end`` counts clock samples."""
-        while self._pending:
-            yield self._pending.popleft()
+        with self._lock:
+            taken, self._pending = self._pending, deque()
+        yield from taken
 
     def ready(self) -> Iterator[dict]:
         """Each record due, oldest first (``ready_with_ends`` also says where each window ends)."""

@@ -2,8 +2,9 @@
 
 ``app`` composes the routes; ``guard`` (limits, auth, admission), ``requests``/``protocol`` (parsing
 /predict and KServe V2 bodies), ``state`` (the model backend and the answer rows), ``batching``,
-``stream`` (/v2/stream), ``page`` (the web page), ``access`` (API keys, TLS, rate limits),
-``observability``, ``server``/``connection`` (uvicorn with header and drain limits).
+``stream`` (/v2/stream) with ``stream_access`` (its Origin and key checks), ``page`` (the web page),
+``access`` (API keys, TLS, rate limits), ``observability``, ``server``/``connection`` (uvicorn with
+header and drain limits).
 May import: ``polyfuse.runtime`` (the ONNX path), ``polyfuse.estimator`` (the torch path) and
 everything below them; never ``polyfuse.scale`` or ``polyfuse.cli``.
 """

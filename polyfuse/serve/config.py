@@ -41,6 +41,9 @@ class ServeConfig:
     stream_max_message_bytes: int = 1 << 20  # /v2/stream: a bigger message closes the stream (1009)
     stream_max_open: int = 256  # /v2/stream: streams open at once; one more is closed with 1013 (try again later)
     stream_max_pending: int = 4  # /v2/stream: windows awaiting the model; beyond it the oldest are dropped
+    # /v2/stream: browser origins (scheme://host:port, normalised by serve/stream_access.parse_origins) that
+    # may open a stream besides the server's own; handshakes without an Origin (not a browser) always may
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         limits = {"--stream-idle-timeout": self.stream_idle_s, "--stream-max-message-kb": self.stream_max_message_bytes,

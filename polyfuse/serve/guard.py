@@ -15,7 +15,6 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
-from polyfuse.serve.access import Access
 from polyfuse.serve.observability import log_access
 from polyfuse.serve.requests import RequestError
 
@@ -109,8 +108,7 @@ class Guard:
     def __init__(self, app: Any, state: "ServerState"):
         self.app, self.state = app, state
         self.server = state
-        cfg = state.cfg
-        self.access = Access(cfg.api_key, cfg.api_keys_file, cfg.rate_limit)
+        self.access = state.access  # shared with /v2/stream (serve/stream.py), so a key has one rate limit
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":

@@ -38,7 +38,7 @@ def _b64(value: str, record: int, field: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, f"record {record}, field '{field}': not valid base64 (binary inputs are sent as "
-                                "base64 strings in JSON, or as files in multipart)", record, field) from None
+                                "base64 strings in JSON, or as files in multipart; never as a path on the server)", record, field) from None
 
 
 def _series(value: Any, record: int, field: str) -> Any:

@@ -52,6 +52,9 @@ def serve(model_dir: str | Path, cfg: ServeConfig) -> None:
     state = app.server
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=int(cfg.drain_s) + 1, lifespan="on",
+                            # a WebSocket message far past --stream-max-message-kb is refused (1009) by uvicorn
+                            # before it is buffered (its default is 16 MB); stream.py closes the rest with a reason
+                            ws_max_size=cfg.stream_max_message_bytes + (64 << 10),
                             http=limited_protocol(cfg.max_header_bytes, cfg.header_timeout_s),
                             ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key)
     server = DrainingServer(config, state, cfg.drain_s)

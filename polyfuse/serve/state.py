@@ -22,6 +22,7 @@ from polyfuse.errors import BadInputError, DeadlineExceeded, MediaTooLarge
 from polyfuse.preprocess.budget import DecodeBudget
 from polyfuse.preprocess.pipeline import Decoded
 from polyfuse.preprocess.targets import MODALITY_WEIGHTS, decode_outputs
+from polyfuse.serve.access import Access
 from polyfuse.serve.batching import Batcher, batching_pays
 from polyfuse.serve.config import ServeConfig
 from polyfuse.serve.observability import Metrics, access_logger
@@ -104,6 +105,8 @@ class ServerState:
         self.drain_expired = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.classes = {n: backend.preprocessor.classes(n) for n in backend.spec.outputs}
+        # one Access per server: /predict, /infer and every stream's windows take from the same buckets
+        self.access = Access(cfg.api_key, cfg.api_keys_file, cfg.rate_limit)
         self.audit = None
         if cfg.audit_log:
             from polyfuse.privacy.audit import AuditLog

@@ -133,6 +133,15 @@ async function replay(session, files, series, clock, hop) {
   }
 }
 
+// A browser cannot set headers on a WebSocket: the key travels as a subprotocol (base64url, since a
+// subprotocol is a token), never in the URL, where server and proxy logs would keep it
+function streamProtocols(key) {
+  if (!key) return ["polyfuse.v1"];
+  const bytes = new TextEncoder().encode(key);
+  const b64 = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  return ["polyfuse.v1", `key.${b64}`];
+}
+
 function stopLive(reason) {
   if (!live) return;
   const session = live;
@@ -159,10 +168,9 @@ async function startLive() {
   const key = $("#api-key").value.trim();
   const url = new URL("v2/stream", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  if (key) url.searchParams.set("key", key);
   $("#live-log").replaceChildren();
   $("#live-status").textContent = "connecting…";
-  const session = live = { ws: new WebSocket(url), closers: [] };
+  const session = live = { ws: new WebSocket(url, streamProtocols(key)), closers: [] };
   $("#live-start").disabled = true;
   $("#live-stop").hidden = false;
   session.ws.onmessage = (event) => {
