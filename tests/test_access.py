@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import ipaddress
 import json
+import os
 import shutil
 import ssl
 import time
@@ -18,7 +19,9 @@ import httpx
 import pytest
 
 from polyfuse.errors import PolyfuseError
-from polyfuse.privacy.audit import AuditLog, log_files, verify
+from polyfuse.privacy.audit import AuditLog
+from polyfuse.privacy.audit_chain import log_files
+from polyfuse.privacy.audit_verify import verify
 from polyfuse.serve.access import Access, load_keys, parse_rate
 from tests.serving import Server, as_json, toy_records
 
@@ -146,10 +149,10 @@ def test_audit_log_of_a_served_model_verifies_and_shows_tampering(secure, toy_cs
             assert r.status_code == 200, r.text
             answers[rid] = r.json()["predictions"][0]["label"]
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not set(ids) <= {e.get("request_id") for e in _entries(secure.audit)}:
+    while time.monotonic() < deadline and not set(ids) <= {e.get("client_request_id") for e in _entries(secure.audit)}:
         time.sleep(0.1)
     entries = _entries(secure.audit)
-    by_id = {e.get("request_id"): e for e in entries}
+    by_id = {e.get("client_request_id"): e for e in entries}  # the client's id, beside the server's own
     assert set(ids) <= set(by_id)
     manifest = hashlib.sha256((toy_dir / "manifest.json").read_bytes()).hexdigest()
     for i, rid in enumerate(ids):
@@ -174,17 +177,18 @@ def test_audit_log_of_a_served_model_verifies_and_shows_tampering(secure, toy_cs
     target = log_files(copy / secure.audit.name)[0]
     lines = target.read_text().splitlines(keepends=True)
     assert len(lines) >= 3
+    i = next(k for k, x in enumerate(lines) if '"label":"' in x)  # the first prediction, after the start entry
     lines_edited = list(lines)
-    lines_edited[1] = lines_edited[1].replace('"label":"', '"label":"x', 1)
+    lines_edited[i] = lines_edited[i].replace('"label":"', '"label":"x', 1)
     target.write_text("".join(lines_edited))
     v = verify(copy / secure.audit.name)
-    assert not v.ok and v.problem.startswith(f"{target}:2:") and "edited" in v.problem
+    assert not v.ok and v.problem.startswith(f"{target}:{i + 1}:") and "edited" in v.problem
     assert main(["audit", "verify", str(copy / secure.audit.name)]) != 0
-    assert f"{target}:2" in capsys.readouterr().err
+    assert f"{target}:{i + 1}" in capsys.readouterr().err
 
-    target.write_text("".join(lines[:1] + lines[2:]))  # line 2 deleted
+    target.write_text("".join(lines[:i] + lines[i + 1:]))  # that line deleted
     v = verify(copy / secure.audit.name)
-    assert not v.ok and v.problem.startswith(f"{target}:2:") and "deleted" in v.problem
+    assert not v.ok and v.problem.startswith(f"{target}:{i + 1}:") and "deleted" in v.problem
 
 
 def test_audit_chain_across_rotation_restart_and_damage(tmp_path):
@@ -213,7 +217,9 @@ def test_audit_chain_across_rotation_restart_and_damage(tmp_path):
     v, files = damaged(2, lambda f: f[-1].write_bytes(f[-1].read_bytes()[:-5]))  # a torn last line
     assert not v.ok and "incomplete" in v.problem
     v, files = damaged(3, lambda f: f[-1].write_text("".join(f[-1].read_text().splitlines(True)[:-1])))
-    assert v.ok and v.head != good.head  # a cut at the end shows only against a head kept elsewhere
+    assert not v.ok and "a.log.head" in v.problem  # a cut at the end shows against the head file beside it
+    v = verify(tmp_path / "copy3" / "a.log", head_file=False)
+    assert v.ok and v.head != good.head  # ... and only against a head, the chain itself being intact
 
 
 def test_keys_file_forms_and_errors(tmp_path):
@@ -270,12 +276,14 @@ def test_audit_write_failure_is_reported_not_lost(tmp_path):
     """A writer that cannot write sets ``error`` (the server then answers 503) instead of dropping lines."""
     import numpy as np
 
+    from polyfuse.privacy.audit import AuditWriteError
+
     log = AuditLog(tmp_path / "a.log", "m" * 64)
-    log._file.close()  # what a vanished disk looks like to the writer: writes fail
-    log.record("r1", None, [{"x": 1}], {"y": ["a"]}, {"y": np.array([[1.0]])}, 0.0)
-    deadline = time.monotonic() + 10
-    while log.error is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    os.close(log._fd)  # what a vanished disk looks like to the writer: writes fail
+    log._fd = os.open(tmp_path / "a.log", os.O_RDONLY)
+    done = log.record("r1", None, [{"x": 1}], {"y": ["a"]}, {"y": np.array([[1.0]])}, 0.0)
+    with pytest.raises(AuditWriteError):  # the request waiting on its line is told: it answers 503
+        done.result(10)
     assert log.error and "a.log" in log.error
     log.close()
 

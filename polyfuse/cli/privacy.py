@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -51,13 +52,18 @@ def cmd_sign(args: argparse.Namespace) -> None:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> None:
-    from polyfuse.privacy.audit import AuditError, verify
+    from polyfuse.privacy.audit_chain import AuditError
+    from polyfuse.privacy.audit_verify import verify
 
-    v = verify(args.log)
+    if args.expect_head is not None and not re.fullmatch(r"[0-9a-f]{64}", args.expect_head):
+        raise AuditError(f"--expect-head {args.expect_head!r}: expected the 64 hex digits `audit verify` printed")
+    v = verify(args.log, expect_head=args.expect_head, head_file=not args.no_head_file)
+    for note in v.notes:
+        print(f"note: {note}")
     if not v.ok:
         raise AuditError(f"audit log NOT intact after {v.lines} good entries: {v.problem}")
-    print(f"{args.log}: intact, {v.lines} entries in {v.files} file(s); last hash {v.head} (keep a copy elsewhere "
-          "to show later that nothing was removed from the end)")
+    print(f"{args.log}: intact, {v.lines} entries in {v.files} file(s); last hash {v.head} (keep a copy elsewhere, "
+          "e.g. with a log shipper, and pass it as --expect-head later to show that nothing was removed from the end)")
 
 
 def add_key_options(p: argparse.ArgumentParser) -> None:
@@ -87,4 +93,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     audit = p.add_subparsers(dest="audit_command", required=True)
     p = audit.add_parser("verify", help="check the hash chain over every rotated file; name the first bad line")
     p.add_argument("log", help="the --audit-log PATH (its rotated PATH.000001... files are found beside it)")
+    p.add_argument("--expect-head", default=None, metavar="HASH",
+                   help="a last hash kept elsewhere (printed by an earlier verify, or PATH.head's): fail unless "
+                        "the chain still holds it, i.e. nothing was cut from the end since")
+    p.add_argument("--no-head-file", action="store_true",
+                   help="do not check the head the server keeps in PATH.head (default: checked when present)")
     p.set_defaults(fn=cmd_audit_verify)

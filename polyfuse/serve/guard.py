@@ -27,6 +27,19 @@ ADMITTED = ("predict", "v2_infer")  # the endpoints that preprocess and run the 
 # request ids: a random prefix per process and a counter (uuid4 per request reads the OS's random source
 # on the event loop, a system call that gives the GIL away under load)
 _ID_PREFIX, _ID_COUNTER = os.urandom(4).hex(), itertools.count(1)
+CLIENT_ID_CHARS = 128  # a client's x-request-id is kept (audit log, access log) up to this many characters
+
+
+def client_request_id(value: str | None) -> str | None:
+    """A client's ``x-request-id`` as logs keep it: printable ASCII (anything else escaped as \\xNN),
+    cut to CLIENT_ID_CHARS with the original length named, so a 60 KB header costs a log 128 bytes.
+    It is the client's label, never trusted as unique: the server's own id names the request."""
+    if not value:
+        return None
+    text = "".join(c if " " <= c <= "~" and c != "\\" else f"\\x{ord(c):02x}" for c in value[:CLIENT_ID_CHARS])
+    if len(text) > CLIENT_ID_CHARS or len(value) > CLIENT_ID_CHARS:
+        text = text[:CLIENT_ID_CHARS - 24] + f"...[{len(value)} chars]"
+    return text
 
 
 class BodyTooLarge(RequestError):
@@ -117,8 +130,14 @@ class Guard:
         started = time.perf_counter()
         deadline = time.monotonic() + cfg.timeout_s
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
-        scope.setdefault("state", {}).update(request_id=request_id, deadline=deadline, started=started, key_id=None)
+        # the server's own id names the request in the audit log; a client's id is echoed back as before
+        # (x-request-id, the answer's request_id) and logged beside it, capped
+        server_id = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+        client_id = client_request_id(headers.get("x-request-id"))
+        request_id = headers.get("x-request-id") or server_id
+        scope.setdefault("state", {}).update(request_id=request_id, server_request_id=server_id,
+                                             client_request_id=client_id, deadline=deadline, started=started,
+                                             key_id=None)
         kind = endpoint(scope["path"])
         status_box = {"status": 500, "started": False}
 
@@ -197,5 +216,6 @@ class Guard:
         st.metrics.requests.labels(kind, str(status)).inc()
         st.metrics.latency.labels(kind).observe(took)
         if kind not in ("health", "metrics"):
-            log_access(st.log, scope["state"]["request_id"], scope["method"], scope["path"], status, took,
-                       (scope.get("client") or [None])[0], detail)
+            state = scope["state"]  # the capped client id, never a client's 60 KB header
+            log_access(st.log, state["client_request_id"] or state["server_request_id"], scope["method"], scope["path"],
+                       status, took, (scope.get("client") or [None])[0], detail)

@@ -32,6 +32,8 @@ from polyfuse.training.memory import map_large_allocations, release_memory
 
 HEAVY_BODY_BYTES = 1 << 20  # bodies larger than this are parsed in the heavy lane
 HEAVY_DECODE_BYTES = 8 << 20  # requests whose media declare more decoded bytes are decoded there
+AUDIT_DOWN = ("the audit log cannot be written, so the prediction is not served (none is answered unrecorded); "
+              "retry later")
 
 Parse = Callable[[DecodeBudget], tuple[list[dict], Any]]
 
@@ -168,8 +170,7 @@ class ServerState:
         loop = asyncio.get_running_loop()
         assert self.batcher is not None  # admission (Guard) already capped the requests that get here
         if self.audit is not None and self.audit.error:  # no prediction goes unrecorded
-            raise RequestError(503, "the audit log cannot be written; predictions are refused until an operator "
-                                    "fixes it")
+            raise RequestError(503, AUDIT_DOWN)
         budget = self.cfg.budget(deadline)
         heavy = body_bytes > HEAVY_BODY_BYTES
 
@@ -204,9 +205,20 @@ class ServerState:
         probs = await future
         labels = decode_outputs(self.backend.spec, self.backend.preprocessor.state, probs)
         if self.audit is not None and who is not None:
-            self.audit.record(who["request_id"], who.get("key_id"), records, labels, probs,
-                              time.perf_counter() - who["started"])
+            await self._audited(who, records, labels, probs)
         return probs, labels, context
+
+    async def _audited(self, who: dict, records: list[dict], labels: dict[str, list], probs: Any) -> None:
+        """Wait until the prediction's audit line is on disk (fsync'd): none is answered unrecorded."""
+        from polyfuse.privacy.audit import AuditWriteError
+
+        assert self.audit is not None
+        done = self.audit.record(who.get("server_request_id") or who["request_id"], who.get("key_id"), records,
+                                 labels, probs, time.perf_counter() - who["started"], who.get("client_request_id"))
+        try:
+            await asyncio.wrap_future(done)
+        except AuditWriteError:
+            raise RequestError(503, AUDIT_DOWN) from None
 
 
 def sized_like_requests(spec: Any, row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
