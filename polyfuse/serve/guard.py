@@ -115,6 +115,17 @@ def _replay(body: bytes, receive: Callable) -> Callable:
     return replay
 
 
+def _name_request(scope: dict, headers: dict[str, str]) -> str:
+    """The ids of a request in ``scope["state"]``; returns the one echoed to the client. The server's own
+    id names the request in the audit log; a client's id is echoed back as before (x-request-id, the
+    answer's request_id) and logged beside it, capped."""
+    server_id = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+    request_id = headers.get("x-request-id") or server_id
+    scope.setdefault("state", {}).update(request_id=request_id, server_request_id=server_id,
+                                         client_request_id=client_request_id(headers.get("x-request-id")))
+    return request_id
+
+
 class Guard:
     """The middleware; ``server`` is the ServerState (what ``create_app(...).server`` gives callers)."""
 
@@ -130,14 +141,8 @@ class Guard:
         started = time.perf_counter()
         deadline = time.monotonic() + cfg.timeout_s
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        # the server's own id names the request in the audit log; a client's id is echoed back as before
-        # (x-request-id, the answer's request_id) and logged beside it, capped
-        server_id = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
-        client_id = client_request_id(headers.get("x-request-id"))
-        request_id = headers.get("x-request-id") or server_id
-        scope.setdefault("state", {}).update(request_id=request_id, server_request_id=server_id,
-                                             client_request_id=client_id, deadline=deadline, started=started,
-                                             key_id=None)
+        request_id = _name_request(scope, headers)
+        scope["state"].update(deadline=deadline, started=started, key_id=None)
         kind = endpoint(scope["path"])
         status_box = {"status": 500, "started": False}
 
