@@ -196,16 +196,13 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
 
 
 def _decode_text(value: Any, cfg: Any) -> str:
-    """The raw string (the tokenizer needs it whole), de-identified first when the spec asks."""
+    """The raw string (the tokenizer needs it whole), de-identified first when the spec asks (then
+    cut to the same ceiling as the other text encoders, :func:`polyfuse.preprocess.text.deidentify`)."""
     if isinstance(value, (int, float, np.integer, np.floating)):
         value = str(value)
     if not isinstance(value, str):
         raise BadInputError(f"expected text, got {type(value).__name__}")
-    if cfg.deidentify:
-        from polyfuse.privacy import pii
-
-        value = pii.redact(value, pii.entity_types(cfg.deidentify))
-    return value
+    return text_mod.deidentify(value, cfg)
 
 
 # ----------------------------------------------------------------------------- fit / augments

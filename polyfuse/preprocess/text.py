@@ -55,9 +55,32 @@ def decode(value: Any, cfg: Any, folder: Path, budget: Any = None) -> list[str]:
         value = str(value)
     if not isinstance(value, str):
         raise BadInputError(f"expected text, got {type(value).__name__}")
-    if cfg.deidentify:  # before anything else sees the text, so no later step can keep or log the raw value
-        value = pii.redact(value, pii.entity_types(cfg.deidentify))
+    value = deidentify(value, cfg)
     return tokenize(value, cfg.tokenizer, cfg.lowercase)[: cfg.max_length]
+
+
+# Characters per kept token before de-identification cuts a text: a word, sub-word or character token
+# averages under 8 characters with its spaces in English and Chinese, so 32 leaves room for long words,
+# links and runs of spaces; the cap bounds what one cell costs the rules (a 100 KB text is ~0.1 s at the
+# slowest rule's 1 MB/s) whatever max_length a spec sets
+CHARS_PER_TOKEN = 32
+MAX_DEIDENTIFY_CHARS = 100_000
+
+
+def deidentify_ceiling(max_length: int) -> int:
+    """The characters of a text kept and de-identified for ``max_length`` tokens."""
+    return min(max_length * CHARS_PER_TOKEN, MAX_DEIDENTIFY_CHARS)
+
+
+def deidentify(value: str, cfg: Any) -> str:
+    """``value`` de-identified when the spec asks (else unchanged), after it is cut to
+    :func:`deidentify_ceiling` characters: the rules never read a longer text (a megabyte cell cannot
+    hold the server), and what is cut is dropped, never passed on unredacted. Runs before anything
+    else sees the text, so no later step can keep or log the raw value; the pretrained text decode
+    (:mod:`polyfuse.preprocess.hf`) calls it too."""
+    if not cfg.deidentify:
+        return value
+    return pii.redact_prefix(value, pii.entity_types(cfg.deidentify), deidentify_ceiling(cfg.max_length))
 
 
 def fit(values: list[list[str] | None], cfg: Any) -> dict:

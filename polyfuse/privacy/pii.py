@@ -8,6 +8,7 @@ and postal addresses come from context and structure rules (:mod:`polyfuse.priva
 """
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 from typing import Callable, Iterable, Iterator, NamedTuple
@@ -26,7 +27,13 @@ class Span(NamedTuple):
 
 # re.ASCII on purpose: with Unicode \w and \b, Chinese text around an entity would count as part of it
 _EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", re.ASCII)
-_URL = re.compile(r"(?:\b[A-Za-z][A-Za-z0-9+.-]*://|\bwww\.)[^\s<>\"'\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]+", re.ASCII)
+# A scheme ("https://") is tried once per run of scheme characters, from the run's start (the
+# lookahead checks the run ends in "://", the atomic group finds the first letter a word starts
+# with, where the match always began): trying it at every "a" of "a.a.a..." rescanned the run each
+# time, quadratic. Group u or w holds the link (the run's prefix before u is not part of it).
+_URL_CHARS = r"[^\s<>\"'\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]+"
+_URL = re.compile(rf"(?<![A-Za-z0-9+.-])(?=[A-Za-z0-9+.-]*+://)(?>[A-Za-z0-9+.-]*?\b(?=[A-Za-z]))(?P<u>[A-Za-z][A-Za-z0-9+.-]*+://"
+                  rf"{_URL_CHARS})|(?P<w>\bwww\.{_URL_CHARS})", re.ASCII)
 _URL_TAIL = ".,;:!?)]}'\""  # sentence punctuation after a link is not part of it
 _IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\d|\.\d)", re.ASCII)
 _IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])", re.ASCII)
@@ -36,7 +43,9 @@ _PHONES = [
     re.compile(r"(?<![\d+])(?:\+?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?!\d)", re.ASCII),  # Chinese mobile
     re.compile(r"(?<![\d\w])0\d{2,3}-\d{7,8}(?!\d)", re.ASCII),  # Chinese landline with area code: 010-12345678
     re.compile(r"(?<![\d\w])(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[.-])\d{3}[.-]\d{4}(?!\d)", re.ASCII),  # North America
-    re.compile(r"(?<![\d\w])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){1,5}(?!\d)", re.ASCII),  # international +CC ...
+    # international +CC ...: each group atomic, as many digits as it can hold; re-splitting a run of
+    # digits between the groups (5+3 or 4+4) reaches no end the greedy split cannot, and was ~25^5 tries
+    re.compile(r"(?<![\d\w])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?>[ .-]?\d{1,5}){1,5}(?!\d)", re.ASCII),
 ]
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
@@ -69,8 +78,9 @@ def _digits(s: str) -> str:
 
 
 def _url_span(m: re.Match) -> tuple[int, int]:
-    text = m.group().rstrip(_URL_TAIL)
-    return m.start(), m.start() + len(text)
+    group = m.lastgroup or 0
+    text = m.group(group).rstrip(_URL_TAIL)
+    return m.start(group), m.start(group) + len(text)
 
 
 def _valid_ipv6(s: str) -> bool:
@@ -130,22 +140,42 @@ def find(text: str, types: Iterable[str] = ENTITIES) -> list[Span]:
     (an email inside a URL is part of the URL; a phone-like run inside an ID is the ID; a name inside
     an address, "12 Victoria Street", is the address)."""
     candidates = [Span(start, end, kind) for kind in types for start, end in _FINDERS[kind](text)]
-    chosen: list[Span] = []
-    for span in sorted(candidates, key=lambda s: (s.start - s.end, ENTITIES.index(s.type), s.start)):
-        if all(span.end <= c.start or span.start >= c.end for c in chosen):
-            chosen.append(span)
-    return sorted(chosen)
+    rank = {kind: i for i, kind in enumerate(ENTITIES)}
+    chosen: list[Span] = []  # disjoint and sorted, so a span overlaps one iff it overlaps a neighbour:
+    starts: list[int] = []   # checking every chosen span made a text of n entities cost n^2
+    for span in sorted(candidates, key=lambda s: (s.start - s.end, rank[s.type], s.start)):
+        i = bisect.bisect_left(starts, span.start)
+        if (i == 0 or chosen[i - 1].end <= span.start) and (i == len(chosen) or span.end <= chosen[i].start):
+            chosen.insert(i, span)
+            starts.insert(i, span.start)
+    return chosen
 
 
 def redact(text: str, types: Iterable[str] = ENTITIES) -> str:
     """``text`` with every PII span replaced by its placeholder, e.g. ``<EMAIL>``."""
+    return redact_prefix(text, types, len(text))
+
+
+# What the rules see past a cut: more than any bounded entity (an address with its unit and postcode,
+# a spaced phone, a grouped card), so one that straddles the cut is still recognised whole
+CUT_MARGIN = 256
+
+
+def redact_prefix(text: str, types: Iterable[str], keep: int) -> str:
+    """The first ``keep`` characters of ``text``, redacted, the rest dropped. The rules read only
+    ``keep + CUT_MARGIN`` characters, so the cost is bounded by ``keep`` whatever the text's length;
+    an entity that starts before the cut is replaced whole (its placeholder ends the text), so no
+    part of one is left showing."""
     types = tuple(types)
     if not types:
-        return text
+        return text[:keep]
+    window = text[: keep + CUT_MARGIN]
     out, pos = [], 0
-    for span in find(text, types):
-        out.append(text[pos:span.start])
+    for span in find(window, types):
+        if span.start >= keep:
+            break
+        out.append(window[pos:span.start])
         out.append(PLACEHOLDER[span.type])
         pos = span.end
-    out.append(text[pos:])
+    out.append(window[pos:keep])
     return "".join(out)

@@ -153,7 +153,9 @@ class TextInput(Strict):
         False, description="replace personal data with typed placeholders (<EMAIL>, <PHONE>, <CN_ID>, <BANK_CARD>, "
         "<IP>, <URL>, <ADDRESS>, <PERSON>) before tokenisation, in training, the runtime and the server alike: true "
         "for every type, or a list of types. Rule-based (checksums for IDs and cards; names from cues such as titles, "
-        "'my name is', 姓名, 先生, addresses from a house number and street or 路...号)")
+        "'my name is', 姓名, 先生, addresses from a house number and street or 路...号). A text is first cut to "
+        "max_length x 32 characters (at most 100000): the rules never read more, in time linear in it, and the "
+        "rest is dropped, not passed on unredacted")
     max_length: int = Field(64, gt=0, description="tokens kept per text (the rest is cut)")
     min_count: int = Field(1, ge=1, description="tokens seen fewer times go to the unknown bucket")
     max_vocab: int = Field(20000, gt=0)
