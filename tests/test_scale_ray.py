@@ -94,7 +94,7 @@ def test_ray_serve_answers_like_the_model(local_ray, toy_dir, toy_csv):
     from polyfuse.runtime import Runtime
     from polyfuse.scale import ray_serve
     from polyfuse.serve.config import ServeConfig
-    from tests.test_serve import free_port, toy_records
+    from tests.serving import free_port, toy_records
 
     records = toy_records(toy_csv, 3)
     want = Runtime(toy_dir).predict(records)
