@@ -68,11 +68,17 @@ def parse_autoscale(text: str | None) -> tuple[int, int] | None:
 
 
 def cmd_k8s(args: argparse.Namespace) -> None:
-    from polyfuse.scale.k8s import write_manifests
+    from polyfuse.scale.k8s import Secrets, write_manifests
 
+    secrets = Secrets(api_keys=args.api_keys_secret, verify_key=args.verify_key_secret,
+                      model_key=args.model_key_secret, key_env=args.key_env)
     written = write_manifests(args.model, args.out, image=args.image, storage_uri=args.storage_uri,
-                              replicas=args.replicas, max_replicas=args.max_replicas, cpu=args.cpu, memory=args.memory)
+                              base_image=args.base_image, secrets=secrets, replicas=args.replicas,
+                              max_replicas=args.max_replicas, cpu=args.cpu, memory=args.memory)
     print("wrote " + ", ".join(str(p) for p in written))
+    if secrets.any:  # the pod cannot start before its Secrets exist
+        print(f"create the Secrets first (no secret is written anywhere): sh {written[-1]}, i.e.\n"
+              + "".join(f"  {line}\n" for line in written[-1].read_text().splitlines()[3:]), end="")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -137,12 +143,27 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_k8s(sub: argparse._SubParsersAction) -> None:
+    from polyfuse.privacy.crypto import DEFAULT_KEY_ENV
+    from polyfuse.scale.k8s import API_KEYS_FILE, BASE_IMAGE, MODEL_KEY, VERIFY_KEY_FILE
+
     p = sub.add_parser("k8s", help="write a KServe InferenceService and the Dockerfile of its server image")
     p.add_argument("model")
     p.add_argument("--out", required=True, help="folder to write inference_service.yaml and Dockerfile into")
-    p.add_argument("--image", default=None, help="image name (default: polyfuse-<model>:latest)")
+    p.add_argument("--image", default=None,
+                   help="image name; its tag defaults to the model's digest (default: polyfuse-<model>:<digest12>)")
+    p.add_argument("--base-image", default=BASE_IMAGE,
+                   help=f"FROM of the Dockerfile: a fixed version, better with its digest, NAME:TAG@sha256:... "
+                        f"(default {BASE_IMAGE})")
     p.add_argument("--storage-uri", default=None,
                    help="where KServe pulls the model from (s3://, gs://, pvc://...); default: baked into the image")
+    p.add_argument("--api-keys-secret", default=None, metavar="NAME",
+                   help=f"Secret whose key {API_KEYS_FILE} is the server's --api-keys file")
+    p.add_argument("--verify-key-secret", default=None, metavar="NAME",
+                   help=f"Secret whose key {VERIFY_KEY_FILE} is the PEM public key of --verify-key")
+    p.add_argument("--model-key-secret", default=None, metavar="NAME",
+                   help=f"Secret whose key {MODEL_KEY} is an encrypted model's key (given to the server as --key-env)")
+    p.add_argument("--key-env", default=DEFAULT_KEY_ENV,
+                   help=f"with --model-key-secret: the variable the key is put in (default {DEFAULT_KEY_ENV})")
     p.add_argument("--replicas", type=positive_int, default=1, help="minimum replicas")
     p.add_argument("--max-replicas", type=positive_int, default=1)
     p.add_argument("--cpu", default="1")
