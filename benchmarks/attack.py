@@ -15,6 +15,7 @@
 
 The model is serve_load.py's (avdigits trained into runs/bench-serve-av, or the demo data's); every
 server is a subprocess on 127.0.0.1, killed in `finally`; every loop is bounded in time.
+The costliest text (de-identification) and /v2/stream requests: benchmarks/attack_text_stream.py.
 """
 from __future__ import annotations
 
