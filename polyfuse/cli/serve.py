@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       audit_log=args.audit_log, audit_max_mb=args.audit_max_mb, tls_cert=args.tls_cert,
                       tls_key=args.tls_key, stream_idle_s=args.stream_idle_timeout,
                       stream_max_message_bytes=args.stream_max_message_kb << 10, stream_max_pending=args.stream_max_pending,
+                      stream_max_bytes_per_s=args.stream_max_kb_per_s << 10,
                       stream_max_open=args.stream_max_open, allowed_origins=origins)
     if args.ray:
         from polyfuse.scale import require_ray
@@ -126,6 +127,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream-idle-timeout", type=positive_float, default=30.0,
                    help="/v2/stream: seconds without a client message before the stream is closed (1001)")
     p.add_argument("--stream-max-message-kb", type=positive_int, default=1024, help="/v2/stream: bigger messages close it (1009)")
+    p.add_argument("--stream-max-kb-per-s", type=positive_int, default=512,
+                   help="/v2/stream: message kilobytes parsed per second per stream; a faster client is slowed down "
+                        "(the server reads its next message later), never disconnected")
     p.add_argument("--stream-max-open", type=positive_int, default=256,
                    help="/v2/stream: streams open at once; one more is closed with 1013 (try again later)")
     p.add_argument("--stream-max-pending", type=positive_int, default=4,

@@ -41,13 +41,19 @@ class ServeConfig:
     stream_max_message_bytes: int = 1 << 20  # /v2/stream: a bigger message closes the stream (1009)
     stream_max_open: int = 256  # /v2/stream: streams open at once; one more is closed with 1013 (try again later)
     stream_max_pending: int = 4  # /v2/stream: windows awaiting the model; beyond it the oldest are dropped
+    # /v2/stream: message bytes a stream may have parsed a second (past it the server reads its next message
+    # later and TCP slows the client). 512 KB/s is 3.5x 16 kHz audio as JSON numbers (~144 KB/s) and fits
+    # 50 sensor channels at 1 kHz; parsing JSON holds the GIL, and 4 clients sending 1 MB messages back to
+    # back took /predict's p99 from 28 ms to 1.5 s and liveness to 220 ms without this budget
+    stream_max_bytes_per_s: int = 512 << 10
     # /v2/stream: browser origins (scheme://host:port, normalised by serve/stream_access.parse_origins) that
     # may open a stream besides the server's own; handshakes without an Origin (not a browser) always may
     allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         limits = {"--stream-idle-timeout": self.stream_idle_s, "--stream-max-message-kb": self.stream_max_message_bytes,
-                  "--stream-max-open": self.stream_max_open, "--stream-max-pending": self.stream_max_pending}
+                  "--stream-max-open": self.stream_max_open, "--stream-max-pending": self.stream_max_pending,
+                  "--stream-max-kb-per-s": self.stream_max_bytes_per_s}
         for flag, value in limits.items():  # 0 or less would refuse or close every stream
             if value <= 0:
                 raise PolyfuseError(f"{flag} must be positive (got {value if 'kb' not in flag else value / 1024:g})")

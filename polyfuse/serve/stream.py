@@ -42,7 +42,12 @@ from polyfuse.preprocess.streams import STREAM_TYPES, StreamWindows
 from polyfuse.serve.guard import api_key
 from polyfuse.serve.requests import RequestError, clean_record
 from polyfuse.serve.state import prediction_rows
-from polyfuse.serve.stream_access import SUBPROTOCOL, offered_subprotocols, origin_allowed, subprotocol_key
+from polyfuse.serve.stream_access import (
+    SUBPROTOCOL,
+    offered_subprotocols,
+    origin_allowed,
+    subprotocol_key,
+)
 
 PATHS = ("/v2/stream", "/stream")
 HEAVY_MESSAGE_BYTES = 64 << 10  # bigger messages are parsed in the heavy lane, away from /predict's
@@ -84,6 +89,7 @@ class Session:
         self.windows: StreamWindows | None = None
         self.due = asyncio.Event()
         self.limited, self.noticed = 0, 0.0  # windows refused by the rate limit since the last notice
+        self.budget, self.refilled = float(self.cfg.stream_max_message_bytes), time.monotonic()
 
     async def send(self, body: dict) -> None:
         try:
@@ -149,10 +155,21 @@ class Session:
         self.windows = StreamWindows(spec, start.get("hop"), context, start.get("clock"),
                                      max_pending=self.cfg.stream_max_pending, max_due=MAX_DUE_PER_MESSAGE)
 
+    async def pace(self, size: int) -> None:
+        """Backpressure: at most ``stream_max_bytes_per_s`` of messages parsed a second (a message of the
+        largest size may come at once). Past it the next message is read later, so TCP slows the client
+        down; parsing holds the GIL, and unpaced streams starve /predict and the liveness probe."""
+        rate, now = self.cfg.stream_max_bytes_per_s, time.monotonic()
+        self.budget = min(float(self.cfg.stream_max_message_bytes), self.budget + (now - self.refilled) * rate) - size
+        self.refilled = now
+        if self.budget < 0:
+            await asyncio.sleep(-self.budget / rate)
+
     async def read(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             data = await self.receive()
+            await self.pace(len(data))
             lane = self.state.heavy if len(data) > HEAVY_MESSAGE_BYTES else self.state.prep
             try:
                 error = await loop.run_in_executor(lane, self.handle, data)
