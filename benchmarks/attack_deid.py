@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -22,21 +21,12 @@ sys.path.insert(0, str(REPO))
 from polyfuse.privacy import attacks  # noqa: E402
 
 
-def _seconds(rule, text: str, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        rule(text)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def worst_input(rule, rx, size: int) -> tuple[str, float]:
     """The label and MB/s (10^6 characters a second) of the rule's slowest input at ``size``."""
     screen = attacks.inputs(rx, size // 10)
-    slow = sorted(screen, key=lambda label: _seconds(rule, screen[label], 1))[-5:]
+    slow = sorted(screen, key=lambda label: attacks.best_seconds(rule, screen[label], 1))[-5:]
     full = attacks.inputs(rx, size)
-    label, seconds = max(((label, _seconds(rule, full[label], 2)) for label in slow), key=lambda x: x[1])
+    label, seconds = max(((label, attacks.best_seconds(rule, full[label], 2)) for label in slow), key=lambda x: x[1])
     return label, len(full[label]) / 1e6 / max(seconds, 1e-9)
 
 
