@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -233,3 +234,19 @@ def test_the_same_data_gives_the_same_figures():
     pre, train, valid, test = split(spec, keyword_table(60, seed=3))
     first, second = (fit_baselines(spec, pre, train, valid, test)["outputs"] for _ in range(2))
     assert first == second
+
+
+def test_the_summary_aligns_any_input_name():
+    """A long input name once ran into its score (`only Positive_Feedback_Countaccuracy 0.8154`)."""
+    from types import SimpleNamespace
+
+    from polyfuse.evaluate.report import summary
+
+    long = "Positive_Feedback_Count_of_the_reviewer"
+    spec = SimpleNamespace(outputs={"y": SimpleNamespace(type="category")}, inputs={long: 0, "age": 0, "title": 0})
+    scores = {long: {"y": 0.8154}, "age": {"y": 0.61}, "title": {"y": 0.9}}
+    result = {"outputs": {"y": {"n": 10, "accuracy": 0.9312, "f1_macro": 0.9}},
+              "ablation": {"only": scores, "without": scores}}
+    rows = [line for line in summary(result, spec).splitlines() if "accuracy" in line]
+    assert re.search(rf"only {long} +accuracy 0\.8154", summary(result, spec))
+    assert len({line.index("accuracy") for line in rows}) == 1, rows  # one column for every label

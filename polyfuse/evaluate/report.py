@@ -63,18 +63,20 @@ def summary(result: dict[str, Any], spec: Any, title: str = "") -> str:
     """A plain-text table: the headline metric per output, fused and with inputs removed."""
     lines = [title] if title else []
     ablation = result.get("ablation")
+    labels = ["all inputs"] + [f"{how} {name}" for how in ("only", "without") for name in (ablation or {}).get(how, {})]
+    width = max(28, max(len(label) for label in labels) + 2)  # any input name keeps the columns aligned
     for out, cfg in spec.outputs.items():
         m = result["outputs"][out]
         head = M.headline(cfg)
         lines.append(f"{out} ({cfg.type}, {m['n']} rows)")
         extras = [k for k in ("f1_macro", "roc_auc_ovr_macro", "roc_auc", "mae", "rmse") if m.get(k) is not None]
-        lines.append(f"  {'all inputs':<28}{head} {m[head]:.4f}   " + "  ".join(f"{k} {m[k]:.4f}" for k in extras))
+        lines.append(f"  {'all inputs':<{width}}{head} {m[head]:.4f}   " + "  ".join(f"{k} {m[k]:.4f}" for k in extras))
         if ablation:
             for name, scores in ablation["only"].items():
-                lines.append(f"  {'only ' + name:<28}{head} {scores[out]:.4f}")
+                lines.append(f"  {'only ' + name:<{width}}{head} {scores[out]:.4f}")
             if len(spec.inputs) > 2:
                 for name, scores in ablation["without"].items():
-                    lines.append(f"  {'without ' + name:<28}{head} {scores[out]:.4f}")
+                    lines.append(f"  {'without ' + name:<{width}}{head} {scores[out]:.4f}")
     return "\n".join(lines)
 
 
