@@ -341,3 +341,18 @@ def test_guessed_target_that_is_free_text_is_refused(tmp_path):
     frame = pd.DataFrame({"mood": labels(120), "body": [f"{t} {i}" for i, t in enumerate(sentences("en", 120))]})
     with pytest.raises(SpecError, match="'body' .*does not look like a label; pass --target COLUMN"):
         infer(write(tmp_path, frame))
+
+
+def test_the_majority_decides_a_columns_kind_and_odd_cells_are_named(tmp_path):
+    """One title in a real product table read `..._Size_Chart.jpg` (no such file); it once made init
+    refuse the whole column. Nearly all cells decide; the odd ones are named in the comment."""
+    titles = sentences("en", 40)
+    titles[7] = "Womens_Dress_Size_Chart.jpg"
+    spec, text = init(write(tmp_path, pd.DataFrame({"title": titles, "label": labels(40)})))
+    assert spec["inputs"]["title"]["type"] == "text"
+    assert "1 of 40 sampled cells look like file names (e.g. 'Womens_Dress_Size_Chart.jpg')" in text
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    photos = ["a.png"] * 39 + ["no photo today"]
+    spec, text = init(write(tmp_path, pd.DataFrame({"photo": photos, "label": labels(40)})))
+    assert spec["inputs"]["photo"]["type"] == "image"
+    assert "1 of 40 sampled files could not be opened (e.g. no photo today" in text and "bad rows" in text

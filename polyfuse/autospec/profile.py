@@ -76,6 +76,9 @@ def _media_of_bytes(value: bytes) -> str | None:
     return next((kind for magic, kind in _MAGIC.items() if value.startswith(magic)), None)
 
 
+MAJORITY = 0.9  # share of sampled cells that decides a column's kind; the rest are named as odd cells
+
+
 def _media_of_str(value: str, folder: Path) -> str | None:
     """'image'/'audio' when the cell names a media file (or is a data: URI), else None."""
     text = value.strip()
@@ -179,16 +182,29 @@ def _float_or_none(text: str) -> float | None:
 
 def _classify_strings(name: str, kind: Kind, cells: list[str], folder: Path) -> Kind:
     media = [_media_of_str(v, folder) for v in cells]
-    kinds = set(media)
-    if kinds != {None}:
-        if len(kinds) > 1:
-            raise _mixed_files_error(name, media, cells)
-        kind.kind = media[0]
-        kind.reason = f"{media[0]} file paths"
+    (major, count), = Counter(media).most_common(1)
+    # the column's kind is what nearly all its cells are (a real table has a stray cell: one product
+    # title in 2,000 that reads "..._Size_Chart.jpg"); the odd cells are named, never silently used
+    if count < MAJORITY * len(cells):
+        raise _mixed_files_error(name, media, cells)
+    odd = [v for v, m in zip(cells, media) if m != major]
+    if major is not None:
+        kind.kind = major
+        kind.reason = f"{major} file paths" + (
+            f"; {len(odd)} of {len(cells)} sampled cells are not (e.g. {odd[0][:40]!r}): they will be bad rows "
+            "(empty them to make them missing values)" if odd else "")
         return kind
+    kind = _classify_text(name, kind, cells)
+    if odd:
+        kind.reason += (f"; {len(odd)} of {len(cells)} sampled cells look like file names (e.g. {odd[0][:40]!r}) "
+                        "and are read as text")
+    return kind
+
+
+def _classify_text(name: str, kind: Kind, cells: list[str]) -> Kind:
     numbers = [_float_or_none(v) for v in cells]
     numeric = sum(n is not None for n in numbers)
-    if numeric >= 0.9 * len(cells):
+    if numeric >= MAJORITY * len(cells):
         odd = Counter(v for v, n in zip(cells, numbers) if n is None)
         kind.kind = "number"
         kind.reason = (f"{numeric} of {len(cells)} sampled cells are numbers; cells such as "
