@@ -356,3 +356,13 @@ def test_the_majority_decides_a_columns_kind_and_odd_cells_are_named(tmp_path):
     spec, text = init(write(tmp_path, pd.DataFrame({"photo": photos, "label": labels(40)})))
     assert spec["inputs"]["photo"]["type"] == "image"
     assert "1 of 40 sampled files could not be opened (e.g. no photo today" in text and "bad rows" in text
+
+
+def test_a_repeated_numeric_id_is_a_category_not_a_number(tmp_path):
+    """A product id with many values repeated over rows once became `type: number`."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"Clothing ID": rng.integers(1000, 2200, 300), "age": rng.integers(18, 80, 300),
+                          "label": labels(300)})
+    spec, text = init(write(tmp_path, frame))
+    assert spec["inputs"]["Clothing_ID"]["type"] == "category" and "an identifier by its name" in text
+    assert spec["inputs"]["age"]["type"] == "number"

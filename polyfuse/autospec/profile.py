@@ -161,6 +161,12 @@ def _classify_numbers(name: str, kind: Kind) -> Kind:
     elif integral and kind.distinct <= 20 and kind.distinct <= max(2, kind.rows / 5):
         kind.kind = "category"
         kind.reason = f"{kind.distinct} distinct whole numbers"
+    elif integral and _id_name(name) and kind.distinct < len(kind.present):
+        # a product or user id repeated over rows names a thing, it does not measure it: its size
+        # (id 1,206 vs 12) means nothing, but rows of one id share something a category can learn
+        kind.kind = "category"
+        kind.reason = (f"an identifier by its name: {kind.distinct} whole numbers repeated over {len(kind.present)} "
+                       "rows, a category (a number would read meaning into their order)")
     else:
         kind.kind = "number"
         kind.reason = f"min {arr.min():.4g}, median {np.median(arr):.4g}, max {arr.max():.4g}"
@@ -168,8 +174,10 @@ def _classify_numbers(name: str, kind: Kind) -> Kind:
 
 
 def _id_name(name: str) -> bool:
-    low = name.lower()
-    return low in ID_NAMES or low.endswith(("_id", "-id"))
+    """'id', 'user_id', 'Clothing ID', 'productId', 'ClothingID': a name that says it identifies."""
+    low = name.strip().lower()
+    camel = name.endswith(("Id", "ID")) and name[:-2][-1:].islower()  # not PAID, VALID
+    return low in ID_NAMES or low.endswith(("_id", "-id", " id")) or camel
 
 
 def _float_or_none(text: str) -> float | None:
