@@ -195,14 +195,19 @@ def test_target_option_name_heuristic_and_last_column(tmp_path):
         infer(path, target="nope")
 
 
-def test_imbalanced_classes_get_balanced_weights(tmp_path):
+def test_imbalanced_classes_get_balanced_weights_only_for_a_macro_metric(tmp_path):
+    """Weights move the threshold off the majority: they serve macro-F1 and cost accuracy, so they
+    come only when the user asks for the macro metric; the comment says so either way."""
     classes = ["a"] * 80 + ["b"] * 15 + ["c"] * 5
     frame = pd.DataFrame({"body": sentences("en", 100), "label": classes})
-    spec, text = init(write(tmp_path, frame))
+    path = write(tmp_path, frame)
+    spec, text = init(path)
+    assert "class_weights" not in spec["outputs"]["label"]
+    assert "16.0x" in line_of(text, "type", after="outputs:") and "--metric f1_macro" in text
+    spec = yaml.safe_load(init_yaml(path, metric="f1_macro"))
     assert spec["outputs"]["label"]["class_weights"] == "balanced"
-    assert "16.0x" in line_of(text, "class_weights") and "macro-F1" in line_of(text, "class_weights")
-    frame["label"] = labels(100, 4)  # balanced: no weights
-    assert "class_weights" not in init(write(tmp_path, frame))[0]["outputs"]["label"]
+    frame["label"] = labels(100, 4)  # balanced: no weights either way
+    assert "class_weights" not in yaml.safe_load(init_yaml(write(tmp_path, frame), metric="f1_macro"))["outputs"]["label"]
 
 
 def test_group_column_and_sibling_test_table(tmp_path):

@@ -230,7 +230,7 @@ def _tabular(kind: Kind) -> tuple[dict, dict[str, str], str]:
 
 
 # ----------------------------------------------------------------------------- the spec
-def infer(table_path: str | Path, target: str | None = None, seed: int = 0) -> Inferred:
+def infer(table_path: str | Path, target: str | None = None, seed: int = 0, metric: str = "accuracy") -> Inferred:
     """Profile the table at ``table_path`` and choose a spec, with a comment on each choice."""
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -247,7 +247,7 @@ def infer(table_path: str | Path, target: str | None = None, seed: int = 0) -> I
     if not inputs:
         raise SpecError(f"table {str(table_path)!r}: no usable input column besides the target {out_col!r}:\n  "
                         + "\n  ".join(lines))
-    out_entry, out_why, out_summary = target_entry(out_col, table.columns[out_col], how, target is not None)
+    out_entry, out_why, out_summary = target_entry(out_col, table.columns[out_col], how, target is not None, metric)
     out_name = _input_name(out_col, set())
     if out_name != out_col:
         out_entry["column"] = out_col

@@ -43,6 +43,6 @@ def to_yaml(inferred: Inferred) -> str:
     return "\n".join(head + _render(inferred.spec, inferred, (), 0)) + "\n"
 
 
-def init_yaml(table_path: str | Path, target: str | None = None) -> str:
-    """What `polyfuse init TABLE [--target COL]` prints."""
-    return to_yaml(infer(table_path, target))
+def init_yaml(table_path: str | Path, target: str | None = None, metric: str = "accuracy") -> str:
+    """What `polyfuse init TABLE [--target COL] [--metric M]` prints."""
+    return to_yaml(infer(table_path, target, metric=metric))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from polyfuse.autospec.target import METRICS
 from polyfuse.extras import require
 
 
@@ -11,7 +12,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     require("tables", "polyfuse init", modules=("pandas",))
     from polyfuse.autospec.spec_yaml import init_yaml
 
-    print(init_yaml(args.table, target=args.target), end="")
+    print(init_yaml(args.table, target=args.target, metric=args.metric), end="")
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -26,6 +27,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("table")
     p.add_argument("--target", default=None, help="column to predict (default: one named label/target/class/..., "
                    "else the last column)")
+    p.add_argument("--metric", choices=METRICS, default="accuracy",
+                   help="what the model should be good at: f1_macro weights imbalanced classes alike "
+                        "(class_weights: balanced), accuracy does not")
     p.set_defaults(fn=cmd_init)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the spec")
