@@ -95,12 +95,17 @@ def test_text_tokenizer_and_lengths_from_the_data(tmp_path, lang, tokenizer):
         assert "space-delimited" in why
 
 
-def test_long_text_gets_the_cnn_and_a_capped_length(tmp_path):
+def test_long_text_gets_the_cnn_only_with_enough_rows_per_class(tmp_path):
     texts = sentences("en", 40, lo=400, hi=900)
     spec, text = init(write(tmp_path, pd.DataFrame({"doc": texts, "label": labels(40)})))
-    entry = spec["inputs"]["doc"]
-    assert entry["encoder"] == "cnn" and entry["max_length"] == 512 and "max_ngrams" not in entry
-    assert "long text" in line_of(text, "encoder") and "cut at 512" in line_of(text, "max_length")
+    entry = spec["inputs"]["doc"]  # ~13 rows a class: the n-gram bag
+    assert entry["encoder"] == "ngram" and entry["max_length"] == 512 and "max_ngrams" in entry
+    assert "rows per class" in line_of(text, "encoder") and "cut at 512" in line_of(text, "max_length")
+    texts = sentences("en", 1000, lo=320, hi=400)
+    frame = pd.DataFrame({"doc": texts, "score": np.random.default_rng(0).normal(size=1000)})
+    spec, text = init(write(tmp_path, frame))
+    entry = spec["inputs"]["doc"]  # a regression target learns from every row
+    assert entry["encoder"] == "cnn" and "max_ngrams" not in entry and "long text" in line_of(text, "encoder")
 
 
 def test_header_counts_rows_and_describes_columns(tmp_path):
