@@ -3,8 +3,8 @@ resize and center crop (``processor_pixels``), then its rescale and normalisatio
 
 Images of ``encoder: {hf: ...}`` inputs and each frame of pretrained video inputs
 (:mod:`polyfuse.preprocess.video_hf`) go through the same two steps. The processor dict ``p`` comes
-from :func:`polyfuse.preprocess.hf.read_processor`. Imported by the torch-free runtime: never
-import torch here.
+from :func:`polyfuse.preprocess.hf.read_processor`. The torch-free runtime imports this module, so
+it must never need torch.
 """
 from __future__ import annotations
 
