@@ -232,9 +232,7 @@ def augment_wave(wave: np.ndarray, rng: np.random.Generator, *, sample_rate: int
 # ----------------------------------------------------------------------------- pipeline hooks
 def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED) -> np.ndarray:
     """Decode one table cell (path, bytes or array) of an audio input to a normalised waveform."""
-    from polyfuse.data.io import (
-        resolve_media,  # local: keeps this module's import light for the runtime
-    )
+    from polyfuse.data.io import resolve_media  # local: keeps this module's import light for the runtime
 
     source = resolve_media(value, folder)
     where = str(value) if isinstance(value, str) else ""

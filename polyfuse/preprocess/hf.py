@@ -173,9 +173,7 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
     Images smaller than the model's input are upscaled (as the reference processor does)."""
     if cfg.type == "text":
         return _decode_text(value, cfg)
-    from polyfuse.data.io import (
-        resolve_media,  # local: keeps the runtime's import light
-    )
+    from polyfuse.data.io import resolve_media  # local: keeps the runtime's import light
 
     where = str(value) if isinstance(value, str) else ""
     source = resolve_media(value, folder)

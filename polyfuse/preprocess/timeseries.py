@@ -125,9 +125,7 @@ def read_series(value: Any, cfg: Any, folder: Path) -> tuple[np.ndarray, str]:
             return read_series(json.loads(value), cfg, folder)
         except json.JSONDecodeError:
             raise BadInputError("time series cell looks like a JSON array but does not parse") from None
-    from polyfuse.data.io import (
-        resolve_media,  # local: keeps this module's import light for the runtime
-    )
+    from polyfuse.data.io import resolve_media  # local: keeps this module's import light for the runtime
 
     source = resolve_media(value, folder)
     if isinstance(source, np.ndarray):

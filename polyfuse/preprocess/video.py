@@ -155,9 +155,7 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
     """One cell (a path relative to the table's folder, file bytes, or a frame array) -> uint8
     [frames, size, size, 3]. Raises BadInputError naming the file and what is wrong: undecodable,
     truncated, no video stream, no frames."""
-    from polyfuse.data.io import (
-        resolve_media,  # local: keeps this module's import light for the runtime
-    )
+    from polyfuse.data.io import resolve_media  # local: keeps this module's import light for the runtime
 
     return decode_source(resolve_media(value, folder), value, cfg, budget)
 
