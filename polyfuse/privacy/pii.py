@@ -102,9 +102,15 @@ def _valid_card(s: str) -> bool:
     return 13 <= len(digits) <= 19 and luhn_ok(digits)
 
 
-def _matches(patterns: list[re.Pattern], valid: Callable[[str], bool], url: bool = False
+def _matches(patterns: list[re.Pattern], valid: Callable[[str], bool], gate: str, url: bool = False
              ) -> Callable[[str], Iterator[tuple[int, int]]]:
+    """The finder of ``patterns``' valid spans; none is tried on a text without ``gate`` (a character
+    every match holds: one C scan where each pattern cost ~50 ns a character)."""
+    needed = re.compile(gate)
+
     def spans(text: str) -> Iterator[tuple[int, int]]:
+        if not needed.search(text):
+            return
         for pattern in patterns:
             for m in pattern.finditer(text):
                 start, end = _url_span(m) if url else m.span()
@@ -115,12 +121,12 @@ def _matches(patterns: list[re.Pattern], valid: Callable[[str], bool], url: bool
 
 # type -> the spans of that type in a text
 _FINDERS: dict[str, Callable[[str], Iterable[tuple[int, int]]]] = {
-    "email": _matches([_EMAIL], lambda s: True),
-    "url": _matches([_URL], lambda s: True, url=True),
-    "ip": _matches([_IPV4, _IPV6], lambda s: "." in s or _valid_ipv6(s)),
-    "cn_id": _matches([_CN_ID], valid_cn_id),
-    "bank_card": _matches([_CARD], _valid_card),
-    "phone": _matches(_PHONES, _valid_phone),
+    "email": _matches([_EMAIL], lambda s: True, "@"),
+    "url": _matches([_URL], lambda s: True, "://|www\\.", url=True),
+    "ip": _matches([_IPV4, _IPV6], lambda s: "." in s or _valid_ipv6(s), r"\d\.|:"),
+    "cn_id": _matches([_CN_ID], valid_cn_id, r"\d"),
+    "bank_card": _matches([_CARD], _valid_card, r"\d"),
+    "phone": _matches(_PHONES, _valid_phone, r"\d"),
     "address": find_addresses,
     "person": find_persons,
 }
@@ -139,16 +145,19 @@ def find(text: str, types: Iterable[str] = ENTITIES) -> list[Span]:
     """PII spans in ``text``, non-overlapping and in order; the longest wins where rules overlap
     (an email inside a URL is part of the URL; a phone-like run inside an ID is the ID; a name inside
     an address, "12 Victoria Street", is the address)."""
-    candidates = [Span(start, end, kind) for kind in types for start, end in _FINDERS[kind](text)]
     rank = {kind: i for i, kind in enumerate(ENTITIES)}
-    chosen: list[Span] = []  # disjoint and sorted, so a span overlaps one iff it overlaps a neighbour:
-    starts: list[int] = []   # checking every chosen span made a text of n entities cost n^2
-    for span in sorted(candidates, key=lambda s: (s.start - s.end, rank[s.type], s.start)):
-        i = bisect.bisect_left(starts, span.start)
-        if (i == 0 or chosen[i - 1].end <= span.start) and (i == len(chosen) or span.end <= chosen[i].start):
-            chosen.insert(i, span)
-            starts.insert(i, span.start)
-    return chosen
+    # plain tuples, longest first, sorted in C: a text dense in entities (王先生 repeated) spent most
+    # of its time building and ordering objects
+    candidates = [(start - end, rank[kind], start, end) for kind in types for start, end in _FINDERS[kind](text)]
+    candidates.sort()
+    chosen: list[tuple[int, int, int]] = []  # disjoint and sorted, so a span overlaps one iff it overlaps
+    starts: list[int] = []                   # a neighbour: checking every chosen span cost n^2
+    for _, r, start, end in candidates:
+        i = bisect.bisect_left(starts, start)
+        if (i == 0 or chosen[i - 1][1] <= start) and (i == len(chosen) or end <= chosen[i][0]):
+            chosen.insert(i, (start, end, r))
+            starts.insert(i, start)
+    return [Span(start, end, ENTITIES[r]) for start, end, r in chosen]
 
 
 def redact(text: str, types: Iterable[str] = ENTITIES) -> str:
