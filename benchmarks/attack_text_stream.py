@@ -1,7 +1,7 @@
 """The costliest TEXT and STREAM requests against `polyfuse serve`, as ratios against baselines measured in the
 same run (the security issue's targets; benchmarks/attack.py does the same for images, audio and bodies).
 
-    .venv/bin/python benchmarks/attack_text_stream.py [--duration 8] [--rounds 2] [--normal 4] [--attackers 4]
+    .venv/bin/python benchmarks/attack_text_stream.py [--duration 8] [--rounds 3] [--normal 4] [--attackers 4]
                                                       [--old b530070] [--out DIR]
 
 The model (trained once into runs/bench-attack-text-stream, reused after) has a text input with
@@ -18,8 +18,8 @@ so /v2/stream serves it, and a number. Normal clients send one ordinary record p
    Targets: normal p99 under attack <= 3x calm, no normal request answered 5xx or not at all, liveness p99
    <= 100 ms, RSS after the round <= 1.5x after start-up, no traceback in the server log.
 
-Every request has a timeout, attackers stop with their phase, servers are subprocesses on 127.0.0.1 killed
-in `finally`.
+Attackers run from a process of their own (another machine, in effect). Every request has a timeout,
+attackers stop with their phase, servers are subprocesses on 127.0.0.1 killed in `finally`.
 """
 from __future__ import annotations
 
@@ -33,19 +33,18 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attack import attackers, normal_clients, old_code, warm_server  # noqa: E402
-from common import REPO, Figures, log, percentile_ms, rss_mb, running_server, train_spec  # noqa: E402
+from common import REPO, Figures, Liveness, apart, log, percentile_ms, rss_mb, running_server, train_spec, wait_for  # noqa: E402
 
 OLD_DEFAULT = "b530070"  # the last commit before /v2/stream was hardened (sec-streams)
 CACHE = REPO / "runs" / "bench-attack-text-stream"
@@ -193,37 +192,6 @@ async def stream_attacker(url: str, start: str, samples: str, tally: Counter, op
                 reader.cancel()
 
 
-class Liveness:
-    """Polls /v2/health/live every ~50 ms from a thread for a ``with``; a poll that fails or times out (2 s)
-    counts with the time it took, so a frozen server shows as seconds, not as a gap."""
-
-    def __init__(self, url: str):
-        self.url, self.latencies, self.failed = url + "/v2/health/live", [], 0
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        with httpx.Client(timeout=2, trust_env=False) as client:
-            while not self.done.is_set():
-                t0 = time.perf_counter()
-                try:
-                    ok = client.get(self.url).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                took = time.perf_counter() - t0
-                self.latencies.append(took)
-                self.failed += not ok
-                self.done.wait(max(0.0, 0.05 - took))
-
-    def __enter__(self) -> "Liveness":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.done.set()
-        self.thread.join(5)
-
-
 async def stop_streams(tasks: list[asyncio.Task], open_ws: set) -> None:
     """Abort the attackers' connections (a TCP reset: nothing waits on the server), then their tasks."""
     for ws in list(open_ws):
@@ -235,27 +203,37 @@ async def stop_streams(tasks: list[asyncio.Task], open_ws: set) -> None:
         log(f"  {len(stuck)} stream attacker(s) did not stop within 5 s; left behind")
 
 
-async def phase(url: str, normal: list[bytes], kind: str, args, texts: list[bytes],
-                streams: dict[str, dict[str, str]]) -> tuple[list[float], list[int], Counter]:
-    """Normal clients for --duration s while the ``kind`` attack runs (started 1 s before them)."""
-    n_text = 0 if kind != "text+stream" else args.attackers // 2
-    n_stream = 0 if kind == "calm" else args.attackers - n_text
+async def attack(url: str, kind: str, n_attackers: int, texts: list[bytes], streams: dict[str, dict[str, str]],
+                 started: Any, stop: Any) -> Counter:
+    """The ``kind`` attack until ``stop`` (in a process of its own, see common.apart); the attackers' tally."""
+    n_text = 0 if kind != "text+stream" else n_attackers // 2
     msgs = streams["hostile" if kind == "text+stream" else "clean"]
     starts = [v for k, v in msgs.items() if k.startswith("hop")]
     tally: Counter = Counter()
-    stop = asyncio.Event()
-    text_task = asyncio.create_task(attackers(url, texts, n_text, stop)) if n_text else None
+    halt = asyncio.Event()
+    text_task = asyncio.create_task(attackers(url, texts, n_text, halt)) if n_text else None
     open_ws: set = set()
     ws_tasks = [asyncio.create_task(stream_attacker(url, starts[k % 2], msgs["samples"], tally, open_ws))
-                for k in range(n_stream)]
-    if n_text or n_stream:
-        await asyncio.sleep(1.0)  # the attack is under way before normal traffic is measured
-    latencies, statuses = await normal_clients(url, normal, args.normal, args.duration)
-    stop.set()  # text attackers end after their request in flight (attack.py's 60 s timeout bounds it)
+                for k in range(n_attackers - n_text)]
+    started.set()
+    await wait_for(stop)
+    halt.set()  # text attackers end after their request in flight (attack.py's 60 s timeout bounds it)
     await stop_streams(ws_tasks, open_ws)
     if text_task is not None:
         tally.update(f"predict HTTP {s}" if s else "predict no answer" for s in await text_task)
-    return latencies, statuses, tally
+    return tally
+
+
+async def phase(url: str, normal: list[bytes], kind: str, args, texts: list[bytes],
+                streams: dict[str, dict[str, str]]) -> tuple[list[float], list[int], Counter]:
+    """Normal clients for --duration s while the ``kind`` attack runs from another process (started 1 s
+    before them)."""
+    if kind == "calm":
+        return *await normal_clients(url, normal, args.normal, args.duration), Counter()
+    with apart(attack, url, kind, args.attackers, texts, streams) as result:
+        await asyncio.sleep(1.0)  # the attack is under way before normal traffic is measured
+        latencies, statuses = await normal_clients(url, normal, args.normal, args.duration)
+    return latencies, statuses, result.value or Counter({"attack process returned nothing": 1})
 
 
 # ------------------------------------------------------------------------------------------------ the steps
@@ -363,7 +341,7 @@ def report(args, new: list[float], old: list[float], note: str, rounds: list[dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per measured phase")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--normal", type=int, default=4, help="closed-loop normal clients")
     ap.add_argument("--attackers", type=int, default=4)
     ap.add_argument("--old", default=OLD_DEFAULT, help="git revision of the code before the security change")

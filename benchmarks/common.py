@@ -1,20 +1,24 @@
 """What several benchmarks share: the repository's paths, the polyfuse CLI and training in a subprocess,
-`polyfuse serve` on a free loopback port, process figures read from /proc, interleaved timing, and the
-figures table that prints each figure as it is measured.
+`polyfuse serve` on a free loopback port, load generated from a process of its own, process figures read
+from /proc, interleaved timing, and the figures table that prints each figure as it is measured.
 
 Importing it puts the repository first on sys.path, so that a script run as
 ``python benchmarks/x.py`` measures this checkout's polyfuse, not an installed one.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -126,6 +130,39 @@ def running_server(model_dir: Path, *flags: str, **options: Any) -> Iterator[tup
         stop_server(proc)
 
 
+def _apart_main(fn: Callable, args: tuple, started: Any, stop: Any, results: Any) -> None:
+    results.put(asyncio.run(fn(*args, started=started, stop=stop)))
+
+
+@contextlib.contextmanager
+def apart(fn: Callable, *args: Any, start_timeout_s: float = 60.0) -> Iterator[SimpleNamespace]:
+    """Run the coroutine function ``fn(*args, started=, stop=)`` in a process of its own for a ``with``:
+    the block begins once ``fn`` sets ``started``, ``stop`` is set when it ends, and ``fn``'s return value
+    is then in the yielded namespace's ``value``. Attackers are other machines: sending 16 MB bodies from
+    the measuring process held its GIL, so the normal clients' latencies measured the client too."""
+    ctx = multiprocessing.get_context("spawn")
+    started, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=_apart_main, args=(fn, args, started, stop, results), daemon=True)
+    proc.start()
+    out = SimpleNamespace(value=None)
+    try:
+        if not started.wait(start_timeout_s):
+            raise RuntimeError(f"{fn.__name__} did not start within {start_timeout_s:g} s")
+        yield out
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            out.value = results.get(timeout=90)
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+
+
+async def wait_for(event: Any) -> None:
+    """Await a multiprocessing Event without blocking the event loop."""
+    await asyncio.get_running_loop().run_in_executor(None, event.wait)
+
+
 def rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -189,3 +226,36 @@ class Figures:
     def summary(self) -> None:
         met, missed = self.verdicts.count(True), self.verdicts.count(False)
         print(f"\n{met} targets met, {missed} missed")
+
+
+class Liveness:
+    """Polls /v2/health/live every ~50 ms from a thread for a ``with``; a poll that fails or times out (2 s)
+    counts with the time it took, so a frozen server shows as seconds, not as a gap."""
+
+    def __init__(self, url: str):
+        self.url, self.latencies, self.failed = url + "/v2/health/live", [], 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=2, trust_env=False) as client:
+            while not self.done.is_set():
+                t0 = time.perf_counter()
+                try:
+                    ok = client.get(self.url).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                took = time.perf_counter() - t0
+                self.latencies.append(took)
+                self.failed += not ok
+                self.done.wait(max(0.0, 0.05 - took))
+
+    def __enter__(self) -> "Liveness":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(5)

@@ -106,7 +106,7 @@ def _add_predict_route(app: FastAPI, state: ServerState, cfg: ServeConfig,
     @app.post("/predict", summary="Predict from JSON records (base64 for binary inputs) or one multipart form")
     async def predict(request: Request) -> Response:
         async def handle() -> Response:
-            ctype = request.headers.get("content-type", "")
+            ctype, raw = request.headers.get("content-type", ""), None
             if ctype.startswith("multipart/form-data"):
                 form = await _form_record(request)
                 size = sum(len(v) for v in form["records"][0].values() if isinstance(v, bytes))
@@ -120,7 +120,7 @@ def _add_predict_route(app: FastAPI, state: ServerState, cfg: ServeConfig,
                 raise RequestError(415, f"unsupported content type {ctype or 'none'!r}: send application/json "
                                         "or multipart/form-data")
             probs, labels, _ = await state.predict(parse, size, request.scope["state"]["deadline"],
-                                                  request.scope["state"])
+                                                  request.scope["state"], raw=raw)
             return JSONResponse({"model": backend.name, "request_id": request.state.request_id,
                                  "predictions": prediction_rows(backend, state.classes, probs, labels)})
 

@@ -49,6 +49,9 @@ class ServeConfig:
     # /v2/stream: browser origins (scheme://host:port, normalised by serve/stream_access.parse_origins) that
     # may open a stream besides the server's own; handshakes without an Origin (not a browser) always may
     allowed_origins: tuple[str, ...] = ()
+    # bodies over 1 MB and stream messages over 64 KB are parsed in a worker process of their own (serve/heavy.py),
+    # so that the largest requests the limits allow cannot hold the server's GIL; off, a thread of it parses them
+    heavy_process: bool = True
 
     def __post_init__(self) -> None:
         limits = {"--stream-idle-timeout": self.stream_idle_s, "--stream-max-message-kb": self.stream_max_message_bytes,

@@ -1,9 +1,10 @@
 """What one server process holds: the model backend, the preprocessing lanes, the batcher, and the
 path every /predict and /infer request takes through them (parse -> decode -> batch -> answer).
 
-Two preprocessing lanes: requests whose body or declared media is large are parsed and decoded on a
-thread of their own, so that a few costly requests (the largest the limits allow) delay each other,
-not the ordinary ones. Every request carries a DecodeBudget with its deadline: when it is answered
+Two preprocessing lanes: requests whose body or declared media is large are parsed and decoded apart
+(a JSON body in a worker process, serve/heavy.py; media a multipart form declares large on a thread of
+its own), so that a few costly requests (the largest the limits allow) delay each other, not the
+ordinary ones. Every request carries a DecodeBudget with its deadline: when it is answered
 (or times out, or the client leaves) its decoding stops at the next check instead of running on.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from polyfuse.preprocess.targets import MODALITY_WEIGHTS, decode_outputs
 from polyfuse.serve.access import Access
 from polyfuse.serve.batching import Batcher, batching_pays
 from polyfuse.serve.config import ServeConfig
+from polyfuse.serve.heavy import HeavyLane
 from polyfuse.serve.observability import Metrics, access_logger
 from polyfuse.serve.requests import RequestError
 from polyfuse.threads import usable_cpus
@@ -97,6 +99,7 @@ class ServerState:
         self.log = access_logger()
         self.prep = ThreadPoolExecutor(max_workers=prep_threads(), thread_name_prefix="preprocess")
         self.heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-heavy")
+        self.heavy_process: HeavyLane | None = None  # started with the event loop (start)
         self.batcher: Batcher | None = None
         self.ready = False
         self.inflight = 0
@@ -132,6 +135,10 @@ class ServerState:
         self.batcher = self.make_batcher(b.run_arrays, max_batch, cfg.max_delay_ms / 1e3, cfg.queue_size,
                                self.metrics.observe_batch)
         self.batcher.start()
+        if cfg.heavy_process:
+            self.heavy_process = HeavyLane(b.spec, b.preprocessor, cfg)
+            warming = self.loop.create_task(self.heavy_process.warm())
+            warming.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed start shows per request
         self.ready = True
 
     async def stop(self) -> None:
@@ -141,6 +148,8 @@ class ServerState:
             await self.batcher.stop()
         for pool in (self.prep, self.heavy):
             pool.shutdown(wait=False, cancel_futures=True)
+        if self.heavy_process is not None:
+            self.heavy_process.shutdown()
         if self.audit is not None:
             self.audit.close()
 
@@ -159,13 +168,14 @@ class ServerState:
         finally:
             release_memory()  # after large requests only: a trim walks the whole heap
 
-    async def predict(self, parse: Parse, body_bytes: int, deadline: float,
-                      who: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, list], Any]:
+    async def predict(self, parse: Parse, body_bytes: int, deadline: float, who: dict | None = None,
+                      raw: bytes | None = None) -> tuple[dict[str, np.ndarray], dict[str, list], Any]:
         """Parse and preprocess off the event loop, queue for the batcher, await the model's answer.
 
         ``parse`` turns the request body into (records, context), checking media headers against the
         budget it is given, and raises RequestError; it runs in a preprocessing lane with the rest,
-        so the event loop only moves bytes. Returns (probabilities, labels, context).
+        so the event loop only moves bytes. ``raw``: the JSON body ``parse`` reads, given when the
+        worker process may parse it instead (a large one). Returns (probabilities, labels, context).
         """
         loop = asyncio.get_running_loop()
         assert self.batcher is not None  # admission (Guard) already capped the requests that get here
@@ -185,9 +195,14 @@ class ServerState:
                     release_memory()
 
         try:
-            records, context, batch = await loop.run_in_executor(self.heavy if heavy else self.prep, prepare)
-            if batch is None:  # cheap to parse, costly to decode: decoded away from the ordinary requests
-                batch = await loop.run_in_executor(self.heavy, self._decode_heavy, records, budget)
+            context = None
+            if heavy and raw is not None and self.heavy_process is not None:
+                rows, batch, records = await self.heavy_process.decode_body(raw, deadline, self.audit is not None)
+            else:
+                records, context, batch = await loop.run_in_executor(self.heavy if heavy else self.prep, prepare)
+                if batch is None:  # cheap to parse, costly to decode: decoded away from the ordinary requests
+                    batch = await loop.run_in_executor(self.heavy, self._decode_heavy, records, budget)
+                rows = len(records)
         except BadInputError as e:
             where = [f"record {e.row}"] if e.row is not None else []
             where += [f"field '{e.column}'"] if e.column is not None else []
@@ -199,7 +214,7 @@ class ServerState:
         finally:
             budget.cancel()  # answered, timed out or abandoned: decoding for it stops at its next check
         try:
-            future = self.batcher.submit(batch, len(records))
+            future = self.batcher.submit(batch, rows)
         except asyncio.QueueFull:
             raise RequestError(503, "the server is at capacity; retry shortly") from None
         probs = await future

@@ -14,7 +14,7 @@ handshake is checked for its ``Origin`` and key (serve/stream_access.py).
 
 Windows live in polyfuse.preprocess.streams.StreamWindows (one per connection, freed on disconnect).
 Each message is parsed and cut into windows in a preprocessing lane (messages over
-``HEAVY_MESSAGE_BYTES`` in the heavy one), never on the event loop; only the windows that can be
+``HEAVY_MESSAGE_BYTES`` parsed in the worker process, serve/heavy.py), never on the event loop; only the windows that can be
 predicted are cut, and a message making more than ``MAX_DUE_PER_MESSAGE`` windows due is refused.
 Each window then goes through the server's normal path (preprocessing lane, then the dynamic batcher).
 
@@ -42,6 +42,7 @@ from polyfuse.preprocess.streams import STREAM_TYPES, StreamWindows
 from polyfuse.serve.guard import api_key
 from polyfuse.serve.requests import RequestError, clean_record
 from polyfuse.serve.state import prediction_rows
+from polyfuse.serve.stream_parse import parse_message
 from polyfuse.serve.stream_access import (
     SUBPROTOCOL,
     offered_subprotocols,
@@ -124,12 +125,11 @@ class Session:
     def handle(self, data: bytes | str) -> str | None:
         """Parse one message and apply it (start, or samples into the windows): in a preprocessing lane,
         off the event loop. Returns the error to send, or None."""
-        try:
-            body = json.loads(data)
-        except RecursionError:  # json's C parser raises it past ~1000 levels of nesting
-            return "not a JSON message (nested too deeply)"
-        except (ValueError, UnicodeDecodeError):
-            return "not a JSON message"
+        kind, parsed = parse_message(data)
+        return parsed if kind == "error" else self.apply(parsed)
+
+    def apply(self, body: Any) -> str | None:
+        """Apply one parsed message; the error to send, or None."""
         if not isinstance(body, dict) or len(body) != 1 or next(iter(body)) not in ("start", "samples"):
             return _USAGE
         try:
@@ -170,15 +170,26 @@ class Session:
         while True:
             data = await self.receive()
             await self.pace(len(data))
-            lane = self.state.heavy if len(data) > HEAVY_MESSAGE_BYTES else self.state.prep
             try:
-                error = await loop.run_in_executor(lane, self.handle, data)
+                error = await self._handle(loop, data)
             except RuntimeError:  # the lanes were shut down: the server is stopping
                 await self.close(1001, "the server is shutting down")
             if error is not None:
                 await self.send({"error": error})
             elif self.windows is not None and self.windows.pending:
                 self.due.set()
+
+    async def _handle(self, loop: asyncio.AbstractEventLoop, data: bytes | str) -> str | None:
+        """A large message is parsed in the worker process (serve/heavy.py) and applied on the heavy thread;
+        a small one parsed and applied on a preprocessing thread."""
+        heavy = len(data) > HEAVY_MESSAGE_BYTES
+        if heavy and self.state.heavy_process is not None:
+            try:
+                kind, parsed = await self.state.heavy_process.parse_message(data)
+            except RequestError as e:  # the worker stopped
+                return e.message
+            return parsed if kind == "error" else await loop.run_in_executor(self.state.heavy, self.apply, parsed)
+        return await loop.run_in_executor(self.state.heavy if heavy else self.state.prep, self.handle, data)
 
     def _throttle(self, due: list) -> list:
         """The windows this key's rate limit lets through (the latest first), counting the others."""
