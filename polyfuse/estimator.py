@@ -162,6 +162,8 @@ def load(path: str | Path, *, key_env: str | None = None, verify_key: str | Path
         net = FusionModel(spec, pre.state)
         weights = load_safetensors(opened.read("weights.safetensors"))
         weights.setdefault("temperature", torch.ones(len(spec.outputs)))  # saved before calibration existed
+        if net.members is not None and not any(k.startswith("members.") for k in weights):
+            net.members = None  # saved before ensembles existed: the network alone, as it was selected
         net.load_state_dict(weights)
     except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path}: the artifact does not load ({e}); it may come from another polyfuse version") from None

@@ -176,7 +176,7 @@ def test_training_reports_a_crippled_network_beaten_by_the_baseline(tmp_path):
     spec = {"inputs": {"note": {"type": "text", "encoder": "bigru", "dim": 16}, "x": {"type": "number"}},
             "outputs": {"label": {"type": "category"}},
             "data": {"split": {"valid": 0.2, "test": 0.2, "seed": 0}},
-            "train": {"epochs": 1, "lr": 1e-6, "batch_size": 32, "threads": 1, "calibrate": False}}
+            "train": {"epochs": 1, "lr": 1e-6, "batch_size": 32, "threads": 1, "calibrate": False, "ensemble": "off"}}
     model = polyfuse.train(spec, data=keyword_table(150).drop(columns=["photo"]), out=tmp_path / "run",
                            show_progress=False)
     base = model.metrics["baseline"]
@@ -189,6 +189,13 @@ def test_training_reports_a_crippled_network_beaten_by_the_baseline(tmp_path):
     # with a test split too, validation keeps its ablation, so the text branch itself is blamed
     assert "note" in model.metrics["valid"]["ablation"]["only"]
     assert any("encoder learns 'note' from scratch" in w for w in model.metrics["baseline_warnings"])
+
+    spec["train"]["ensemble"] = "auto"  # the default: the linear members carry the crippled network
+    rescued = polyfuse.train(spec, data=keyword_table(150).drop(columns=["photo"]), out=tmp_path / "ensemble",
+                             show_progress=False)
+    floor = rescued.metrics["baseline"]["outputs"]["label"]["all"]["valid"]["accuracy"]
+    assert rescued.metrics["valid"]["outputs"]["label"]["accuracy"] >= floor - 0.05
+    assert not any("BASELINE BEATS THE NETWORK on 'label'" in w for w in rescued.metrics.get("baseline_warnings", []))
 
     spec["train"]["baseline"] = False  # the floor can be turned off: nothing fitted, nothing shown
     quiet = polyfuse.train(spec, data=keyword_table(150).drop(columns=["photo"]), out=tmp_path / "off",

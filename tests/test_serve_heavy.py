@@ -83,3 +83,18 @@ def test_a_dead_worker_fails_one_request_and_is_replaced(server, toy_csv):
     assert _post(server.url, _padded(records)).status_code == 200
     assert _post(server.url, json.dumps({"records": records}).encode()).status_code == 200
     assert_ready(server)
+
+
+def test_the_worker_ends_with_a_killed_server(toy_dir, tmp_path, toy_csv):
+    s = Server(toy_dir, [], tmp_path)
+    try:
+        records = [as_json(r) for r in toy_records(toy_csv, 2)]
+        assert _post(s.url, _padded(records)).status_code == 200
+        workers = _workers(s.proc.pid)
+        assert workers
+    finally:
+        s.stop()  # SIGKILL, no shutdown: what the OOM killer or a crash leaves
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{w}").exists() for w in workers), "the worker outlived its server"

@@ -40,7 +40,9 @@ LONG_TEXT = 300  # p95 tokens above which the CNN may replace the n-gram bag...
 # (what the linear model reads) did not
 CNN_MIN_ROWS_PER_CLASS = 1000
 MAX_TEXT_LENGTH = 512
-TRAIN = {"epochs": 30, "batch_size": 64, "lr": 1.0e-3, "early_stopping": 5, "seed": 0}
+TRAIN = {"epochs": 30, "batch_size": 64, "lr": 1.0e-3, "early_stopping": 5, "seed": 0, "ensemble": "auto"}
+ENSEMBLE_WHY = ("the network mixed with linear models on all inputs and on each alone, weights chosen on the "
+                "validation rows (never worse there than the best of them); off: the network alone")
 
 
 @dataclass
@@ -261,6 +263,7 @@ def infer(table_path: str | Path, target: str | None = None, seed: int = 0, metr
     if out_name != out_col:
         out_entry["column"] = out_col
     inferred.comments.update({("outputs", out_name, key): text for key, text in out_why.items()})
+    inferred.comments[("train", "ensemble")] = ENSEMBLE_WHY
     lines.insert(0, f"{out_col}: target; {out_summary}")
     inferred.spec = {"data": _data(table_path, table, group, inferred), "inputs": inputs,
                      "fusion": {"method": "concat"}, "outputs": {out_name: out_entry}, "train": dict(TRAIN)}

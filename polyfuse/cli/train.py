@@ -29,9 +29,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         if split in model.metrics:
             print(report.summary(model.metrics[split], model.spec, title=f"{split} split"))
             break
-    table = report.baseline_table(model.metrics, model.spec)
-    if table:
-        print(table)
+    for table in (report.ensemble_table(model.metrics), report.baseline_table(model.metrics, model.spec)):
+        if table:
+            print(table)
     print(f"trained in {model.metrics['train_seconds']:.1f} s; model saved to {args.out}")
 
 

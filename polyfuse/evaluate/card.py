@@ -52,6 +52,21 @@ def _heads_and_wide(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) or "Softmax heads on the fused features; no wide half."
 
 
+def _ensemble(metrics: dict[str, Any]) -> str:
+    """Markdown: each member's weight and scores, and the mix against the best member; or why there is none."""
+    from polyfuse.evaluate.report import ensemble_rows
+
+    ens = metrics.get("ensemble") or {}
+    if "off" in ens:
+        return f"Off: {ens['off']}."
+    parts = []
+    for out, metric, rows in ensemble_rows(metrics):
+        table = [f"`{out}`, {metric} (weights chosen on the validation rows):", "",
+                 "| member | weight | valid | test |", "| --- | --- | --- | --- |"]
+        parts.append("\n".join(table + [f"| {m} | {w} | {v} | {t} |" for m, w, v, t in rows]))
+    return "\n\n".join(parts) or "No ensemble."
+
+
 def encoder_text(cfg: Any) -> str:
     """`cnn`, or for a pretrained backbone its name, how it was trained and its pooling."""
     enc = cfg.encoder
@@ -133,6 +148,9 @@ valid {sizes.get('valid', '?')}, test {sizes.get('test', '?')}
 
 ## Heads
 {_heads_and_wide(m)}
+
+## Ensemble
+{_ensemble(m)}
 
 ## Baseline
 {_baseline(m, spec)}

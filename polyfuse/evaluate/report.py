@@ -126,3 +126,30 @@ def baseline_table(metrics: dict[str, Any], spec: Any) -> str:
         lines += [f"  {label:<{width - 2}}" + "".join(f"{c:>16}" for c in cells) for label, cells in rows]
     lines += [f"!! {w}" for w in metrics.get("baseline_warnings", [])]
     return "\n".join(lines)
+
+
+def ensemble_rows(metrics: dict[str, Any]) -> list[tuple[str, str, list[tuple[str, str, str, str]]]]:
+    """(output, metric, rows of (member, weight, valid, test)): each member and the mix; [] without one."""
+    outputs = (metrics.get("ensemble") or {}).get("outputs") or {}
+    tables = []
+    for out, entry in outputs.items():
+        show = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
+        rows = [(r["member"], f"{r['weight']:.2f}", show(r.get("valid")), show(r.get("test"))) for r in entry["members"]]
+        mix = entry["ensemble"]
+        rows.append((f"ensemble (best member: {entry['best_member']})", "", show(mix.get("valid")), show(mix.get("test"))))
+        tables.append((out, entry["metric"], rows))
+    return tables
+
+
+def ensemble_table(metrics: dict[str, Any]) -> str:
+    """Plain text: the ensemble's members, weights and scores per output; why there is none, or ''."""
+    ens = metrics.get("ensemble") or {}
+    if "off" in ens:
+        return f"ensemble: off ({ens['off']})"
+    lines = []
+    for out, metric, rows in ensemble_rows(metrics):
+        width = max(len(r[0]) for r in rows) + 2
+        lines.append(f"ensemble {out}: members chosen on the validation rows ({ens.get('seconds', 0):.1f} s)")
+        lines.append(f"  {'member':<{width}}{'weight':>8}{'valid ' + metric:>18}{'test ' + metric:>18}")
+        lines += [f"  {m:<{width}}{w:>8}{v:>18}{t:>18}" for m, w, v, t in rows]
+    return "\n".join(lines)

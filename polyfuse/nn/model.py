@@ -1,6 +1,8 @@
 """The fusion model: a dict of encoders, a fusion module and a dict of heads, composed in forward."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -8,11 +10,25 @@ from torch import nn
 from polyfuse.nn.build import build_encoder
 from polyfuse.nn.fusion import build_fusion
 from polyfuse.nn.heads import build_head
+from polyfuse.nn.members import LinearMembers, member_inputs, member_outputs
 from polyfuse.nn.wide import WideText, wide_inputs, wide_outputs
 from polyfuse.preprocess.targets import MODALITY_WEIGHTS
 from polyfuse.spec.schema import Spec
 
 TIME_ALIGNED = ("timeseries", "video", "audio")  # inputs whose encoders can give per-step sequences (fusion sequence)
+
+
+@dataclass
+class Side:
+    """What the inputs give besides their vectors: each input's wide logits (None for inputs without a
+    wide path) and the linear ensemble members' logits [B, members, K] (None without an ensemble)."""
+
+    wide: list
+    linear: torch.Tensor | None = None
+
+    def rows(self, mask: torch.Tensor) -> "Side":
+        return Side([None if w is None else w[mask] for w in self.wide],
+                    None if self.linear is None else self.linear[mask])
 
 
 class FusionModel(nn.Module):
@@ -59,14 +75,17 @@ class FusionModel(nn.Module):
         # temperature scaling, fitted after training (1 until then); a buffer, so it is saved with the
         # weights and exported into the ONNX graph
         self.register_buffer("temperature", torch.ones(len(spec.outputs)))
+        # the validation-selected ensemble of linear members with the network (polyfuse.training.ensemble)
+        self.members = LinearMembers(spec, state) if ensemble_enabled(spec, state) else None
 
-    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, list]:
+    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, Side]:
         """Each input's vector, the [B, n_inputs] presence mask (before any modality dropout) and
-        each input's wide logits (None for inputs without a wide path)."""
+        what else the inputs give (:class:`Side`)."""
         present = torch.stack([batch[f"{n}__present"].bool() for n in self.names], dim=1)
         vectors = [self.encode_input(n, batch) for n in self.names]
         wide = [self.wide[n](batch[n]) if n in self.wide else None for n in self.names]
-        return vectors, present, wide
+        linear = self.members(batch, present, self.names) if self.members is not None and self.members.active else None
+        return vectors, present, Side(wide, linear)
 
     def encode_input(self, name: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One input's vector; from a frozen backbone's cached output (``name__features``) when the batch has it."""
@@ -95,17 +114,20 @@ class FusionModel(nn.Module):
         dropped = present & (torch.rand(present.shape, device=present.device) >= p)
         return torch.where(dropped.any(1, keepdim=True), dropped, present)
 
-    def decide(self, vectors: list[torch.Tensor], present: torch.Tensor, wide: list | None = None) -> dict[str, torch.Tensor]:
-        """Fuse the present inputs' vectors, run every head, add the present inputs' wide logits."""
+    def decide(self, vectors: list[torch.Tensor], present: torch.Tensor, side: Side | None = None) -> dict[str, torch.Tensor]:
+        """Fuse the present inputs' vectors, run every head, add the present inputs' wide logits and
+        mix in the ensemble's linear members."""
         fused = self.fusion(vectors, present)
         linear = None
-        if wide is not None and self.wide_slices:
-            linear = self.wide_bias + sum(present[:, i : i + 1] * w for i, w in enumerate(wide) if w is not None)
+        if side is not None and self.wide_slices:
+            linear = self.wide_bias + sum(present[:, i : i + 1] * w for i, w in enumerate(side.wide) if w is not None)
         out = {}
         for i, (n, head) in enumerate(self.heads.items()):
             logits = head(fused)
             if linear is not None and n in self.wide_slices:
                 logits = logits + self.wide_weight[i] * linear[:, slice(*self.wide_slices[n])]
+            if side is not None and side.linear is not None and n in self.members.slices:
+                logits = self.members.mix(i, n, logits, side.linear, present, self.names)
             out[n] = logits / self.temperature[i]
         weights = getattr(self.fusion, "last_weights", None)
         if weights is not None:
@@ -113,8 +135,8 @@ class FusionModel(nn.Module):
         return out
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        vectors, present, wide = self.encode(batch)
-        return self.decide(vectors, self.drop_inputs(present), wide)
+        vectors, present, side = self.encode(batch)
+        return self.decide(vectors, self.drop_inputs(present), side)
 
     def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """(fused vector [B, fusion.dim], each input's vector, presence [B, n_inputs]): the features
@@ -122,7 +144,7 @@ class FusionModel(nn.Module):
         vectors, present, _ = self.encode(batch)
         return self.fusion(vectors, present), vectors, present
 
-    def alone(self, vectors: list[torch.Tensor], present: torch.Tensor, wide: list | None = None
+    def alone(self, vectors: list[torch.Tensor], present: torch.Tensor, side: Side | None = None
               ) -> list[tuple[str, torch.Tensor, dict[str, torch.Tensor]]]:
         """For each input, (its name, rows where it is present, outputs with only it present) --
         what the model answers when every other input is missing."""
@@ -132,9 +154,16 @@ class FusionModel(nn.Module):
             if bool(rows.any()):
                 only = torch.zeros_like(present[rows])
                 only[:, i] = True
-                sub = None if wide is None else [None if w is None else w[rows] for w in wide]
+                sub = None if side is None else side.rows(rows)
                 result.append((self.names[i], rows, self.decide([v[rows] for v in vectors], only, sub)))
         return result
+
+
+def ensemble_enabled(spec: Spec, state: dict[str, dict]) -> bool:
+    """Linear members are built when ``train.ensemble`` is auto, training is not private (they are fitted
+    without noise, which DP-SGD's guarantee would not cover) and some output and input can have them."""
+    return (getattr(spec.train, "ensemble", "off") == "auto" and spec.train.privacy is None
+            and bool(member_outputs(spec, state)) and bool(member_inputs(spec)))
 
 
 def build_wide(spec: Spec, state: dict[str, dict]) -> nn.ModuleDict:

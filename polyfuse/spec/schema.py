@@ -148,6 +148,10 @@ class TrainSpec(Strict):
     calibrate: bool = Field(True, description="fit temperature scaling on the validation split")
     baseline: bool = Field(True, description="fit the linear baseline floor (per input and all together) and warn "
                            "when it beats the network")
+    ensemble: Literal["auto", "off"] = Field("auto", description="auto: linear models on cheap features of the "
+                                             "inputs (all together and each alone) are mixed with the network, "
+                                             "weights chosen on the validation rows (greedy selection with "
+                                             "replacement); the mix is part of the exported model. Off under privacy")
     privacy: PrivacySpec | None = Field(None, description="differential privacy (DP-SGD with Opacus); default off")
 
 

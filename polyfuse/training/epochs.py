@@ -58,11 +58,11 @@ def total_loss(spec: Spec, logits: dict, target: dict, weights: dict) -> torch.T
     return sum(cfg.weight * heads.loss(cfg, logits[n], target[n], weights[n]) for n, cfg in spec.outputs.items())
 
 
-def alone_terms(spec: Spec, net: FusionModel, vectors: list, present: torch.Tensor, wide: list, yb: dict,
+def alone_terms(spec: Spec, net: FusionModel, vectors: list, present: torch.Tensor, side: Any, yb: dict,
                 weights: dict) -> list[tuple[str, int, torch.Tensor]]:
     """(input, rows it is present in, loss of it answering alone) for each input."""
     return [(name, int(rows.sum()), total_loss(spec, out, {o: y[rows] for o, y in yb.items()}, weights))
-            for name, rows, out in net.alone(vectors, present, wide)]
+            for name, rows, out in net.alone(vectors, present, side)]
 
 
 def step_loss(spec: Spec, net: FusionModel, xb: dict, yb: dict, weights: dict) -> torch.Tensor:
@@ -70,9 +70,9 @@ def step_loss(spec: Spec, net: FusionModel, xb: dict, yb: dict, weights: dict) -
     weight times the mean loss of each input answering alone (the encoders run once for both)."""
     if not spec.fusion.alone_loss or len(net.names) < 2:
         return total_loss(spec, net(xb), yb, weights)
-    vectors, present, wide = net.encode(xb)
-    loss = total_loss(spec, net.decide(vectors, net.drop_inputs(present), wide), yb, weights)
-    alone = [term for _, _, term in alone_terms(spec, net, vectors, present, wide, yb, weights)]
+    vectors, present, side = net.encode(xb)
+    loss = total_loss(spec, net.decide(vectors, net.drop_inputs(present), side), yb, weights)
+    alone = [term for _, _, term in alone_terms(spec, net, vectors, present, side, yb, weights)]
     return loss + spec.fusion.alone_loss * torch.stack(alone).mean()
 
 
@@ -87,8 +87,8 @@ def alone_losses(spec: Spec, net: FusionModel, batch: dict, target: dict, weight
         device = next(net.parameters()).device
         xb = to_tensors({k: v[start : start + chunk] for k, v in batch.items()}, device)
         yb = to_tensors({k: v[start : start + chunk] for k, v in target.items()}, device)
-        vectors, present, wide = net.encode(xb)
-        for name, k, term in alone_terms(spec, net, vectors, present, wide, yb, weights):
+        vectors, present, side = net.encode(xb)
+        for name, k, term in alone_terms(spec, net, vectors, present, side, yb, weights):
             sums[name] = sums.get(name, 0.0) + float(term) * k
             counts[name] = counts.get(name, 0) + k
     return {k: sums[k] / counts[k] for k in sums}

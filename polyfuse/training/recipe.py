@@ -44,8 +44,8 @@ class TrainResult:
 
 def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, valid_batch: dict | None,
            wide: dict) -> dict[str, Any]:
-    """After training: the wide half's weight, classic heads, temperature scaling, evaluation (test
-    split if any, and validation) and the linear baseline the network is compared with."""
+    """After training: the wide half's weight, classic heads, the ensemble, temperature scaling (of
+    the ensemble's output), evaluation (test split if any, and validation) and the linear baseline."""
     from polyfuse.evaluate import baseline
     from polyfuse.training import classic_heads
     from polyfuse.training.wide import blend
@@ -56,6 +56,7 @@ def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, vali
         result["wide"] = {**wide, "blend": blend(spec, net, valid_batch, pre.targets(splits.valid) if splits.valid else None)}
     if any(c.head.type != "softmax" for c in spec.outputs.values()):
         result["heads"] = classic_heads.fit_and_install(spec, pre, net, splits, valid_batch, test_batch)
+    result["ensemble"] = ensemble(spec, pre, net, splits, valid_batch, test_batch)
     if spec.train.calibrate and valid_batch is not None:
         from polyfuse.training.calibration import calibrate
 
@@ -72,6 +73,23 @@ def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, vali
     if spec.train.baseline:
         result["baseline"] = baseline.fit_baselines(spec, pre, splits.train, splits.valid, splits.test)
     return result
+
+
+def ensemble(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, valid_batch: dict | None,
+             test_batch: dict | None) -> dict[str, Any]:
+    """The linear members fitted and mixed with the network (polyfuse.training.ensemble), or why not."""
+    if spec.train.ensemble == "off":
+        return {"off": "train.ensemble is off"}
+    if spec.train.privacy is not None:
+        return {"off": "under train.privacy: the linear members would be fitted without noise, outside DP-SGD's "
+                       "guarantee, so the network is the model"}
+    if net.members is None:
+        return {"off": "no category or binary output, or no input a linear member can read"}
+    if valid_batch is None or splits.valid is None or not len(splits.valid):
+        return {"off": "no validation rows to choose the weights on"}
+    from polyfuse.training.ensemble import fit_and_select
+
+    return fit_and_select(spec, pre, net, splits.train, splits.valid, valid_batch, splits.test, test_batch)
 
 
 def prepare_pretrained(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, base: Path,

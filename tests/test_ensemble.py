@@ -1,0 +1,104 @@
+"""The validation-selected ensemble (nn/members.py, training/ensemble.py): greedy selection that never
+ends worse on validation than its best member, linear members that carry a model the network alone
+gets wrong, and one graph for every runtime: the mix exports to ONNX and answers there as in torch,
+survives save and load, and answers with an input left out."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from polyfuse.training.ensemble import _log_loss, _mix, select
+from tests.conftest import toy_spec
+
+
+def test_selection_keeps_complementary_members_and_drops_a_useless_one():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    noisy = lambda flip: np.eye(2)[np.where(rng.random(400) < flip, 1 - y, y)] * 0.8 + 0.1  # noqa: E731
+    a, b = noisy(0.2), noisy(0.2)  # right 80 % of the time each, wrong on different rows
+    useless = np.full((400, 2), 0.5)
+    avail = np.ones((400, 3))
+    counts = select([a, b, useless], y, avail)
+    assert counts[2] == 0 and counts[0] > 0 and counts[1] > 0
+    mixed = _log_loss(_mix([a, b, useless], counts, avail), y)
+    assert mixed < min(_log_loss(a, y), _log_loss(b, y))
+
+
+def test_selection_is_never_worse_than_the_best_member_on_its_rows():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 200)
+    probs = [rng.dirichlet(np.ones(3), 200) for _ in range(4)]
+    avail = np.ones((200, 4))
+    avail[:50, 3] = 0  # a member whose input is missing on some rows drops out of their mix
+    counts = select(probs, y, avail)
+    single = [_log_loss(_mix(probs, np.eye(4)[k], avail), y) for k in range(4)]
+    assert _log_loss(_mix(probs, counts, avail), y) <= min(single) + 1e-12
+
+
+@pytest.fixture(scope="module")
+def mixed_model(toy_csv, tmp_path_factory):
+    """An undertrained network (one epoch at a low rate) beside linear members that read the toy's
+    inputs well: the selection gives the linear members weight, so the graph mixes."""
+    import polyfuse
+
+    out = tmp_path_factory.mktemp("ensemble") / "m"
+    spec = toy_spec(toy_csv, epochs=1, lr=1e-4, calibrate=True)
+    model = polyfuse.train(spec, out=out, show_progress=False)
+    return model, out
+
+
+def test_the_ensemble_is_reported_and_beats_the_undertrained_network(mixed_model):
+    model, out = mixed_model
+    report = json.loads((out / "metrics.json").read_text())["ensemble"]["outputs"]["label"]
+    weights = {r["member"]: r["weight"] for r in report["members"]}
+    assert abs(sum(weights.values()) - 1) < 1e-3 and weights["network"] < 1.0
+    network = next(r for r in report["members"] if r["member"] == "network")
+    assert report["ensemble"]["test"] >= network["test"]
+    assert report["ensemble"]["valid"] >= network["valid"]
+    assert model.net.members.active
+
+
+def test_the_mix_exports_and_answers_in_onnxruntime_as_in_torch(mixed_model, toy_csv):
+    import pandas as pd
+
+    from polyfuse.deploy.exporter import export
+    from polyfuse.runtime import Runtime
+
+    model, out = mixed_model
+    export(out, data=toy_csv)
+    rows = pd.read_csv(toy_csv).head(12)
+    records = [{k: (str(toy_csv.parent / v) if k in ("photo", "sound") else v) for k, v in r.items()
+                if k not in ("id", "label")} for r in rows.to_dict("records")]
+    torch_p = model.predict_proba(records).to_numpy()  # one output: its DataFrame
+    onnx_p = Runtime(out).predict_proba(records)["label"]
+    np.testing.assert_allclose(onnx_p, torch_p, atol=1e-4)
+
+
+def test_the_mix_is_saved_and_answers_with_an_input_left_out(mixed_model, toy_csv):
+    import pandas as pd
+
+    import polyfuse
+
+    model, out = mixed_model
+    loaded = polyfuse.load(out)
+    assert loaded.net.members is not None and loaded.net.members.active
+    rows = pd.read_csv(toy_csv).head(6).to_dict("records")
+    full = [{"photo": str(toy_csv.parent / r["photo"]), "sound": str(toy_csv.parent / r["sound"]), "note": r["note"],
+             "weight": r["weight"], "color": r["color"]} for r in rows]
+    both = loaded.predict_proba(full).to_numpy()
+    np.testing.assert_allclose(both, model.predict_proba(full).to_numpy(), atol=1e-6)
+    no_note = [{k: v for k, v in r.items() if k != "note"} for r in full]
+    p = loaded.predict_proba(no_note).to_numpy()
+    assert np.isfinite(p).all() and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert not np.allclose(p, both)  # the note's member dropped out of the mix
+
+
+def test_ensemble_off_leaves_the_network_alone(toy_csv, tmp_path):
+    import polyfuse
+
+    model = polyfuse.train(toy_spec(toy_csv, epochs=1, ensemble="off", baseline=False), out=tmp_path / "m",
+                           show_progress=False)
+    assert model.net.members is None
+    assert model.metrics["ensemble"] == {"off": "train.ensemble is off"}
