@@ -112,6 +112,9 @@ def test_private_training_end_to_end(toy_csv, tmp_path):
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Privacy" in card and f"ε = {p['epsilon']}" in card
     assert not len(model.net.wide)  # the wide half would be fitted without noise
+    assert model.net.members is None and "under train.privacy" in model.metrics["ensemble"]["off"]  # so would members
+    assert "Off: under train.privacy" in card
+    assert "NOT PRIVATE" in model.metrics["baseline"]["method"] and "NOT PRIVATE" in card  # the comparison says so
     assert any(isinstance(m, torch.nn.GroupNorm) for m in model.net.modules())
     assert all(m.p == 0 for m in model.net.modules() if isinstance(m, torch.nn.Dropout))
 

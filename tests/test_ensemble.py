@@ -39,12 +39,12 @@ def test_selection_is_never_worse_than_the_best_member_on_its_rows():
 
 @pytest.fixture(scope="module")
 def mixed_model(toy_csv, tmp_path_factory):
-    """An undertrained network (one epoch at a low rate) beside linear members that read the toy's
-    inputs well: the selection gives the linear members weight, so the graph mixes."""
+    """Undertrained networks (one epoch at a low rate; a second with another seed) beside linear members
+    that read the toy's inputs well: the selection gives the linear members weight, so the graph mixes."""
     import polyfuse
 
     out = tmp_path_factory.mktemp("ensemble") / "m"
-    spec = toy_spec(toy_csv, epochs=1, lr=1e-4, calibrate=True)
+    spec = toy_spec(toy_csv, epochs=1, lr=1e-4, calibrate=True, networks=2)
     model = polyfuse.train(spec, out=out, show_progress=False)
     return model, out
 
@@ -58,6 +58,9 @@ def test_the_ensemble_is_reported_and_beats_the_undertrained_network(mixed_model
     assert report["ensemble"]["test"] >= network["test"]
     assert report["ensemble"]["valid"] >= network["valid"]
     assert model.net.members.active
+    assert "network 2" in weights and len(model.net.extra) == 1  # the second network is a member too
+    second = json.loads((out / "metrics.json").read_text())["ensemble"]["networks"][0]
+    assert second["network"] == 2 and second["epochs"] == 1 and second["seed"] != 0
 
 
 def test_the_mix_exports_and_answers_in_onnxruntime_as_in_torch(mixed_model, toy_csv):
@@ -102,3 +105,12 @@ def test_ensemble_off_leaves_the_network_alone(toy_csv, tmp_path):
                            show_progress=False)
     assert model.net.members is None
     assert model.metrics["ensemble"] == {"off": "train.ensemble is off"}
+
+
+def test_a_row_no_chosen_member_answers_gets_the_networks_answer():
+    """All weight on a per-input member whose input is absent in a row: the network answers that row
+    (not a uniform guess from an empty mix)."""
+    net, linear = np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[0.1, 0.9], [0.1, 0.9]])
+    avail = np.array([[1.0, 1.0], [1.0, 0.0]])
+    mixed = _mix([net, linear], np.array([0.0, 1.0]), avail)
+    np.testing.assert_allclose(mixed, [[0.1, 0.9], [0.2, 0.8]], atol=1e-6)

@@ -376,3 +376,17 @@ def test_a_repeated_numeric_id_is_a_category_not_a_number(tmp_path):
     spec, text = init(write(tmp_path, frame))
     assert spec["inputs"]["Clothing_ID"]["type"] == "category" and "an identifier by its name" in text
     assert spec["inputs"]["age"]["type"] == "number"
+
+
+def test_presets_choose_the_ensemble(tmp_path):
+    """--preset fast: the network alone; medium (default): with linear members; best: three networks and
+    a time limit; each with its comment."""
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"note": [f"word{i % 7} text {i}" for i in range(120)], "x": np.arange(120) % 5,
+                  "label": ["a", "b", "c"] * 40}).to_csv(table, index=False)
+    fast, medium, best = (init_yaml(table, target="label", preset=p) for p in ("fast", "medium", "best"))
+    assert yaml.safe_load(fast)["train"]["ensemble"] == "off" and "preset fast" in fast
+    assert yaml.safe_load(medium)["train"]["ensemble"] == "auto" and "preset medium" in medium
+    assert init_yaml(table, target="label") == medium
+    train = yaml.safe_load(best)["train"]
+    assert train["ensemble"] == "auto" and train["networks"] == 3 and train["time_limit"] > 0

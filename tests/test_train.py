@@ -173,3 +173,19 @@ def test_unlearnable_training_rows_get_a_clear_error_or_warning():
     warnings = " ".join(model.metrics["data_warnings"])
     assert "column 't' is empty in every training row" in warnings
     assert "single training row (w)" in warnings or "w" not in model.preprocessor.classes("y")
+
+
+def test_a_time_limit_ends_training_and_skips_the_stages_that_no_longer_fit(toy_csv, tmp_path):
+    """train.time_limit: with 1 s the run stops after its first epoch and skips the ensemble and the
+    baseline, says so in metrics.json, and still saves a model that predicts; a limit it never reaches
+    skips nothing."""
+    import polyfuse
+
+    model = polyfuse.train(toy_spec(toy_csv, epochs=50, time_limit=1.0), out=tmp_path / "short", show_progress=False)
+    limit = model.metrics["time_limit"]
+    assert len(model.history) == 1 and "epochs 2-50" in limit["skipped"]
+    assert "ensemble" in limit["skipped"] and "baseline" in limit["skipped"] and "baseline" not in model.metrics
+    assert model.metrics["ensemble"]["off"].startswith("skipped: the time limit")
+    assert len(polyfuse.load(tmp_path / "short").predict(toy_csv)) > 0
+    roomy = polyfuse.train(toy_spec(toy_csv, epochs=2, time_limit=3600), out=tmp_path / "roomy", show_progress=False)
+    assert roomy.metrics["time_limit"]["skipped"] == [] and len(roomy.history) == 2

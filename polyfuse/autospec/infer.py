@@ -40,9 +40,16 @@ LONG_TEXT = 300  # p95 tokens above which the CNN may replace the n-gram bag...
 # (what the linear model reads) did not
 CNN_MIN_ROWS_PER_CLASS = 1000
 MAX_TEXT_LENGTH = 512
-TRAIN = {"epochs": 30, "batch_size": 64, "lr": 1.0e-3, "early_stopping": 5, "seed": 0, "ensemble": "auto"}
-ENSEMBLE_WHY = ("the network mixed with linear models on all inputs and on each alone, weights chosen on the "
-                "validation rows (never worse there than the best of them); off: the network alone")
+TRAIN = {"epochs": 30, "batch_size": 64, "lr": 1.0e-3, "early_stopping": 5, "seed": 0}
+# --preset: what the train section adds, and the comment that says why
+PRESETS: dict[str, tuple[dict, str]] = {
+    "fast": ({"ensemble": "off"}, "preset fast: the network alone (medium mixes in linear models on validation)"),
+    "medium": ({"ensemble": "auto"}, "preset medium: the network mixed with linear models on all inputs and on each "
+               "alone, weights chosen on the validation rows (never worse there, in log-loss, than the best of them)"),
+    "best": ({"ensemble": "auto", "networks": 3, "time_limit": 3600},
+             "preset best: three networks (other seeds) and the linear models, mixed on the validation rows; "
+             "time_limit bounds the whole run (a network that does not fit is left out)"),
+}
 
 
 @dataclass
@@ -241,7 +248,8 @@ def _tabular(kind: Kind) -> tuple[dict, dict[str, str], str]:
 
 
 # ----------------------------------------------------------------------------- the spec
-def infer(table_path: str | Path, target: str | None = None, seed: int = 0, metric: str = "accuracy") -> Inferred:
+def infer(table_path: str | Path, target: str | None = None, seed: int = 0, metric: str = "accuracy",
+          preset: str = "medium") -> Inferred:
     """Profile the table at ``table_path`` and choose a spec, with a comment on each choice."""
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -263,10 +271,11 @@ def infer(table_path: str | Path, target: str | None = None, seed: int = 0, metr
     if out_name != out_col:
         out_entry["column"] = out_col
     inferred.comments.update({("outputs", out_name, key): text for key, text in out_why.items()})
-    inferred.comments[("train", "ensemble")] = ENSEMBLE_WHY
+    chosen, why = PRESETS[preset]
+    inferred.comments[("train", "ensemble")] = why
     lines.insert(0, f"{out_col}: target; {out_summary}")
     inferred.spec = {"data": _data(table_path, table, group, inferred), "inputs": inputs,
-                     "fusion": {"method": "concat"}, "outputs": {out_name: out_entry}, "train": dict(TRAIN)}
+                     "fusion": {"method": "concat"}, "outputs": {out_name: out_entry}, "train": {**TRAIN, **chosen}}
     encoding = [str(w.message) for w in caught if issubclass(w.category, UnicodeWarning)]
     inferred.header = [
         f"polyfuse init {table_path}",

@@ -43,6 +43,7 @@ def to_yaml(inferred: Inferred) -> str:
     return "\n".join(head + _render(inferred.spec, inferred, (), 0)) + "\n"
 
 
-def init_yaml(table_path: str | Path, target: str | None = None, metric: str = "accuracy") -> str:
-    """What `polyfuse init TABLE [--target COL] [--metric M]` prints."""
-    return to_yaml(infer(table_path, target, metric=metric))
+def init_yaml(table_path: str | Path, target: str | None = None, metric: str = "accuracy",
+              preset: str = "medium") -> str:
+    """What `polyfuse init TABLE [--target COL] [--metric M] [--preset P]` prints."""
+    return to_yaml(infer(table_path, target, metric=metric, preset=preset))

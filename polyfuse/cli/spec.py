@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from polyfuse.autospec.infer import PRESETS
 from polyfuse.autospec.target import METRICS
 from polyfuse.extras import require
 
@@ -12,7 +13,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     require("tables", "polyfuse init", modules=("pandas",))
     from polyfuse.autospec.spec_yaml import init_yaml
 
-    print(init_yaml(args.table, target=args.target, metric=args.metric), end="")
+    print(init_yaml(args.table, target=args.target, metric=args.metric, preset=args.preset), end="")
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -30,6 +31,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", choices=METRICS, default="accuracy",
                    help="what the model should be good at: f1_macro weights imbalanced classes alike "
                         "(class_weights: balanced), accuracy does not")
+    p.add_argument("--preset", choices=list(PRESETS), default="medium",
+                   help="fast: the network alone; medium: the network and linear models, mixed on validation; "
+                        "best: three networks (other seeds) and the linear models, within train.time_limit")
     p.set_defaults(fn=cmd_init)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the spec")

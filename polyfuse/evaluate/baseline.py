@@ -327,6 +327,9 @@ def fit_baselines(spec: Any, pre: Preprocessor, train: Decoded, valid: Decoded |
     models = sorted({"Ridge regression" if c.type == "number" else "logistic regression"
                      for c in spec.outputs.values()})
     read = dict.fromkeys(DESCRIBE[c.type] for c in spec.inputs.values())
-    return {"method": f"scikit-learn {' and '.join(models)} on {', '.join(read)}",
+    method = f"scikit-learn {' and '.join(models)} on {', '.join(read)}"
+    if spec.train.privacy is not None:  # the comparison must not read as a private model
+        method += "; NOT PRIVATE: fitted without noise on the training rows, a comparison only, not part of the model"
+    return {"method": method, "private": False,
             "train_rows": len(train), "outputs": outputs, "inputs": info,
             "seconds": round(time.perf_counter() - started, 3)}

@@ -7,8 +7,9 @@ hashed n-grams or token ids for text (IDF-weighted where the state has IDF, L2-n
 one-hot categories, standardised numbers, an 8x8 grey thumbnail with channel means and deviations for
 images, per-channel mean/std/min/max over the real steps of a time series, and MFCC mean/std over the
 real frames of a clip. Pretrained and video inputs are the network's alone. Every member sees a
-missing input as zeros plus a missing indicator; a per-input member whose input is absent drops out
-of a row's mix and the other weights renormalise, so a model answers with any input left out.
+missing input as zeros plus a missing indicator; a member none of whose inputs is present in a row
+drops out of its mix and the other weights renormalise, so a model answers with any input left out
+(and with only a pretrained input, the network answers alone).
 
 The mix averages probabilities (Caruana et al., 2004); the output is its log (category) or logit
 (binary), so temperature scaling and every runtime read it as they read the network's logits.
@@ -110,7 +111,8 @@ class TextPart(nn.Module):
 class LinearMembers(nn.Module):
     """Member 1 (all inputs) and members 2.. (one input each) of the ensemble, and the mixing weights."""
 
-    def __init__(self, spec: object, state: dict):
+    def __init__(self, spec: object, state: dict, extra: int = 0):
+        """``extra``: the further networks mixed beside the first (FusionModel.extra)."""
         super().__init__()
         from polyfuse.preprocess.ngrams import idf_table
 
@@ -135,9 +137,11 @@ class LinearMembers(nn.Module):
                     parts[f"{m}_{name}"] = DensePart(dense_width(cfg, state[name]), start)
         self.parts = nn.ModuleDict(parts)
         self.register_buffer("bias", torch.zeros(len(self.members), start))
-        # [outputs, 1 + members]: the network first; all weight on it until an ensemble is selected
+        # [outputs, networks + linear members]: the first network, the further ones, then the linear members;
+        # all weight on the first until an ensemble is selected
         n_out = len(spec.outputs)
-        self.register_buffer("weight", torch.zeros(n_out, 1 + len(self.members)))
+        self.extra = extra
+        self.register_buffer("weight", torch.zeros(n_out, 1 + extra + len(self.members)))
         self.weight[:, 0] = 1.0
         self.active = False  # a Python flag, not a tensor test: the exported graph has no branch on it
         self.vocab = {n: len(state[n]["vocab"]) for n in self.inputs if spec.inputs[n].type == "category"}
@@ -165,20 +169,24 @@ class LinearMembers(nn.Module):
             out.append(z)
         return torch.stack(out, 1)
 
-    def mix(self, i: int, name: str, logits: torch.Tensor, linear: torch.Tensor, present: torch.Tensor,
+    def mix(self, i: int, name: str, logits: torch.Tensor, side: object, present: torch.Tensor,
             names: list[str]) -> torch.Tensor:
         """Output ``i``'s ensemble: the weighted mean of the members' probabilities, as logits."""
         a, b = self.slices[name]
         binary = b - a == 1
-        probs = [torch.sigmoid(logits) if binary else torch.softmax(logits, -1)]
+        prob = (lambda z: torch.sigmoid(z)) if binary else (lambda z: torch.softmax(z, -1))
         ones = torch.ones_like(logits[:, 0])
-        weights = [ones * self.weight[i, 0]]
+        probs = [prob(logits)] + [prob(out[name]) for out in side.extra]
+        weights = [ones * self.weight[i, k] for k in range(1 + self.extra)]
         for m, member in enumerate(self.members):
-            z = linear[:, m, a:b]
-            probs.append(torch.sigmoid(z) if binary else torch.softmax(z, -1))
-            w = ones * self.weight[i, m + 1]
-            weights.append(w if member == "all" else w * present[:, names.index(member)].float())
+            probs.append(prob(side.linear[:, m, a:b]))
+            w = ones * self.weight[i, 1 + self.extra + m]
+            reads = self.inputs if member == "all" else [member]  # a member answers where one of its inputs is
+            weights.append(w * present[:, [names.index(n) for n in reads]].any(1).float())
         w = torch.stack(weights, 1)
-        w = w / w.sum(1, keepdim=True).clamp(min=1e-12)
+        first = torch.zeros_like(w[:1])
+        first[:, 0] = 1.0
+        w = w + (w.sum(1, keepdim=True) <= 0).float() * first  # no chosen member answers: the network does
+        w = w / w.sum(1, keepdim=True)
         p = (torch.stack(probs, 1) * w.unsqueeze(-1)).sum(1).clamp(1e-7, 1 - 1e-7)
         return torch.log(p) - torch.log1p(-p) if binary else torch.log(p)

@@ -1,7 +1,7 @@
 """The fusion model: a dict of encoders, a fusion module and a dict of heads, composed in forward."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,10 +25,12 @@ class Side:
 
     wide: list
     linear: torch.Tensor | None = None
+    extra: list = field(default_factory=list)  # the further networks' outputs, while the ensemble mixes
 
     def rows(self, mask: torch.Tensor) -> "Side":
         return Side([None if w is None else w[mask] for w in self.wide],
-                    None if self.linear is None else self.linear[mask])
+                    None if self.linear is None else self.linear[mask],
+                    [{k: v[mask] for k, v in out.items()} for out in self.extra])
 
 
 class FusionModel(nn.Module):
@@ -42,7 +44,8 @@ class FusionModel(nn.Module):
     optional single-input loss (``fusion.alone_loss``).
     """
 
-    def __init__(self, spec: Spec, state: dict[str, dict]):
+    def __init__(self, spec: Spec, state: dict[str, dict], member: bool = False):
+        """``member``: one of the ensemble's further networks (no linear members, no networks of its own)."""
         super().__init__()
         self.names = list(spec.inputs)
         private = spec.train.privacy is not None  # DP-SGD-trainable layers (polyfuse.nn.encoders)
@@ -76,7 +79,11 @@ class FusionModel(nn.Module):
         # weights and exported into the ONNX graph
         self.register_buffer("temperature", torch.ones(len(spec.outputs)))
         # the validation-selected ensemble of linear members with the network (polyfuse.training.ensemble)
-        self.members = LinearMembers(spec, state) if ensemble_enabled(spec, state) else None
+        on = ensemble_enabled(spec, state) and not member
+        # further networks, trained with other seeds after the first (train.networks): members of the ensemble
+        self.extra = nn.ModuleList([FusionModel(spec, state, member=True) for _ in range(extra_networks(spec))
+                                    ] if on else [])
+        self.members = LinearMembers(spec, state, len(self.extra)) if on else None
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, Side]:
         """Each input's vector, the [B, n_inputs] presence mask (before any modality dropout) and
@@ -84,8 +91,10 @@ class FusionModel(nn.Module):
         present = torch.stack([batch[f"{n}__present"].bool() for n in self.names], dim=1)
         vectors = [self.encode_input(n, batch) for n in self.names]
         wide = [self.wide[n](batch[n]) if n in self.wide else None for n in self.names]
-        linear = self.members(batch, present, self.names) if self.members is not None and self.members.active else None
-        return vectors, present, Side(wide, linear)
+        mixing = self.members is not None and self.members.active
+        linear = self.members(batch, present, self.names) if mixing else None
+        extra = [e(batch) for e in self.extra] if mixing else []
+        return vectors, present, Side(wide, linear, extra)
 
     def encode_input(self, name: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One input's vector; from a frozen backbone's cached output (``name__features``) when the batch has it."""
@@ -127,7 +136,7 @@ class FusionModel(nn.Module):
             if linear is not None and n in self.wide_slices:
                 logits = logits + self.wide_weight[i] * linear[:, slice(*self.wide_slices[n])]
             if side is not None and side.linear is not None and n in self.members.slices:
-                logits = self.members.mix(i, n, logits, side.linear, present, self.names)
+                logits = self.members.mix(i, n, logits, side, present, self.names)
             out[n] = logits / self.temperature[i]
         weights = getattr(self.fusion, "last_weights", None)
         if weights is not None:
@@ -157,6 +166,13 @@ class FusionModel(nn.Module):
                 sub = None if side is None else side.rows(rows)
                 result.append((self.names[i], rows, self.decide([v[rows] for v in vectors], only, sub)))
         return result
+
+
+def extra_networks(spec: Spec) -> int:
+    """Further networks of the ensemble: ``train.networks - 1``, none with a pretrained encoder."""
+    from polyfuse.spec.inputs import hf_encoder
+
+    return 0 if any(hf_encoder(c) for c in spec.inputs.values()) else getattr(spec.train, "networks", 1) - 1
 
 
 def ensemble_enabled(spec: Spec, state: dict[str, dict]) -> bool:

@@ -148,10 +148,17 @@ class TrainSpec(Strict):
     calibrate: bool = Field(True, description="fit temperature scaling on the validation split")
     baseline: bool = Field(True, description="fit the linear baseline floor (per input and all together) and warn "
                            "when it beats the network")
+    time_limit: float | None = Field(None, gt=0, description="seconds for the whole run (reading, training, the "
+                                     "ensemble, calibration, evaluation, the baseline): training stops before an "
+                                     "epoch that would not fit in 85% of it, and a later stage that no longer fits is "
+                                     "skipped; metrics.json says what was skipped")
     ensemble: Literal["auto", "off"] = Field("auto", description="auto: linear models on cheap features of the "
                                              "inputs (all together and each alone) are mixed with the network, "
                                              "weights chosen on the validation rows (greedy selection with "
                                              "replacement); the mix is part of the exported model. Off under privacy")
+    networks: int = Field(1, ge=1, le=8, description="networks in the ensemble: the first, and networks - 1 more "
+                          "trained with other seeds after it (each within time_limit); they are members beside the "
+                          "linear ones. Needs ensemble auto; not with pretrained encoders (one backbone per network)")
     privacy: PrivacySpec | None = Field(None, description="differential privacy (DP-SGD with Opacus); default off")
 
 

@@ -141,14 +141,14 @@ def fit_members(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded,
 
 
 def _member_probs(net: FusionModel, spec: Spec, batch: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
-    """Per mixed output, each member's probabilities [N, classes] (the network first) and availability."""
+    """Per mixed output, each member's probabilities [N, classes]: the networks first, then the linear ones."""
     from polyfuse.nn.heads import probabilities
     from polyfuse.nn.model import predict_arrays
 
     m = net.members
     active, m.active = m.active, False
     try:
-        logits = predict_arrays(net, batch)
+        logits = [predict_arrays(n, batch) for n in (net, *net.extra)]
     finally:
         m.active = active
     n_rows = len(next(iter(batch.values())))
@@ -162,22 +162,27 @@ def _member_probs(net: FusionModel, spec: Spec, batch: dict[str, np.ndarray]) ->
     out = {}
     for name, (a, b) in m.slices.items():
         cfg = spec.outputs[name]
-        out[name] = [probabilities(cfg, logits[name]).numpy()] + [
+        out[name] = [probabilities(cfg, z[name]).numpy() for z in logits] + [
             probabilities(cfg, linear[:, k, a:b]).numpy() for k in range(len(m.members))]
     return out
 
 
 def _available(net: FusionModel, batch: dict[str, np.ndarray]) -> np.ndarray:
-    """[N, 1 + members]: whether each member answers a row (a per-input member needs its input)."""
+    """[N, networks + members]: whether each member answers a row (a linear member needs one of its inputs)."""
     m = net.members
     n_rows = len(next(iter(batch.values())))
-    cols = [np.ones(n_rows, bool), np.ones(n_rows, bool)] + [batch[f"{n}__present"].astype(bool) for n in m.inputs]
+    present = {n: batch[f"{n}__present"].astype(bool) for n in m.inputs}
+    networks = [np.ones(n_rows, bool)] * (1 + len(net.extra))
+    anything = np.any([present[n] for n in m.inputs], axis=0)  # the all-inputs member: any of its inputs
+    cols = networks + [anything] + [present[n] for n in m.inputs]
     return np.stack(cols, 1).astype(np.float64)
 
 
 def _mix(probs: list[np.ndarray], counts: np.ndarray, avail: np.ndarray) -> np.ndarray:
+    """The members' probabilities weighted by ``counts`` where each answers (as nn/members.py mixes them)."""
     w = counts[None, :] * avail
-    w = w / np.maximum(w.sum(1, keepdims=True), 1e-12)
+    w[:, 0] += w.sum(1) <= 0  # no chosen member answers a row: the network does
+    w = w / w.sum(1, keepdims=True)
     return np.clip(sum(w[:, k : k + 1] * p for k, p in enumerate(probs)), 1e-7, 1.0)
 
 
@@ -206,7 +211,8 @@ def fit_and_select(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decod
     from polyfuse.training.trainset import log
 
     started = time.perf_counter()
-    report: dict[str, Any] = {"members": ["network", *(f"linear {m}" for m in net.members.members)], **fit_members(
+    networks = ["network", *(f"network {k + 2}" for k in range(len(net.extra)))]
+    report: dict[str, Any] = {"members": [*networks, *(f"linear {m}" for m in net.members.members)], **fit_members(
         spec, pre, net, train, valid)}
     valid_probs, valid_avail = _member_probs(net, spec, valid_batch), _available(net, valid_batch)
     test_probs = _member_probs(net, spec, test_batch) if test_batch is not None else None

@@ -272,9 +272,10 @@ def set_threads(governor: ThreadGovernor | None) -> None:
 def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel, valid_batch: dict | None, *,
                 out: Path | None, resume: bool, show: bool, callback: Callable[[int, dict], None] | None,
                 place: Placement = CPU, dist: Dist = SINGLE, governor: ThreadGovernor | None = None,
-                private: Any = None) -> tuple[list[dict], float]:
+                private: Any = None, budget: Any = None) -> tuple[list[dict], float]:
     """The epoch loop with early stopping and per-epoch checkpoints (written by rank 0); leaves the
-    best weights in ``net``, back on the CPU. ``private``: train with DP-SGD (:mod:`polyfuse.training.dp`)."""
+    best weights in ``net``, back on the CPU. ``private``: train with DP-SGD (:mod:`polyfuse.training.dp`);
+    ``budget``: a :class:`polyfuse.training.budget.TimeBudget` that may end training before ``epochs``."""
     cfg = spec.train
     target = pre.targets(splits.train)
     # unaugmented rows are collated once, unless they live on disk (then each batch is read as it comes)
@@ -323,6 +324,12 @@ def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel,
             callback(epoch, record)
         if record["stop"]:
             log(f"early stopping: no improvement in {cfg.early_stopping} epochs")
+            break
+        if budget is not None and epoch + 1 < cfg.epochs and not distributed.from_main(
+                float(budget.another_epoch(record["seconds"])), dist):
+            budget.skipped.append(f"epochs {epoch + 2}-{cfg.epochs}")
+            log(f"time limit: training stops after epoch {epoch + 1} ({budget.elapsed():.0f} s of {budget.limit:g} s; "
+                f"another epoch takes ~{record['seconds']:.0f} s)")
             break
     net.load_state_dict(loop.best_state)
     net.to("cpu").eval()

@@ -22,6 +22,7 @@ from polyfuse.spec.inputs import hf_encoder
 from polyfuse.spec.schema import Spec
 from polyfuse.threads import ThreadGovernor, single_threaded_blas, usable_cpus
 from polyfuse.training import distributed, dp
+from polyfuse.training.budget import TimeBudget
 from polyfuse.training.device import resolve as resolve_device
 from polyfuse.training.epochs import fit_network
 from polyfuse.training.memory import map_large_allocations
@@ -43,9 +44,10 @@ class TrainResult:
 
 
 def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, valid_batch: dict | None,
-           wide: dict) -> dict[str, Any]:
+           wide: dict, budget: TimeBudget | None = None) -> dict[str, Any]:
     """After training: the wide half's weight, classic heads, the ensemble, temperature scaling (of
-    the ensemble's output), evaluation (test split if any, and validation) and the linear baseline."""
+    the ensemble's output), evaluation (test split if any, and validation) and the linear baseline.
+    Past ``budget``'s time limit the classic heads, the ensemble and the baseline are skipped."""
     from polyfuse.evaluate import baseline
     from polyfuse.training import classic_heads
     from polyfuse.training.wide import blend
@@ -54,9 +56,11 @@ def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, vali
     test_batch = pre.collate(splits.test) if splits.test is not None else None  # collated once, used thrice
     if net.wide_slices:
         result["wide"] = {**wide, "blend": blend(spec, net, valid_batch, pre.targets(splits.valid) if splits.valid else None)}
-    if any(c.head.type != "softmax" for c in spec.outputs.values()):
+    budget = budget or TimeBudget(None)
+    if any(c.head.type != "softmax" for c in spec.outputs.values()) and budget.fits("classic heads"):
         result["heads"] = classic_heads.fit_and_install(spec, pre, net, splits, valid_batch, test_batch)
-    result["ensemble"] = ensemble(spec, pre, net, splits, valid_batch, test_batch)
+    result["ensemble"] = ensemble(spec, pre, net, splits, valid_batch, test_batch) if budget.fits("ensemble") else {
+        "off": f"skipped: the time limit ({spec.train.time_limit:g} s) was spent"}
     if spec.train.calibrate and valid_batch is not None:
         from polyfuse.training.calibration import calibrate
 
@@ -70,7 +74,7 @@ def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, vali
     if splits.valid is not None:
         # with its ablation always: the baseline's per-input warnings compare against it
         result["valid"] = evaluate(net, pre, splits.valid, batch=valid_batch)
-    if spec.train.baseline:
+    if spec.train.baseline and budget.fits("baseline"):
         result["baseline"] = baseline.fit_baselines(spec, pre, splits.train, splits.valid, splits.test)
     return result
 
@@ -90,6 +94,26 @@ def ensemble(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, va
     from polyfuse.training.ensemble import fit_and_select
 
     return fit_and_select(spec, pre, net, splits.train, splits.valid, valid_batch, splits.test, test_batch)
+
+
+def train_further(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel, valid_batch: dict | None,
+                  budget: TimeBudget, place: Any, governor: Any) -> list[dict]:
+    """The ensemble's further networks (``train.networks``), each with its own seed, within the time limit;
+    one that does not fit is left out of the mix (its weight stays 0) and recorded."""
+    done = []
+    for k, extra in enumerate(net.extra):
+        seed = spec.train.seed + 1000 * (k + 1)
+        if not budget.fits(f"network {k + 2}"):
+            done.append({"network": k + 2, "seed": seed, "skipped": "the time limit was spent"})
+            continue
+        torch.manual_seed(seed)
+        net.extra[k] = extra = FusionModel(spec, pre.state, member=True)  # its own initial weights, from its seed
+        seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
+        history, seconds = fit_network(seeded, pre, splits, extra, valid_batch, out=None, resume=False, show=False,
+                                       callback=None, place=place, governor=governor, budget=budget)
+        done.append({"network": k + 2, "seed": seed, "epochs": len(history), "seconds": round(seconds, 3)})
+        log(f"network {k + 2} of {len(net.extra) + 1} (seed {seed}): {len(history)} epochs in {seconds:.1f} s")
+    return done
 
 
 def prepare_pretrained(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, base: Path,
@@ -118,6 +142,7 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     """Train a model from a validated spec. ``base`` is the folder relative data paths start from.
     Progress bars only on a terminal (``show_progress=None``); one line per epoch otherwise."""
     show = sys.stderr.isatty() if show_progress is None else show_progress
+    budget = TimeBudget(spec.train.time_limit)                       # train.time_limit counts from here
     dist = distributed.from_env()                                    # one process, or a torchrun rank
     place = resolve_device(spec.train, dist.local_rank)
     governor = ThreadGovernor(spec.train.threads, max(1, usable_cpus() // dist.world))
@@ -140,14 +165,17 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     private = dp.start(spec, net, len(splits.train), dist) if spec.train.privacy else None  # 3c. DP-SGD checks
     history, seconds = fit_network(spec, pre, splits, net, valid_batch, out=out, resume=resume, show=show,
                                    callback=callback, place=place, dist=dist, governor=governor,
-                                   private=private)                  # 4. train
+                                   private=private, budget=budget)   # 4. train
     privacy = private.finish(net) if private is not None else None  # 4a. plain layers back, epsilon spent
     distributed.finish(dist)
     if not dist.main:  # rank 0 alone finishes, evaluates and writes the artifact
         return TrainResult(pre, net, history, {}, splits.bad_rows, splits.sizes(), seconds, splits.info, main=False)
     if pretrained and hf.merge_lora(net):                            # 4b. adapters folded into the weights
         log("LoRA adapters merged into the backbone weights")
-    result = finish(spec, pre, net, splits, valid_batch, wide)       # 5. blend, heads, calibrate, evaluate
+    further = train_further(spec, pre, splits, net, valid_batch, budget, place, governor)  # 4c. more networks
+    result = finish(spec, pre, net, splits, valid_batch, wide, budget)  # 5. blend, heads, ensemble, calibrate, evaluate
+    if further:
+        result.setdefault("ensemble", {})["networks"] = further
     if cached:
         result["pretrained_cache"] = cached
     if privacy:
@@ -155,4 +183,8 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     warn_if_beaten(spec, result, history)                            # 6. the baseline floor
     if data_warnings:
         result["data_warnings"] = data_warnings
+    if budget.limit is not None:
+        result["time_limit"] = budget.report()
+        if budget.skipped:
+            log(f"time limit {budget.limit:g} s: skipped {', '.join(budget.skipped)} ({budget.elapsed():.0f} s used)")
     return TrainResult(pre, net, history, result, splits.bad_rows, splits.sizes(), seconds, splits.info)
