@@ -101,10 +101,11 @@ def test_the_mix_is_saved_and_answers_with_an_input_left_out(mixed_model, toy_cs
 def test_ensemble_off_leaves_the_network_alone(toy_csv, tmp_path):
     import polyfuse
 
-    model = polyfuse.train(toy_spec(toy_csv, epochs=1, ensemble="off", baseline=False), out=tmp_path / "m",
-                           show_progress=False)
-    assert model.net.members is None
-    assert model.metrics["ensemble"] == {"off": "train.ensemble is off"}
+    model = polyfuse.train(toy_spec(toy_csv, epochs=1, ensemble="off", baseline=False, networks=2),
+                           out=tmp_path / "m", show_progress=False)
+    assert model.net.members is None and not len(model.net.extra)
+    assert model.metrics["ensemble"]["off"] == "train.ensemble is off"
+    assert "one network trained: the ensemble is off" in model.metrics["ensemble"]["networks"][0]["skipped"]
 
 
 def test_a_row_no_chosen_member_answers_gets_the_networks_answer():

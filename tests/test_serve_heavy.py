@@ -98,3 +98,14 @@ def test_the_worker_ends_with_a_killed_server(toy_dir, tmp_path, toy_csv):
     while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(Path(f"/proc/{w}").exists() for w in workers), "the worker outlived its server"
+
+
+def test_without_the_worker_a_large_body_is_answered_the_same(toy_dir, tmp_path, toy_csv):
+    s = Server(toy_dir, ["--no-heavy-process"], tmp_path)
+    try:
+        records = [as_json(r) for r in toy_records(toy_csv, 4)]
+        r = _post(s.url, _padded(records))
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 4
+        assert not _workers(s.proc.pid)  # parsed on the server's heavy thread
+    finally:
+        s.stop()

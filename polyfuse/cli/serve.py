@@ -43,7 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       tls_key=args.tls_key, stream_idle_s=args.stream_idle_timeout,
                       stream_max_message_bytes=args.stream_max_message_kb << 10, stream_max_pending=args.stream_max_pending,
                       stream_max_bytes_per_s=args.stream_max_kb_per_s << 10,
-                      stream_max_open=args.stream_max_open, allowed_origins=origins)
+                      stream_max_open=args.stream_max_open, allowed_origins=origins,
+                      heavy_process=not args.no_heavy_process)
     if args.ray:
         from polyfuse.scale import require_ray
 
@@ -137,6 +138,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allowed-origins", default=None, metavar="ORIGIN[,ORIGIN...]",
                    help="/v2/stream: browser origins (https://app.example.com) that may open streams besides the "
                         "server's own page; '*' allows any; clients without an Origin header are not browsers and may")
+    p.add_argument("--no-heavy-process", action="store_true",
+                   help="parse bodies over 1 MB and stream messages over 64 KB on a thread of the server instead of "
+                        "its worker process (one process less; a few large requests then slow the ordinary ones)")
     p.add_argument("--threads", type=positive_int, default=1, help="model threads (requests already run concurrently)")
     p.add_argument("--ray", action="store_true", help="serve as a Ray Serve application (replicas, autoscaling)")
     scale = p.add_mutually_exclusive_group()

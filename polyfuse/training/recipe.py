@@ -101,6 +101,11 @@ def train_further(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionMode
     """The ensemble's further networks (``train.networks``), each with its own seed, within the time limit;
     one that does not fit is left out of the mix (its weight stays 0) and recorded."""
     done = []
+    if spec.train.networks > 1 and not len(net.extra):
+        reason = ("a pretrained encoder would need a backbone per network" if net.members is not None
+                  else "the ensemble is off")
+        done.append({"networks": spec.train.networks, "skipped": f"one network trained: {reason}"})
+        log(f"train.networks {spec.train.networks}: one network trained ({reason})")
     for k, extra in enumerate(net.extra):
         seed = spec.train.seed + 1000 * (k + 1)
         if not budget.fits(f"network {k + 2}"):
