@@ -167,13 +167,23 @@ _GATES = {_CN_TITLED: re.compile("先生|女士"), _CN_PROFESSIONAL: re.compile(
           _CN_ENDING: re.compile("[号栋幢座元层楼室]"), _CN_CUED: re.compile("[\u4e00-\u9fff]")}
 # likewise the Latin rules: each needs a capital (a name) or a digit (a house number), and the ~1 us a
 # character the Latin scans cost was most of redacting a Chinese text
-_GATES.update({rx: re.compile(f"[{_UP}]") for rx in (_TITLED, _STRONG, _WEAK, _FIRST_LAST)})
+_GATES.update({rx: re.compile(f"[{_UP}]") for rx in (_TITLED, _FIRST_LAST)})
+# the cue rules try their alternation of cues at every character: a substring search of the lowered text
+# for the words every cue holds is ~50x cheaper, and most texts hold none of them
+_WORD_GATES = {_STRONG: ("name", "dear", "signed", "regards", "sincerely", "attn", "attention"),
+               _WEAK: ("i am", "i'm", "this is", "contact", "patient", "customer", "client", "spoke", "ask for", "meet")}
 _GATES.update({rx: re.compile(r"\d") for rx in (_EN_ADDRESS, _EU_ADDRESS, _PO_BOX)})
 
 
 def _scan(rx: re.Pattern, text: str) -> Iterator[re.Match]:
-    gate = _GATES.get(rx)
-    return rx.finditer(text) if gate is None or gate.search(text) else iter(())
+    gate, words = _GATES.get(rx), _WORD_GATES.get(rx)
+    if gate is not None and not gate.search(text):
+        return iter(())
+    if words is not None:
+        lower = text.lower()
+        if not any(w in lower for w in words):
+            return iter(())
+    return rx.finditer(text)
 
 
 def _names_latin(text: str) -> Iterator[tuple[int, int]]:
