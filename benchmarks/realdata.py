@@ -1,6 +1,7 @@
 """Real tables with no hand edits: `polyfuse init` -> `train` -> `evaluate`, each beside a linear
 baseline measured in the same run (char+word TF-IDF + logistic regression on the text columns,
-as in ../shared/data/README.md), plus the speed targets of `init` and the image encoder.
+as in ../shared/data/README.md), the ensemble's members and the floor (test accuracy at least the best
+linear member's less half a point), plus the speed targets of `init` and the image encoder.
 
     .venv/bin/python benchmarks/realdata.py [--sets mvsa zhtext avdigits] [--threads N]
 
@@ -64,6 +65,7 @@ def run_set(name: str, tmp: Path) -> dict:
             "rows_per_s": float(np.median([h["rows_per_s"] for h in history])),
             "baseline_s": metrics.get("baseline", {}).get("seconds", float("nan")),
             "own_baseline": metrics.get("baseline", {}), "warnings": metrics.get("baseline_warnings", []),
+            "ensemble": metrics.get("ensemble", {}),
             "tfidf": tfidf_baseline(name), "spec": spec_text}
 
 
@@ -106,8 +108,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sets", nargs="*", default=["mvsa", "zhtext", "avdigits"])
     args = parser.parse_args()
-    targets = {"mvsa": lambda r: r["accuracy"] >= 0.72, "avdigits": lambda r: r["accuracy"] >= 0.99,
-               "zhtext": lambda r: r["accuracy"] >= 0.574 + 0.02 and r["accuracy"] >= r["tfidf"] + 0.02}
+    # the ensemble issue's targets (25); the floor: test accuracy >= the best linear member's - 0.5 point
+    targets = {"mvsa": lambda r: r["accuracy"] >= 0.69, "avdigits": lambda r: r["accuracy"] >= 0.99,
+               "zhtext": lambda r: r["accuracy"] >= 0.605}
     rows = []
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
@@ -130,11 +133,25 @@ def main() -> None:
         tf = r["tfidf"]
         ratio = f"{r['accuracy'] / tf:.3f}x" if tf else "-"
         verdict = "PASS" if targets[r["set"]](r) else "FAIL"
-        goal = {"mvsa": ">= 0.72", "zhtext": "TF-IDF + 0.02 (>= 0.594)", "avdigits": ">= 0.99"}[r["set"]]
+        goal = {"mvsa": ">= 0.69", "zhtext": ">= 0.605", "avdigits": ">= 0.99"}[r["set"]]
         print(f"| {r['set']} | {r['accuracy']:.4f} | {r['f1_macro']:.4f} | {tf if tf is None else round(tf, 4)} | "
               f"{ratio} | {goal}: {verdict} | {r['train_s']:.1f} ({r['epochs']}) | "
               f"{r['baseline_s']:.2f} ({r['baseline_s'] / max(r['train_s'], 1e-9):.1%}, target <= 10%: "
               f"{'PASS' if r['baseline_s'] <= 0.1 * r['train_s'] else 'FAIL'}) |")
+    print("\n| set | ensemble weights | best linear member (test acc) | floor: test acc >= it - 0.005 | "
+          "ensemble s (share of train) |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        ens = (r["ensemble"].get("outputs") or {}).get("label")
+        if not ens:
+            print(f"| {r['set']} | off: {r['ensemble'].get('off', '?')} | - | - | - |")
+            continue
+        weights = ", ".join(f"{m['member']} {m['weight']:.2f}" for m in ens["members"] if m["weight"])
+        linear = max((m for m in ens["members"] if m["member"].startswith("linear")), key=lambda m: m.get("test", 0))
+        ok = r["accuracy"] >= linear.get("test", 0) - 0.005
+        seconds = r["ensemble"].get("seconds", float("nan"))
+        print(f"| {r['set']} | {weights} | {linear['member']} {linear.get('test', float('nan')):.4f} | "
+              f"{'PASS' if ok else 'FAIL'} | {seconds:.1f} ({seconds / max(r['train_s'], 1e-9):.0%}) |")
     print(f"\ninit on a 50,000-row table: {big_s:.2f} s (target <= 10 s: {'PASS' if big_s <= 10 else 'FAIL'})")
     if img is not None:
         print(f"default image encoder at init's size on mvsa: {img:.0f} rows/s (target >= 300: "
