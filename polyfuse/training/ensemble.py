@@ -44,7 +44,7 @@ def _blocks(net: FusionModel, pre: Preprocessor, rows: Decoded) -> tuple[dict[st
                 present[name].append(batch[f"{name}__present"])
                 if m.kinds[name] == "text":
                     ids = xb[name]
-                    out[name].append((ids.numpy(), m.parts[f"0_{name}"].weights(ids).numpy()))
+                    out[name].append((ids.numpy(), m.parts[name].weights(ids).numpy()))
                 else:
                     out[name].append(m.features(name, xb).numpy())
     raw = {n: (np.concatenate([a for a, _ in v]), np.concatenate([w for _, w in v])) if m.kinds[n] == "text"
@@ -109,7 +109,7 @@ def fit_members(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded,
     m = net.members
     raw, present = _blocks(net, pre, train)
     raw_v, present_v = _blocks(net, pre, valid)
-    sizes = {n: m.parts[f"0_{n}"].table.shape[0] if m.kinds[n] == "text" else 0 for n in m.inputs}
+    sizes = {n: m.parts[n].table.shape[0] if m.kinds[n] == "text" else 0 for n in m.inputs}
     design, design_v, fits = {}, {}, {}
     for n in m.inputs:
         design[n], fits[n] = _matrix(m.kinds[n], raw[n], present[n], sizes[n], None)
@@ -135,8 +135,9 @@ def fit_members(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded,
                     m.bias[k, a:b] = -30.0  # classes the training rows lack: never predicted
                     m.bias[k, columns] = torch.from_numpy(intercept.astype(np.float32))
                 offsets = np.cumsum([0] + [design[n].shape[1] for n in names])
+                own = [c + (m.width if member != "all" else 0) for c in columns]  # the part's half for this member
                 for j, n in enumerate(names):
-                    _install_part(m.parts[f"{k}_{n}"], m.kinds[n], fits[n], coef[:, offsets[j]:offsets[j + 1]], columns)
+                    _install_part(m.parts[n], m.kinds[n], fits[n], coef[:, offsets[j]:offsets[j + 1]], own)
     return report
 
 
