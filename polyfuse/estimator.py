@@ -128,14 +128,19 @@ def train(spec: Any, data: Any = None, out: str | Path | None = None, resume: bo
     from polyfuse.evaluate import report
     from polyfuse.training.recipe import run
 
+    from polyfuse.training.memory import peak_mb, reset_peak
+
     spec_obj, base = _spec_base(spec)
     t0 = time.perf_counter()
+    fresh = reset_peak()
     result = run(spec_obj, base, data=data, out=Path(out) if out else None, resume=resume,
                  show_progress=show_progress, callback=callback)
     metrics = dict(result.metrics)
     metrics["sizes"] = result.sizes
     metrics["train_seconds"] = round(result.train_seconds, 2)
     metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
+    # the run's peak resident memory (this process; workers of torchrun or a DataLoader are not in it)
+    metrics["peak_rss_mb"] = {"mb": round(peak_mb(), 1), "since": "this run" if fresh else "the process started"}
     metrics["bad_rows"] = [str(b) for b in result.bad_rows]
     model = Model(spec_obj, result.preprocessor, result.net, metrics, result.history, data_info=result.data_info)
     if out is not None and result.main:  # under torchrun, rank 0 writes the artifact

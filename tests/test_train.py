@@ -189,3 +189,9 @@ def test_a_time_limit_ends_training_and_skips_the_stages_that_no_longer_fit(toy_
     assert len(polyfuse.load(tmp_path / "short").predict(toy_csv)) > 0
     roomy = polyfuse.train(toy_spec(toy_csv, epochs=2, time_limit=3600), out=tmp_path / "roomy", show_progress=False)
     assert roomy.metrics["time_limit"]["skipped"] == [] and len(roomy.history) == 2
+
+
+def test_the_runs_peak_memory_is_in_metrics(toy_model):
+    model, out = toy_model
+    peak = json.loads((out / "metrics.json").read_text())["peak_rss_mb"]
+    assert 50 < peak["mb"] < 24 * 1024 and peak["since"] in ("this run", "the process started")
