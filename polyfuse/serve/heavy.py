@@ -38,23 +38,25 @@ REST = 1.0
 _WORKER: dict[str, Any] = {}  # in the worker process: the spec, preprocessor and limits
 
 
-def _init(spec: Any, state_json: str, cfg: ServeConfig) -> None:
+def _init(spec: Any, state_json: str, cfg: ServeConfig, server: int) -> None:
     # below the server in CPU priority: where cores are short, the largest requests wait, not the ordinary
     # ones (on 2 shared cores, /predict's p99 under the text+stream attack 89 -> 71 ms in one run)
     with contextlib.suppress(OSError):
         os.nice(NICE)
-    _follow_parent()
+    _follow_parent(server)
     _WORKER.update(spec=spec, preprocessor=Preprocessor.from_json(spec, state_json), cfg=cfg)
 
 
-def _follow_parent() -> None:
-    """End with the server: a server killed (SIGKILL, OOM) or stopped before its pool said goodbye left
-    its worker running, ~80 MB each. A thread watches for a new parent. (Not the kernel's parent-death
-    signal: it follows the thread that started the worker, not the process.)"""
-    parent = os.getppid()
+def _follow_parent(server: int) -> None:
+    """End with the server (pid ``server``): a server killed (SIGKILL, OOM) or stopped before its pool said
+    goodbye left its worker running, ~50-80 MB each, also when it died while the worker was still
+    importing (the worker's parent was then already init). A thread watches for another parent. (Not the
+    kernel's parent-death signal: it follows the thread that started the worker, not the process.)"""
+    if os.getppid() != server:
+        os._exit(0)
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == server:
             time.sleep(0.5)
         os._exit(0)
 
@@ -88,7 +90,7 @@ class HeavyLane:
     """One worker process; ``decode_body`` and ``parse_message`` await its answers."""
 
     def __init__(self, spec: Any, preprocessor: Preprocessor, cfg: ServeConfig):
-        self._args = (spec, preprocessor.to_json(), cfg)
+        self._args = (spec, preprocessor.to_json(), cfg, os.getpid())
         self.pool = self._pool()
         self._turn = asyncio.Lock()
         self._free_at = 0.0  # when the worker may take its next job (see REST)
