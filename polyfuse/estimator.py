@@ -142,7 +142,7 @@ def train(spec: Any, data: Any = None, out: str | Path | None = None, resume: bo
     # the run's peak resident memory (this process; workers of torchrun or a DataLoader are not in it)
     metrics["peak_rss_mb"] = {"mb": round(peak_mb(), 1), "since": "this run" if fresh else "the process started"}
     metrics["bad_rows"] = [str(b) for b in result.bad_rows]
-    model = Model(spec_obj, result.preprocessor, result.net, metrics, result.history, data_info=result.data_info)
+    model = Model(result.spec or spec_obj, result.preprocessor, result.net, metrics, result.history, data_info=result.data_info)
     if out is not None and result.main:  # under torchrun, rank 0 writes the artifact
         with report.plots(model) as files:
             model.save(out, extra_files=files)

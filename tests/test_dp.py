@@ -21,7 +21,7 @@ from polyfuse.training import dp  # noqa: E402
 from polyfuse.training.trainset import read_splits  # noqa: E402
 from tests.conftest import toy_spec  # noqa: E402
 
-PRIVATE = {"epsilon": 8, "delta": 1e-3, "max_grad_norm": 1.0}
+PRIVATE = {"epsilon": 8, "delta": 1e-3, "max_grad_norm": 1.0, "settings": "train"}  # the toy spec's few epochs
 
 
 def test_spec_validation(toy_csv):
@@ -39,7 +39,8 @@ def test_spec_validation(toy_csv):
                        ({"epsilon": -1}, "train.privacy.epsilon"),
                        ({"epsilon": 8, "delta": 2}, "train.privacy.delta"),
                        ({"epsilon": 8, "max_grad_norm": 0}, "train.privacy.max_grad_norm"),
-                       ({"epsilon": 8, "budget": 3}, "unknown field")]:
+                       ({"epsilon": 8, "budget": 3}, "unknown field"),
+                       ({"epsilon": 8, "settings": "train", "lr": 0.01}, "lr is set here too")]:
         with pytest.raises(SpecError, match=words):
             load_spec(toy_spec(toy_csv, privacy=bad))
     spec = toy_spec(toy_csv, privacy=PRIVATE)
@@ -128,7 +129,7 @@ def test_private_training_end_to_end(toy_csv, tmp_path):
 
 
 def test_noise_multiplier_and_rdp(toy_csv, tmp_path):
-    privacy = {"noise_multiplier": 1.1, "max_grad_norm": 0.5, "delta": 1e-3, "accountant": "rdp"}
+    privacy = {"noise_multiplier": 1.1, "max_grad_norm": 0.5, "delta": 1e-3, "accountant": "rdp", "settings": "train"}
     spec = toy_spec(toy_csv, epochs=2, privacy=privacy, ema=0.5)  # the average of DP-SGD's noisy steps
     spec["inputs"]["note"]["encoder"] = "bigru"  # a recurrent layer trained privately, saved as torch's GRU
     spec["train"].update(baseline=False, calibrate=False)
@@ -169,7 +170,8 @@ def test_unknown_layer_refused(toy_csv, tmp_path):
 
 def test_resume_counts_the_steps_already_taken(toy_csv, tmp_path):
     """A private run stopped after an epoch and resumed spends what the uninterrupted run spends."""
-    spec = toy_spec(toy_csv, epochs=2, privacy={"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-3})
+    spec = toy_spec(toy_csv, epochs=2, privacy={"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-3,
+                                                            "settings": "train"})
     spec["inputs"]["note"]["encoder"] = "bigru"  # Opacus' GRU in the checkpoint, under torch's names
     spec["train"].update(baseline=False, calibrate=False)
     whole = polyfuse.train(spec, out=tmp_path / "whole", show_progress=False)
@@ -211,3 +213,38 @@ def test_large_noise_accounting_is_quiet(accountant):
         warnings.simplefilter("error")  # any warning fails the test
         spent = private.epsilon(400)
     assert 0 < spent < 2
+
+
+def test_settings_chosen_from_rows_and_epsilon():
+    """Larger tables get larger batches and fewer epochs; a larger budget more steps; all within bounds."""
+    from polyfuse.spec.dp_defaults import choose
+
+    def pick(rows, eps):
+        return {k: v for k, (v, _) in choose(rows, eps).items()}
+
+    small, mid, large = pick(500, 8), pick(1620, 8), pick(100_000, 8)
+    assert small["batch_size"] < mid["batch_size"] < large["batch_size"] <= 4096
+    assert mid["batch_size"] == 256  # ~6 sqrt(rows): the batch DP-SGD reached 0.95-0.975 with on avdigits
+    assert small["epochs"] >= mid["epochs"] > large["epochs"] >= 5
+    assert pick(1620, 1)["epochs"] < mid["epochs"] < pick(1620, 32)["epochs"]  # steps grow with epsilon
+    assert pick(40, 8)["batch_size"] <= 10  # at least 4 steps an epoch on a tiny table
+    assert mid["lr"] > 1e-3 and mid["max_grad_norm"] < 1.0
+
+
+def test_private_run_uses_chosen_settings(toy_csv, tmp_path):
+    """Adding only privacy to a spec tuned without it: the run's batch, rate and clipping are DP-SGD's,
+    the epochs the privacy section sets are kept, and the saved spec says what was trained."""
+    import yaml
+
+    from polyfuse.spec.dp_defaults import choose
+
+    spec = toy_spec(toy_csv, epochs=30, privacy={"epsilon": 8, "delta": 1e-3, "epochs": 2})
+    spec["train"].update(baseline=False, calibrate=False, batch_size=4, lr=1e-4)
+    model = polyfuse.train(spec, out=tmp_path / "dp", show_progress=False)
+    p = model.metrics["privacy"]
+    rows = p["rows"]
+    chosen = {k: v for k, (v, _) in choose(rows, 8).items()}
+    assert p["expected_batch_size"] == chosen["batch_size"] != 4 and p["max_grad_norm"] == chosen["max_grad_norm"]
+    assert p["epochs"] == 2 and p["settings"] == "auto"
+    saved = yaml.safe_load((tmp_path / "dp" / "spec.yaml").read_text())["train"]
+    assert (saved["batch_size"], saved["lr"], saved["epochs"]) == (chosen["batch_size"], chosen["lr"], 2)

@@ -107,7 +107,7 @@ class Private:
                   "noise_multiplier": round(self.noise_multiplier, 5), "max_grad_norm": self.cfg.max_grad_norm,
                   "sample_rate": round(self.sample_rate, 6), "expected_batch_size": self.batch_size,
                   "steps": steps, "epochs": round(steps / self.steps_per_epoch, 2), "rows": self.rows,
-                  "accountant": self.cfg.accountant, "sampling": "poisson", "library": f"opacus {_version()}"}
+                  "accountant": self.cfg.accountant, "settings": self.cfg.settings, "sampling": "poisson", "library": f"opacus {_version()}"}
         log(f"privacy: epsilon {spent:.3f} spent (delta {self.cfg.delta:g}, noise {self.noise_multiplier:.3f}, "
             f"{steps} steps, {self.cfg.accountant} accountant)")
         return report

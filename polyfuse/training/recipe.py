@@ -19,6 +19,7 @@ from polyfuse.nn import hf
 from polyfuse.nn.model import FusionModel
 from polyfuse.preprocess.pipeline import BadRow, Preprocessor
 from polyfuse.spec.inputs import hf_encoder
+from polyfuse.spec import dp_defaults
 from polyfuse.spec.schema import Spec
 from polyfuse.threads import ThreadGovernor, single_threaded_blas, usable_cpus
 from polyfuse.training import distributed, dp
@@ -40,6 +41,7 @@ class TrainResult:
     sizes: dict[str, int] = field(default_factory=dict)
     train_seconds: float = 0.0
     data_info: dict[str, Any] = field(default_factory=dict)
+    spec: Spec | None = None  # the spec as trained (DP-SGD's chosen settings in it), saved with the model
     main: bool = True  # False on torchrun ranks other than 0, which write nothing
 
 
@@ -160,6 +162,9 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     if pretrained:
         hf.bind_folders(spec, base)                                  # 0. pretrained models' processors
     splits = read_splits(spec, base, data, show)                     # 1. decode once, split
+    spec, chosen = dp_defaults.apply(spec, len(splits.train))        # 1a. DP-SGD's own settings
+    for line in chosen:
+        log(line)
     data_warnings = check_rows(spec, splits)
     pre = Preprocessor.fit(spec, splits.train)                       # 2. fit on training rows only
     torch.manual_seed(spec.train.seed)
@@ -174,7 +179,8 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     privacy = private.finish(net) if private is not None else None  # 4a. plain layers back, epsilon spent
     distributed.finish(dist)
     if not dist.main:  # rank 0 alone finishes, evaluates and writes the artifact
-        return TrainResult(pre, net, history, {}, splits.bad_rows, splits.sizes(), seconds, splits.info, main=False)
+        return TrainResult(pre, net, history, {}, splits.bad_rows, splits.sizes(), seconds, splits.info, spec,
+                           main=False)
     if pretrained and hf.merge_lora(net):                            # 4b. adapters folded into the weights
         log("LoRA adapters merged into the backbone weights")
     further = train_further(spec, pre, splits, net, valid_batch, budget, place, governor)  # 4c. more networks
@@ -192,4 +198,4 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
         result["time_limit"] = budget.report()
         if budget.skipped:
             log(f"time limit {budget.limit:g} s: skipped {', '.join(budget.skipped)} ({budget.elapsed():.0f} s used)")
-    return TrainResult(pre, net, history, result, splits.bad_rows, splits.sizes(), seconds, splits.info)
+    return TrainResult(pre, net, history, result, splits.bad_rows, splits.sizes(), seconds, splits.info, spec)
