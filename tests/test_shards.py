@@ -13,7 +13,7 @@ import polyfuse
 from polyfuse.data.io import read_table
 from polyfuse.preprocess.pipeline import decode_table
 from polyfuse.spec.schema import load_spec
-from polyfuse.training.shards import decode_to_shards
+from polyfuse.training.shards import ShardColumn, decode_to_shards
 
 
 @pytest.fixture()
@@ -35,14 +35,14 @@ def test_shards_hold_exactly_what_decoding_in_memory_gives(toy, tmp_path):
     _, spec, table = toy
     memory = decode_table(spec, table, with_targets=True)
     disk, report = decode_to_shards(spec, table, tmp_path / "shards", on_bad_row="skip", workers=2, rows_per_shard=16)
-    assert report["shards"] == 4 and report["built"] == 4 and disk.on_disk
+    assert report["shards"] == 4 and report["built"] == 4 and isinstance(disk.inputs["photo"], ShardColumn)
     assert disk.rows == memory.rows and disk.targets == memory.targets
     for name in spec.inputs:
         assert all(_same(a, b) for a, b in zip(disk.inputs[name], memory.inputs[name])), name
     images = list((tmp_path / "shards").glob("shard-*/in.photo.npy"))
     assert images and np.load(images[0]).dtype == np.uint8  # a quarter of float32
     view = disk.subset([5, 3, 40])  # a split is a view over the same memory maps
-    assert view.on_disk and np.array_equal(view.inputs["photo"][2], memory.inputs["photo"][40])
+    assert isinstance(view.inputs["photo"], ShardColumn) and np.array_equal(view.inputs["photo"][2], memory.inputs["photo"][40])
 
 
 def test_reused_invalidated_and_rebuilt_after_corruption(toy, tmp_path):

@@ -31,10 +31,15 @@ Features = Callable[[list], Any]  # decoded values of one input -> a (sparse or 
 
 
 # ----------------------------------------------------------------------------- features per modality
+def _pick(values: Any, idx: list[int]) -> Any:
+    """Rows ``idx`` of ``values``: a view of a packed or on-disk column (read as ``rows`` goes), else a list."""
+    return values.take(idx) if hasattr(values, "take") else [values[i] for i in idx]
+
+
 def _dense(values: list, rows: Callable[[list], np.ndarray]) -> Features:
     """Standardise ``rows(present values)`` on the training rows; a missing row gets zeros + an indicator."""
-    present = [v for v in values if v is not None]
-    stack = rows(present) if present else np.zeros((1, 1))
+    present = _pick(values, [i for i, v in enumerate(values) if v is not None])
+    stack = rows(present) if len(present) else np.zeros((1, 1))
     mean, std = stack.mean(0), stack.std(0)
     std[std < 1e-8] = 1.0
 
@@ -43,7 +48,7 @@ def _dense(values: list, rows: Callable[[list], np.ndarray]) -> Features:
         keep = [i for i, v in enumerate(vals) if v is not None]
         out[[i for i, v in enumerate(vals) if v is None], -1] = 1.0
         if keep:
-            out[keep, :-1] = (rows([vals[i] for i in keep]) - mean) / std
+            out[keep, :-1] = (rows(_pick(vals, keep)) - mean) / std
         return out
 
     return transform

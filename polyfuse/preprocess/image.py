@@ -245,10 +245,16 @@ def collate(values: list[np.ndarray | None], cfg: Any, state: dict, train: bool,
 
 
 def normalise(x: np.ndarray, state: dict) -> np.ndarray:
-    """Images [..., C, H, W] in [0, 1] -> (x - mean) / std with the fitted per-channel state."""
+    """Images [..., C, H, W] in [0, 1] -> (x - mean) / std with the fitted per-channel state, in place
+    when ``x`` is float32 (callers pass batches of their own: a whole split collated at once was
+    otherwise held three times over)."""
     mean = np.asarray(state["mean"], dtype=np.float32)[:, None, None]
     std = np.asarray(state["std"], dtype=np.float32)[:, None, None]
-    return (x - mean) / std
+    if x.dtype != np.float32:
+        return (x - mean) / std
+    x -= mean
+    x /= std
+    return x
 
 
 def augments(cfg: Any) -> bool:

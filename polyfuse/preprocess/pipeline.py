@@ -85,13 +85,8 @@ class Decoded:
     def __len__(self) -> int:
         return len(self.rows)
 
-    @property
-    def on_disk(self) -> bool:
-        """Whether the values are read lazily from shards on disk (polyfuse.training.shards)."""
-        return any(hasattr(v, "take") for v in self.inputs.values())
-
     def subset(self, idx: Sequence[int]) -> "Decoded":
-        def pick(values: Any) -> Any:  # a lazy on-disk column gives a view; a list, a list
+        def pick(values: Any) -> Any:  # a packed or on-disk column gives a view; a list, a list
             return values.take(idx) if hasattr(values, "take") else [values[i] for i in idx]
 
         return Decoded({k: pick(v) for k, v in self.inputs.items()}, {k: pick(v) for k, v in self.targets.items()},

@@ -38,7 +38,9 @@ class DataSpec(Strict):
         "auto", description="where decoded records live while training: memory (fastest), disk (memory-mapped shards "
         "built by a process pool and reused across runs; for tables larger than memory), auto: disk when the decoded "
         "table would take more than half of memory_budget_mb")
-    memory_budget_mb: int = Field(4096, gt=0, description="what storage: auto may spend on decoded records")
+    memory_budget_mb: int = Field(4096, gt=0, description="what the run's data may take in memory: storage: auto "
+                                  "decodes to disk past half of it, and the training rows are collated once for every "
+                                  "epoch only where that copy takes at most a quarter of it")
     workers: int | None = Field(None, ge=1, description="processes that build disk shards; default: the usable CPUs")
 
 
@@ -111,7 +113,15 @@ class PrivacySpec(Strict):
                          "1 / (training rows)")
     noise_multiplier: float | None = Field(None, gt=0, description="noise std relative to max_grad_norm, instead "
                                            "of epsilon")
-    max_grad_norm: float = Field(1.0, gt=0, description="each row's gradient is clipped to this L2 norm")
+    max_grad_norm: float = Field(1.0, gt=0, description="each row's gradient is clipped to this L2 norm (chosen "
+                                 "with settings: auto unless set here)")
+    settings: Literal["auto", "train"] = Field("auto", description="auto: batch size, epochs, learning rate and "
+                                               "clipping chosen for DP-SGD from the training rows and epsilon "
+                                               "(polyfuse/spec/dp_defaults.py; a value set here is kept; the log "
+                                               "says each); train: the train section's values and max_grad_norm")
+    batch_size: int | None = Field(None, ge=1, description="expected batch size under privacy (default: chosen)")
+    epochs: int | None = Field(None, ge=1, description="epochs under privacy (default: chosen)")
+    lr: float | None = Field(None, gt=0, description="learning rate under privacy (default: chosen)")
     accountant: Literal["rdp", "prv"] = Field("prv", description="how the epsilon spent is computed: prv (privacy "
                                               "random variables, tight: less noise for the same epsilon; opacus' "
                                               "default) or rdp (Renyi DP, a looser upper bound)")
@@ -121,7 +131,15 @@ class PrivacySpec(Strict):
         if (self.epsilon is None) == (self.noise_multiplier is None):
             raise ValueError("give exactly one of epsilon (a target budget; the noise is chosen to spend it) or "
                              "noise_multiplier (a fixed noise; the epsilon it spends is reported), e.g. "
-                             "{epsilon: 8, delta: 1.0e-5, max_grad_norm: 1.0}")
+                             "{epsilon: 8, delta: 1.0e-5}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PrivacySpec":
+        own = [k for k in ("batch_size", "epochs", "lr") if getattr(self, k) is not None]
+        if self.settings == "train" and own:
+            raise ValueError(f"settings: train uses the train section's values, but {', '.join(own)} is set here too; "
+                             "move it to train: or drop settings: train")
         return self
 
 

@@ -31,6 +31,7 @@ from polyfuse.training import checkpoint, distributed, optim
 from polyfuse.training.averaging import WeightAverage
 from polyfuse.training.device import CPU, Placement, to_device
 from polyfuse.training.distributed import SINGLE, Dist
+from polyfuse.training.memory import collated_fits
 from polyfuse.training.trainset import Splits, batches_of, log, prefetch, slice_batch
 
 
@@ -278,8 +279,13 @@ def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel,
     ``budget``: a :class:`polyfuse.training.budget.TimeBudget` that may end training before ``epochs``."""
     cfg = spec.train
     target = pre.targets(splits.train)
-    # unaugmented rows are collated once, unless they live on disk (then each batch is read as it comes)
-    fixed = None if pre.augments() or splits.train.on_disk else pre.collate(splits.train)
+    fixed = None  # unaugmented rows are collated once where that copy fits data.memory_budget_mb's share
+    if not pre.augments():
+        fits, mb = collated_fits(pre, splits.train, spec.data.memory_budget_mb)
+        fixed = pre.collate(splits.train) if fits else None
+        if not fits:
+            log(f"training rows collated batch by batch: collated once they would take ~{mb:.0f} MB, over a quarter "
+                f"of data.memory_budget_mb ({spec.data.memory_budget_mb})")
     valid_target = pre.targets(splits.valid) if splits.valid else None
     net.to(place.device)
     optimizer, scheduler = optim.build(spec, net)

@@ -1,4 +1,5 @@
-"""Memory habits of glibc's malloc that long-running polyfuse processes correct (Linux only)."""
+"""Memory: glibc malloc habits that long-running polyfuse processes correct (Linux only), the run's peak,
+and whether the training rows may be collated once for every epoch."""
 from __future__ import annotations
 
 import ctypes
@@ -63,3 +64,20 @@ def peak_mb() -> float:
 
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KB elsewhere
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / (1 << 20)
+
+
+COLLATED_SHARE = 4  # the collated training rows may take this fraction (1/4) of data.memory_budget_mb
+SAMPLE_ROWS = 64
+
+
+def collated_fits(pre: Any, decoded: Any, budget_mb: int) -> tuple[bool, float]:
+    """Whether the training rows, collated once and kept for every epoch, take at most a quarter of
+    ``budget_mb`` (estimated from the first rows); and that estimate in MB. Collating each batch as it
+    comes costs little beside a network's step; the copy of a 35k-row photo table (1.2 GB of float32
+    pixels beside the decoded ones) was most of that run's 5.2 GB peak."""
+    n = min(len(decoded), SAMPLE_ROWS)
+    if not n:
+        return True, 0.0
+    batch = pre.collate(decoded, range(n))
+    mb = sum(a.nbytes for a in batch.values()) / n * len(decoded) / 2**20
+    return mb <= budget_mb / COLLATED_SHARE, mb

@@ -62,11 +62,12 @@ def read_splits(spec: Spec, base: Path, data: Any, show: bool) -> Splits:
 
 
 def decoded_bytes_per_row(spec: Spec) -> int:
-    """About how many bytes one decoded row takes in memory (images as float32, audio as samples)."""
+    """About how many bytes one decoded row takes in memory (images packed as uint8, a pretrained
+    processor's as float32; audio as float32 samples)."""
     total = 0
     for cfg in spec.inputs.values():
         if cfg.type == "image":
-            total += 4 * cfg.channels * cfg.size[0] * cfg.size[1]
+            total += (4 if hf_encoder(cfg) is not None else 1) * cfg.channels * cfg.size[0] * cfg.size[1]
         elif cfg.type == "audio":
             total += int(4 * cfg.sample_rate * cfg.max_seconds)
         elif cfg.type == "timeseries":
@@ -118,9 +119,13 @@ def _log_bad(decoded: Decoded, table: Table, what: str) -> None:
 def decode_with_progress(spec: Spec, table: Table, what: str, on_bad_row: str, show: bool) -> Decoded:
     from tqdm import tqdm
 
+    from polyfuse.training.packed import decode_packed
+
     total = len(table) * (len(spec.inputs) + len(spec.outputs))
+    packed = any(c.type == "image" and hf_encoder(c) is None for c in spec.inputs.values())
     with tqdm(total=total, desc=f"decode {what}", unit="cell", disable=not show, leave=False) as bar:
-        decoded = decode_table(spec, table, with_targets=True, on_bad_row=on_bad_row, progress=bar.update)
+        decoded = (decode_packed(spec, table, on_bad_row, bar.update) if packed else
+                   decode_table(spec, table, with_targets=True, on_bad_row=on_bad_row, progress=bar.update))
     _log_bad(decoded, table, what)
     if len(decoded) == 0:
         raise BadInputError(f"{what}: no usable rows in {table.name} ({len(decoded.bad)} bad)")
