@@ -248,3 +248,11 @@ def test_private_run_uses_chosen_settings(toy_csv, tmp_path):
     assert p["epochs"] == 2 and p["settings"] == "auto"
     saved = yaml.safe_load((tmp_path / "dp" / "spec.yaml").read_text())["train"]
     assert (saved["batch_size"], saved["lr"], saved["epochs"]) == (chosen["batch_size"], chosen["lr"], 2)
+
+
+def test_batch_larger_than_the_table_takes_every_row(toy_csv, tmp_path):
+    """The noisy sum is divided by the expected batch: that is the rows, not a larger batch_size asked for."""
+    spec = toy_spec(toy_csv, privacy={"epsilon": 8, "delta": 1e-3, "batch_size": 100_000, "epochs": 1})
+    spec["train"].update(baseline=False, calibrate=False)
+    p = polyfuse.train(spec, show_progress=False).metrics["privacy"]
+    assert p["sample_rate"] == 1.0 and p["expected_batch_size"] == p["rows"] and p["steps"] == 1

@@ -147,6 +147,8 @@ def _quiet_accountant() -> Iterator[None]:
     per epoch (every catch_warnings in a step resets the once-registry), it buried the epoch lines."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        # PRV at sample rate 1 (every row in every step) takes log(1 - q): the bound it then returns is right
+        warnings.filterwarnings("ignore", message="divide by zero encountered in log", category=RuntimeWarning)
         yield
 
 
@@ -160,9 +162,12 @@ def start(spec: Spec, net: nn.Module, rows: int, dist: Any) -> Private:
     trainable_backbones(spec, net)
     swapped = to_opacus_layers(net)
     refuse_unsupported(net)
-    q = min(1.0, train.batch_size / rows)
+    batch = min(train.batch_size, rows)  # the expected batch: the noisy sum is divided by it
+    if batch < train.batch_size:
+        log(f"privacy: batch size {train.batch_size} is more than the {rows} training rows: every row in every step")
+    q = batch / rows
     steps = max(1, round(1 / q))
-    check_tables(spec, net, train.batch_size)
+    check_tables(spec, net, batch, rows)
     if cfg.noise_multiplier is not None:
         sigma = cfg.noise_multiplier
     else:
@@ -176,7 +181,7 @@ def start(spec: Spec, net: nn.Module, rows: int, dist: Any) -> Private:
             "allows leaking a whole row with that chance; use a smaller delta")
     log(f"privacy: DP-SGD, noise multiplier {sigma:.3f}, max_grad_norm {cfg.max_grad_norm}, Poisson sample rate "
         f"{q:.4f} ({steps} steps per epoch)" + (f", target epsilon {cfg.epsilon}" if cfg.epsilon else ""))
-    return Private(cfg, rows, train.batch_size, train.epochs, q, steps, float(sigma), swapped)
+    return Private(cfg, rows, batch, train.epochs, q, steps, float(sigma), swapped)
 
 
 def trainable_backbones(spec: Spec, net: nn.Module) -> None:
@@ -265,10 +270,13 @@ def refuse_unsupported(net: nn.Module) -> None:
         raise SpecError(f"train.privacy: layer `{name or 'model'}` ({type(m).__name__}) {problem}; {hint}")
 
 
-def check_tables(spec: Spec, net: nn.Module, batch_size: int) -> None:
+def check_tables(spec: Spec, net: nn.Module, batch_size: int, rows: int | None = None) -> None:
     """Opacus holds each embedding table's gradient once per row of a batch: refuse tables that would
     need more than TABLE_BYTES, naming the input and a size that fits."""
-    batch = int(batch_size + 4 * batch_size ** 0.5)  # a Poisson batch is rarely larger
+    expected = min(batch_size, rows or batch_size)  # a sample rate of 1 takes every row, no more
+    batch = min(int(expected + 4 * expected ** 0.5), rows or 1 << 62)  # a Poisson batch is rarely larger
+    field = "train.privacy.batch_size" if spec.train.privacy and spec.train.privacy.settings == "auto" else \
+        "train.batch_size"
     for name, m in net.named_modules():
         if isinstance(m, nn.Embedding) and m.weight.requires_grad:
             need = batch * m.num_embeddings * m.embedding_dim * 4
@@ -279,7 +287,7 @@ def check_tables(spec: Spec, net: nn.Module, batch_size: int) -> None:
                 fits = 1 << int(np.log2(TABLE_BYTES / (batch * m.embedding_dim * 4)))
                 raise SpecError(f"train.privacy: inputs.{input_name}: per-row gradients of its {m.num_embeddings} x "
                                 f"{m.embedding_dim} table take {need / 1e9:.1f} GB for a batch of ~{batch}; set "
-                                f"inputs.{input_name}.{what} to {fits} or less (or a smaller dim or train.batch_size)")
+                                f"inputs.{input_name}.{what} to {fits} or less (or a smaller dim or {field})")
 
 
 def absent_grad_sample(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor
