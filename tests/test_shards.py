@@ -74,3 +74,16 @@ def test_training_from_disk_equals_training_in_memory(toy, tmp_path):
     assert max(float((nets["memory"][k].float() - nets["disk"][k].float()).abs().max()) for k in nets["memory"]) <= 1e-5
     meta = json.loads(next((tmp_path / "cache" / "shards").glob("shard-*/meta.json")).read_text())
     assert meta["n"] > 0 and all(len(s) == 64 for s in meta["files"].values())
+
+
+def test_auto_storage_goes_to_disk_past_half_the_budget(toy, tmp_path):
+    from polyfuse.training.packed import PackedColumn
+    from polyfuse.training.trainset import decode_table_for, decoded_bytes_per_row
+
+    _, spec, table = toy
+    need_mb = len(table) * decoded_bytes_per_row(spec) / 2**20  # images counted as uint8, as they are held
+    for budget, kind in ((max(1, int(need_mb * 4)), PackedColumn), (max(1, int(need_mb)), ShardColumn)):
+        data = {**spec.data.model_dump(), "memory_budget_mb": budget, "cache_dir": str(tmp_path / "cache")}
+        sized = spec.model_copy(update={"data": type(spec.data)(**data)})
+        decoded = decode_table_for(sized, table, tmp_path, "train", "skip", False)
+        assert isinstance(decoded.inputs["photo"], kind), budget

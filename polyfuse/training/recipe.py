@@ -18,8 +18,8 @@ from polyfuse.evaluate.scores import evaluate
 from polyfuse.nn import hf
 from polyfuse.nn.model import FusionModel
 from polyfuse.preprocess.pipeline import BadRow, Preprocessor
-from polyfuse.spec.inputs import hf_encoder
 from polyfuse.spec import dp_defaults
+from polyfuse.spec.inputs import hf_encoder
 from polyfuse.spec.schema import Spec
 from polyfuse.threads import ThreadGovernor, single_threaded_blas, usable_cpus
 from polyfuse.training import distributed, dp

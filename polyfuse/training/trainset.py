@@ -62,12 +62,12 @@ def read_splits(spec: Spec, base: Path, data: Any, show: bool) -> Splits:
 
 
 def decoded_bytes_per_row(spec: Spec) -> int:
-    """About how many bytes one decoded row takes in memory (images packed as uint8, a pretrained
-    processor's as float32; audio as float32 samples)."""
+    """About how many bytes one decoded row takes in memory (images as uint8: packed, or a pretrained
+    processor's pixels; audio as float32 samples)."""
     total = 0
     for cfg in spec.inputs.values():
         if cfg.type == "image":
-            total += (4 if hf_encoder(cfg) is not None else 1) * cfg.channels * cfg.size[0] * cfg.size[1]
+            total += cfg.channels * cfg.size[0] * cfg.size[1]
         elif cfg.type == "audio":
             total += int(4 * cfg.sample_rate * cfg.max_seconds)
         elif cfg.type == "timeseries":
