@@ -115,3 +115,30 @@ def test_a_row_no_chosen_member_answers_gets_the_networks_answer():
     avail = np.array([[1.0, 1.0], [1.0, 0.0]])
     mixed = _mix([net, linear], np.array([0.0, 1.0]), avail)
     np.testing.assert_allclose(mixed, [[0.1, 0.9], [0.2, 0.8]], atol=1e-6)
+
+
+def test_an_unallowed_member_is_never_chosen():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 300)
+    perfect, weak = np.eye(2)[y] * 0.98 + 0.01, np.full((300, 2), 0.5)
+    counts = select([weak, perfect], y, np.ones((300, 2)), allowed=np.array([True, False]))
+    assert counts[1] == 0 and counts[0] > 0  # the perfect one was never fitted: it may not be mixed in
+
+
+def test_members_past_the_deadline_are_left_out_and_named(toy_csv, tmp_path):
+    """A time limit spent before the members are fitted: none is fitted, the network keeps all the weight."""
+    import polyfuse
+    from polyfuse.spec.schema import load_spec
+    from polyfuse.training.ensemble import fit_and_select
+    from polyfuse.training.trainset import read_splits
+
+    model = polyfuse.train(toy_spec(toy_csv, epochs=1, baseline=False), show_progress=False)
+    spec, base = load_spec(toy_spec(toy_csv, epochs=1, baseline=False))
+    splits = read_splits(spec, base, None, False)
+    pre, net = model.preprocessor, model.net
+    report = fit_and_select(spec, pre, net, splits.train, splits.valid, pre.collate(splits.valid), None, None,
+                            deadline=0.0)
+    assert report["unfitted"]["label"] == net.members.members  # all of them, in order
+    weights = report["outputs"]["label"]["members"]
+    assert weights[0]["member"] == "network" and weights[0]["weight"] == 1.0
+    assert not net.members.active

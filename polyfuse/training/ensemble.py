@@ -101,9 +101,11 @@ def _fit(x: Any, y: np.ndarray, xv: Any, yv: np.ndarray) -> tuple[Any, float]:
     return best
 
 
-def fit_members(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded, valid: Decoded) -> dict[str, Any]:
+def fit_members(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded, valid: Decoded,
+                deadline: float | None = None) -> dict[str, Any]:
     """Fit every linear member on the training rows (its strength chosen on ``valid``) and install it;
-    returns each member's C and any skips."""
+    returns each member's C and any skips. A member whose fit would end past ``deadline`` (a
+    time.perf_counter() value; the last fit's time is the estimate) is left unfitted and listed."""
     from threadpoolctl import threadpool_limits
 
     m = net.members
@@ -116,6 +118,7 @@ def fit_members(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded,
         design_v[n], _ = _matrix(m.kinds[n], raw_v[n], present_v[n], sizes[n], fits[n])
     targets, targets_v = pre.targets(train), pre.targets(valid)
     report: dict[str, Any] = {"C": {}}
+    last = 0.0  # seconds the last member's fit took
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")  # convergence notes: the validation scores say how each did
         for out, (a, b) in m.slices.items():
@@ -124,6 +127,10 @@ def fit_members(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded,
                 report.setdefault("skipped", {})[out] = "one class in the training rows"
                 continue
             for k, member in enumerate(m.members):
+                if deadline is not None and time.perf_counter() + last > deadline:
+                    report.setdefault("unfitted", {}).setdefault(out, []).append(member)
+                    continue
+                began = time.perf_counter()
                 names = m.inputs if member == "all" else [member]
                 stack = lambda d: sparse.hstack([d[n] for n in names], format="csr")  # noqa: E731
                 coef, intercept, _, c, classes = _fit(stack(design), y, stack(design_v), targets_v[out].astype(int))
@@ -138,6 +145,7 @@ def fit_members(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded,
                 own = [c + (m.width if member != "all" else 0) for c in columns]  # the part's half for this member
                 for j, n in enumerate(names):
                     _install_part(m.parts[n], m.kinds[n], fits[n], coef[:, offsets[j]:offsets[j + 1]], own)
+                last = time.perf_counter() - began
     return report
 
 
@@ -191,15 +199,19 @@ def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(p[np.arange(len(y)), y] / p.sum(1)).mean())
 
 
-def select(probs: list[np.ndarray], y: np.ndarray, avail: np.ndarray, rounds: int = ROUNDS) -> np.ndarray:
+def select(probs: list[np.ndarray], y: np.ndarray, avail: np.ndarray, rounds: int = ROUNDS,
+           allowed: np.ndarray | None = None) -> np.ndarray:
     """Caruana's greedy selection with replacement: member counts, starting from the best single member,
-    kept at the round with the least validation log-loss (so never worse there than the best member)."""
+    kept at the round with the least validation log-loss (so never worse there than the best member).
+    ``allowed`` (bool per member): members that may be chosen (an unfitted one may not)."""
     eye = np.eye(len(probs))
-    single = [_log_loss(_mix(probs, eye[k], avail), y) for k in range(len(probs))]
+    allowed = np.ones(len(probs), bool) if allowed is None else allowed
+    loss = lambda counts: _log_loss(_mix(probs, counts, avail), y)  # noqa: E731
+    single = [loss(eye[k]) if allowed[k] else np.inf for k in range(len(probs))]
     counts = eye[int(np.argmin(single))].copy()
     best, best_loss = counts.copy(), min(single)
     for _ in range(rounds - 1):
-        trials = [_log_loss(_mix(probs, counts + eye[k], avail), y) for k in range(len(probs))]
+        trials = [loss(counts + eye[k]) if allowed[k] else np.inf for k in range(len(probs))]
         counts[int(np.argmin(trials))] += 1
         if min(trials) < best_loss - 1e-12:
             best, best_loss = counts.copy(), min(trials)
@@ -207,14 +219,16 @@ def select(probs: list[np.ndarray], y: np.ndarray, avail: np.ndarray, rounds: in
 
 
 def fit_and_select(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded, valid: Decoded,
-                   valid_batch: dict, test: Decoded | None, test_batch: dict | None) -> dict[str, Any]:
-    """Fit the linear members, choose the weights on ``valid``, install them; the report for metrics.json."""
+                   valid_batch: dict, test: Decoded | None, test_batch: dict | None,
+                   deadline: float | None = None) -> dict[str, Any]:
+    """Fit the linear members (those that fit before ``deadline``), choose the weights on ``valid``,
+    install them; the report for metrics.json."""
     from polyfuse.training.trainset import log
 
     started = time.perf_counter()
     networks = ["network", *(f"network {k + 2}" for k in range(len(net.extra)))]
     report: dict[str, Any] = {"members": [*networks, *(f"linear {m}" for m in net.members.members)], **fit_members(
-        spec, pre, net, train, valid)}
+        spec, pre, net, train, valid, deadline)}
     valid_probs, valid_avail = _member_probs(net, spec, valid_batch), _available(net, valid_batch)
     test_probs = _member_probs(net, spec, test_batch) if test_batch is not None else None
     test_avail = _available(net, test_batch) if test_batch is not None else None
@@ -225,7 +239,8 @@ def fit_and_select(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decod
             continue
         cfg, state = spec.outputs[name], pre.state[name]
         y = targets["valid"][name].astype(int)
-        counts = select(valid_probs[name], y, valid_avail)
+        unfitted = {f"linear {m}" for m in report.get("unfitted", {}).get(name, [])}
+        counts = select(valid_probs[name], y, valid_avail, allowed=np.array([m not in unfitted for m in report["members"]]))
         weights = counts / counts.sum()
         with torch.no_grad():
             net.members.weight[i] = torch.from_numpy(weights.astype(np.float32))

@@ -23,7 +23,7 @@ from polyfuse.spec.inputs import hf_encoder
 from polyfuse.spec.schema import Spec
 from polyfuse.threads import ThreadGovernor, single_threaded_blas, usable_cpus
 from polyfuse.training import distributed, dp
-from polyfuse.training.budget import TimeBudget
+from polyfuse.training.budget import ENSEMBLE_TRAIN_SHARE, TRAIN_SHARE, TimeBudget
 from polyfuse.training.device import resolve as resolve_device
 from polyfuse.training.epochs import fit_network
 from polyfuse.training.memory import map_large_allocations
@@ -61,7 +61,7 @@ def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, vali
     budget = budget or TimeBudget(None)
     if any(c.head.type != "softmax" for c in spec.outputs.values()) and budget.fits("classic heads"):
         result["heads"] = classic_heads.fit_and_install(spec, pre, net, splits, valid_batch, test_batch)
-    result["ensemble"] = ensemble(spec, pre, net, splits, valid_batch, test_batch) if budget.fits("ensemble") else {
+    result["ensemble"] = ensemble(spec, pre, net, splits, valid_batch, test_batch, budget) if budget.fits("ensemble") else {
         "off": f"skipped: the time limit ({spec.train.time_limit:g} s) was spent"}
     if spec.train.calibrate and valid_batch is not None:
         from polyfuse.training.calibration import calibrate
@@ -82,7 +82,7 @@ def finish(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, vali
 
 
 def ensemble(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, valid_batch: dict | None,
-             test_batch: dict | None) -> dict[str, Any]:
+             test_batch: dict | None, budget: TimeBudget | None = None) -> dict[str, Any]:
     """The linear members fitted and mixed with the network (polyfuse.training.ensemble), or why not."""
     if spec.train.ensemble == "off":
         return {"off": "train.ensemble is off"}
@@ -95,7 +95,11 @@ def ensemble(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, va
         return {"off": "no validation rows to choose the weights on"}
     from polyfuse.training.ensemble import fit_and_select
 
-    return fit_and_select(spec, pre, net, splits.train, splits.valid, valid_batch, splits.test, test_batch)
+    report = fit_and_select(spec, pre, net, splits.train, splits.valid, valid_batch, splits.test, test_batch,
+                            deadline=budget.deadline() if budget is not None else None)
+    for out, members in report.get("unfitted", {}).items():
+        budget.skipped.append(f"ensemble members {', '.join(members)} of {out}")  # only a deadline leaves them
+    return report
 
 
 def train_further(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel, valid_batch: dict | None,
@@ -149,7 +153,8 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     """Train a model from a validated spec. ``base`` is the folder relative data paths start from.
     Progress bars only on a terminal (``show_progress=None``); one line per epoch otherwise."""
     show = sys.stderr.isatty() if show_progress is None else show_progress
-    budget = TimeBudget(spec.train.time_limit)                       # train.time_limit counts from here
+    mixed = spec.train.ensemble == "auto" and spec.train.privacy is None
+    budget = TimeBudget(spec.train.time_limit, ENSEMBLE_TRAIN_SHARE if mixed else TRAIN_SHARE)  # counts from here
     dist = distributed.from_env()                                    # one process, or a torchrun rank
     place = resolve_device(spec.train, dist.local_rank)
     governor = ThreadGovernor(spec.train.threads, max(1, usable_cpus() // dist.world))
