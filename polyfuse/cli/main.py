@@ -1,12 +1,12 @@
 """The `polyfuse` command line: one parser, each command group's sub-commands from its own module
-(spec, train, predict, deploy, serve, privacy, demo). Commands import their heavy parts when they
+(spec, train, predict, deploy, serve, models, privacy, demo). Commands import their heavy parts when they
 run, so `polyfuse --help` and the torch-free commands work on the base install."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from polyfuse.cli import demo, deploy, predict, privacy, serve, spec, train
+from polyfuse.cli import demo, deploy, models, predict, privacy, serve, spec, train
 from polyfuse.errors import PolyfuseError
 from polyfuse.threads import single_threaded_blas
 
@@ -14,7 +14,7 @@ from polyfuse.threads import single_threaded_blas
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="polyfuse", description="Multimodal fusion models from raw tables.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (spec, train, predict, deploy, serve, demo, privacy):  # the order `polyfuse --help` lists them
+    for group in (spec, train, predict, deploy, serve, models, demo, privacy):  # the order `polyfuse --help` lists them
         group.add_parsers(sub)
     args = parser.parse_args(argv)
     try:

@@ -74,7 +74,7 @@ def encoder_text(cfg: Any) -> str:
         return f"`{enc}`"
     how = (f"LoRA r={enc.lora.r}" if enc.lora else f"last {enc.train_last} layers trained" if enc.train_last
            else "frozen" if enc.freeze else "fine-tuned")
-    return f"pretrained `{enc.hf}` ({how}, {enc.pooling or 'default'} pooling)"
+    return f"pretrained `{enc.name}` ({how}, {enc.pooling or 'default'} pooling)"
 
 
 def _pretrained(model: Any) -> str:
@@ -85,8 +85,14 @@ def _pretrained(model: Any) -> str:
         if isinstance(enc, str):
             continue
         conf = model.preprocessor.state[name].get("backbone") or {}
-        lines.append(f"- `{name}`: `{conf.get('model_type', '?')}` backbone from `{enc.hf}` "
+        lines.append(f"- `{name}`: `{conf.get('model_type', '?')}` backbone from `{enc.name}` "
                      f"({conf.get('_name_or_path') or 'local folder'})")
+        if enc.pretrained is not None:
+            from polyfuse.zoo.catalog import describe, entry
+
+            z = describe(entry(enc.pretrained))
+            lines.append(f"  - zoo model `{z['name']}`: {z['source']}; licence {z['licence']}; weights from the "
+                         f"package `{z['package']}=={z['version']}`")
         cache = model.metrics.get("pretrained_cache", {}).get(name)
         if cache:
             lines.append(f"  - embedding cache: {cache['computed']} rows computed, {cache['reused']} reused "

@@ -37,7 +37,12 @@ NEEDS_HF = "a spec with `encoder: {hf: ...}`"  # how a missing [hf] extra is nam
 # ----------------------------------------------------------------------------- finding and building
 def resolve_model(enc: HFEncoder, base: Path) -> Path:
     """The local folder of a model: a folder (relative to the spec's) or the local HF cache; it is
-    downloaded only when the spec says ``download: true`` and HF_HUB_OFFLINE is not set."""
+    downloaded only when the spec says ``download: true`` and HF_HUB_OFFLINE is not set. A zoo model
+    (``pretrained: NAME``) is its package's folder, or the one converted from it (polyfuse.zoo)."""
+    if enc.pretrained is not None:
+        from polyfuse.zoo.catalog import resolve
+
+        return resolve(enc.pretrained, download=enc.download)
     path = Path(enc.hf).expanduser()
     for candidate in ([path] if path.is_absolute() else [base / path, path]):
         if candidate.is_dir():
@@ -81,7 +86,7 @@ def bind_folders(spec: Spec, base: Path) -> None:
             if cfg.type == "video":  # before reading anything else: the plainest error for a text/audio model
                 from polyfuse.preprocess.video_hf import require_image_model
 
-                require_image_model(name, enc.hf, folder)
+                require_image_model(name, enc.name, folder)
             enc._processor, enc._config = read_processor(cfg.type, folder, cfg), read_config(folder)
 
 

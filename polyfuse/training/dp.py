@@ -191,7 +191,7 @@ def trainable_backbones(spec: Spec, net: nn.Module) -> None:
     for name, cfg in spec.inputs.items():
         enc = hf_encoder(cfg)
         if enc is not None and any(p.requires_grad for p in net.encoders[name].backbone.parameters()):
-            raise SpecError(f"train.privacy: inputs.{name}: the pretrained backbone {enc.hf!r} is trained "
+            raise SpecError(f"train.privacy: inputs.{name}: the pretrained backbone {enc.name!r} is trained "
                             "(freeze: false, train_last or lora); under DP-SGD keep it frozen (freeze: true)")
 
 

