@@ -108,9 +108,19 @@ class Model:
             for name, src in (extra_files or {}).items():
                 shutil.copyfile(src, tmp / name)
             (tmp / "MODEL_CARD.md").write_text(card.render(self))
-            artifact.write_manifest(tmp, {"polyfuse_version": __version__, **self.info})
+            artifact.write_manifest(tmp, {"polyfuse_version": __version__, **self.info, **_zoo_sources(self.spec)})
 
         return artifact.write_dir(path, fill)
+
+
+def _zoo_sources(spec: Spec) -> dict[str, Any]:
+    """The zoo models the network's backbones came from (source, licence, package), for the manifest."""
+    from polyfuse.spec.inputs import hf_encoder
+    from polyfuse.zoo.catalog import describe, entry
+
+    used = {name: describe(entry(enc.pretrained)) for name, cfg in spec.inputs.items()
+            if (enc := hf_encoder(cfg)) is not None and enc.pretrained is not None}
+    return {"pretrained_zoo": used} if used else {}
 
 
 def _spec_base(spec: Any) -> tuple[Spec, Path]:

@@ -109,6 +109,8 @@ def test_trained_with_a_zoo_encoder_and_named_in_the_card(tiny_e5, toy_csv, tmp_
     model = polyfuse.train(spec, out=tmp_path / "m", show_progress=False)
     card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     assert "zoo model `tiny-e5`" in card and "licence MIT" in card and "tiny-e5-pkg==0.0.1" in card
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["pretrained_zoo"]["note"]["licence"] == "MIT"
     loaded = polyfuse.load(tmp_path / "m")  # the backbone's weights are in the artifact: no zoo needed to load
     import pandas as pd
 
