@@ -7,6 +7,7 @@ import pandas as pd
 import yaml
 
 from tests.conftest import toy_spec
+from polyfuse.autospec.pretrained import choose
 
 
 def polyfuse(*args, cwd=None):
@@ -18,7 +19,9 @@ def test_init_guesses_every_column_kind(toy_csv):
     assert done.returncode == 0, done.stderr
     spec = yaml.safe_load(done.stdout)
     kinds = {name: entry["type"] for name, entry in spec["inputs"].items()}
-    assert kinds == {"photo": "image", "sound": "audio", "note": "text", "weight": "number", "color": "category"}
+    zoo = choose(language_is_english=True)  # with an installed zoo text encoder, it reads the notes too
+    assert kinds == {"photo": "image", "sound": "audio", "note": "text", "weight": "number", "color": "category",
+                     **({"note_pretrained": "text"} if zoo else {})}
     assert spec["inputs"]["photo"]["size"] == [16, 16] and spec["inputs"]["photo"]["channels"] == 1
     assert spec["outputs"] == {"label": {"type": "category"}}
     assert "id" not in spec["inputs"]

@@ -390,3 +390,51 @@ def test_presets_choose_the_ensemble(tmp_path):
     assert init_yaml(table, target="label") == medium
     train = yaml.safe_load(best)["train"]
     assert train["ensemble"] == "auto" and train["networks"] == 3 and train["time_limit"] > 0
+
+
+@pytest.fixture()
+def zoo_installed(tmp_path, monkeypatch):
+    """multilingual-e5-small listed as installed (a stand-in package holding a tiny packed e5)."""
+    from polyfuse.zoo import catalog
+    from tests import zoo_files
+
+    package = tmp_path / "site" / "stand_in_e5"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    zoo_files.write_e5(package / "e5.bin")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    real = catalog.ENTRIES["multilingual-e5-small"]
+    monkeypatch.setitem(catalog.ENTRIES, real.name, catalog.Entry(**{**real.__dict__, "module": "stand_in_e5",
+                                                                     "file": "e5.bin"}))
+
+
+def test_a_text_column_gets_a_zoo_encoder_beside_its_ngrams_as_the_preset_allows(tmp_path, zoo_installed,
+                                                                                  monkeypatch):
+    from polyfuse.autospec import pretrained
+
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"note": [f"word{i % 7} text {i}" for i in range(120)], "label": ["a", "b", "c"] * 40}).to_csv(
+        table, index=False)
+    medium = init_yaml(table, target="label")
+    extra = yaml.safe_load(medium)["inputs"]["note_pretrained"]
+    assert extra == {"type": "text", "column": "note", "max_length": extra["max_length"],
+                     "encoder": {"pretrained": "multilingual-e5-small"}} and 8 <= extra["max_length"] <= 512
+    assert "beside the n-gram input" in medium and yaml.safe_load(medium)["inputs"]["note"]["encoder"] == "ngram"
+    assert "note_pretrained" not in yaml.safe_load(init_yaml(table, target="label", preset="fast"))["inputs"]
+    monkeypatch.setattr(pretrained, "MEDIUM_EMBED_S", 0.01)  # a table too large to embed in medium's allowance
+    slow = init_yaml(table, target="label")
+    assert "note_pretrained" not in yaml.safe_load(slow)["inputs"] and "--preset best takes it" in slow
+    assert "note_pretrained" in yaml.safe_load(init_yaml(table, target="label", preset="best"))["inputs"]
+    load_spec(yaml.safe_load(medium) | {"data": {"train": str(table)}})
+
+
+def test_without_a_zoo_package_the_comment_says_how_to_add_one(tmp_path, monkeypatch):
+    from polyfuse.zoo import catalog
+
+    for name, real in list(catalog.ENTRIES.items()):
+        monkeypatch.setitem(catalog.ENTRIES, name, catalog.Entry(**{**real.__dict__, "module": "not_installed_pkg"}))
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"note": [f"word{i % 7} text {i}" for i in range(60)], "label": ["a", "b"] * 30}).to_csv(
+        table, index=False)
+    text = init_yaml(table, target="label")
+    assert "note_pretrained" not in yaml.safe_load(text)["inputs"] and "pip install 'polyfuse[zoo]'" in text

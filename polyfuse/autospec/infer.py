@@ -28,6 +28,7 @@ from polyfuse.autospec.profile import (
     sample,
     scripts,
 )
+from polyfuse.autospec import pretrained
 from polyfuse.autospec.target import level, pick_target, sibling_test, target_entry
 from polyfuse.data.io import Table, is_missing, read_table
 from polyfuse.errors import SpecError
@@ -79,7 +80,7 @@ def _input_name(column: str, taken: set[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- per kind
-def _text(kind: Kind, seed: int, per_class: float) -> tuple[dict, dict[str, str], str]:
+def _text(kind: Kind, seed: int, per_class: float) -> tuple[dict, dict[str, str], str, dict[str, Any]]:
     from polyfuse.preprocess.text import tokenize
 
     cells = [str(v) for v in sample(kind.present, MAX_VALUES, seed)]
@@ -123,7 +124,8 @@ def _text(kind: Kind, seed: int, per_class: float) -> tuple[dict, dict[str, str]
         why["max_ngrams"] = (f"n-grams per text: median {percentile(counts, 50):.0f}, p95 {p95_ngrams:.0f}, "
                              f"max {max(counts)}")
     summary = f"{seen.shares()}; {tokenizer} tokens p50 {p50:.0f} p95 {p95:.0f} max {top}"
-    return entry, why, summary
+    latin = seen.letters.get("LATIN", 0) >= 0.9 * max(1, sum(seen.letters.values()))
+    return entry, why, summary, {"p50": p50, "p95": p95, "latin": latin}
 
 
 def ngram_count(tokens: list[str], word_ngrams: int, char_ngrams: tuple[int, int] | None) -> int:
@@ -262,7 +264,7 @@ def infer(table_path: str | Path, target: str | None = None, seed: int = 0, metr
     group = next((c for c in columns if c.lower() in GROUP_NAMES and c != out_col), None)
     inferred = Inferred({})
     lines: list[str] = []
-    inputs = _inputs(table, out_col, group, seed, inferred, lines, _rows_per_class(table.columns[out_col]))
+    inputs = _inputs(table, out_col, group, seed, inferred, lines, _rows_per_class(table.columns[out_col]), preset)
     if not inputs:
         raise SpecError(f"table {str(table_path)!r}: no usable input column besides the target {out_col!r}:\n  "
                         + "\n  ".join(lines))
@@ -297,7 +299,7 @@ def _rows_per_class(values: list) -> float:
 
 
 def _inputs(table: Table, out_col: str, group: str | None, seed: int, inferred: Inferred,
-            lines: list[str], per_class: float) -> dict[str, Any]:
+            lines: list[str], per_class: float, preset: str = "medium") -> dict[str, Any]:
     """One input entry per usable column (comments into ``inferred``, one summary line per column)."""
     inputs: dict[str, Any] = {}
     taken = {_input_name(out_col, set())}
@@ -313,7 +315,11 @@ def _inputs(table: Table, out_col: str, group: str | None, seed: int, inferred: 
             lines.append(f"{col}: {info}; dropped: {kind.reason}")
             inferred.notes.setdefault(("inputs",), []).append(f"{col!r} dropped: {kind.reason}")
             continue
-        entry, why, summary = _input_entry(col, kind, table.folder, seed, per_class)
+        text_stats = None
+        if kind.kind == "text":
+            entry, why, summary, text_stats = _text(kind, seed, per_class)
+        else:
+            entry, why, summary = _input_entry(col, kind, table.folder, seed, per_class)
         name = _input_name(col, taken)
         taken.add(name)
         if name != col:
@@ -322,12 +328,27 @@ def _inputs(table: Table, out_col: str, group: str | None, seed: int, inferred: 
         inputs[name] = entry
         inferred.comments.update({("inputs", name, key): text for key, text in why.items()})
         lines.append(f"{col}: {info}; {summary}")
+        if text_stats is not None:
+            _pretrained_text(col, name, entry["tokenizer"], text_stats, len(kind.present), preset, inputs, taken,
+                             inferred)
     return inputs
 
 
+def _pretrained_text(col: str, name: str, tokenizer: str, stats: dict, rows: int, preset: str, inputs: dict,
+                     taken: set[str], inferred: Inferred) -> None:
+    """A zoo encoder's input over the same column where the preset and the table allow one (or why not)."""
+    entry, why = pretrained.proposal(col, tokenizer, stats["p50"], stats["p95"], rows, preset, stats["latin"])
+    if entry is None:
+        if why:
+            inferred.notes.setdefault(("inputs", name), []).append(why)
+        return
+    zoo_name = _input_name(f"{name}_pretrained", taken)
+    taken.add(zoo_name)
+    inputs[zoo_name] = entry
+    inferred.comments[("inputs", zoo_name, "encoder")] = why
+
+
 def _input_entry(col: str, kind: Kind, folder: Path, seed: int, per_class: float) -> tuple[dict, dict, str]:
-    if kind.kind == "text":
-        return _text(kind, seed, per_class)
     if kind.kind == "timeseries":
         return _timeseries(kind, folder, seed)
     if kind.kind == "video":
