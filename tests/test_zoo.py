@@ -155,3 +155,25 @@ def test_the_real_multilingual_e5_reads_chinese_and_english(tmp_path, monkeypatc
     assert cat @ kitten > cat @ stocks + 0.05 and cat @ english > english @ stocks + 0.05
     assert tok.encode("Hello world").tokens[:4] == ["<s>", "\u2581que", "ry", ":"]  # the card's "query: " prefix
     assert sys.getsizeof(folder) and (folder / catalog.RECORD).is_file()
+
+
+def test_the_pretrained_vector_is_a_linear_member_and_exports(tiny_e5, toy_csv, tmp_path):
+    """A frozen zoo encoder's pooled vector feeds a linear member of the ensemble (one backbone run serves
+    it and the network), in torch and in ONNX Runtime alike."""
+    import pandas as pd
+
+    from polyfuse.deploy.exporter import export
+    from polyfuse.runtime import Runtime
+
+    spec = toy_spec(toy_csv, epochs=1, lr=1e-4, baseline=False)  # an undertrained network: members get weight
+    spec["inputs"] = {"note": {"type": "text", "max_length": 16, "encoder": {"pretrained": "tiny-e5"}},
+                      "color": spec["inputs"]["color"]}
+    model = polyfuse.train(spec, out=tmp_path / "m", show_progress=False)
+    members = {r["member"]: r["weight"] for r in model.metrics["ensemble"]["outputs"]["label"]["members"]}
+    assert "linear note" in members and model.net.members.kinds["note"] == "pretrained"
+    assert model.net.members.active  # the mix is in the graph that is exported
+    rows = pd.read_csv(toy_csv).head(12)
+    expected = model.predict_proba(rows, folder=toy_csv.parent).to_numpy()
+    export(tmp_path / "m", data=toy_csv)
+    np.testing.assert_allclose(Runtime(tmp_path / "m").predict_proba(rows, folder=toy_csv.parent)["label"], expected,
+                               atol=1e-4)

@@ -89,17 +89,26 @@ class FusionModel(nn.Module):
         """Each input's vector, the [B, n_inputs] presence mask (before any modality dropout) and
         what else the inputs give (:class:`Side`)."""
         present = torch.stack([batch[f"{n}__present"].bool() for n in self.names], dim=1)
-        vectors = [self.encode_input(n, batch) for n in self.names]
-        wide = [self.wide[n](batch[n]) if n in self.wide else None for n in self.names]
         mixing = self.members is not None and self.members.active
-        linear = self.members(batch, present, self.names) if mixing else None
+        pooled: dict[str, torch.Tensor] = {}  # pretrained members' pooled vectors: one backbone run serves both
+        want = {n for n, k in self.members.kinds.items() if k == "pretrained"} if mixing else set()
+        vectors = [self.encode_input(n, batch, pooled if n in want else None) for n in self.names]
+        wide = [self.wide[n](batch[n]) if n in self.wide else None for n in self.names]
+        linear = self.members(batch, present, self.names, pooled) if mixing else None
         extra = [e(batch) for e in self.extra] if mixing else []
         return vectors, present, Side(wide, linear, extra)
 
-    def encode_input(self, name: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One input's vector; from a frozen backbone's cached output (``name__features``) when the batch has it."""
+    def encode_input(self, name: str, batch: dict[str, torch.Tensor],
+                     pooled: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """One input's vector; from a frozen backbone's cached output (``name__features``) when the batch has it.
+        ``pooled``: where a pretrained input's pooled backbone vector is kept (for its ensemble member)."""
         cached = batch.get(f"{name}__features")
         temporal = self.steps is not None and self.fusion.temporal[self.names.index(name)] is not None
+        if pooled is not None:
+            h, length = (cached, None) if cached is not None else self.encoders[name].features(
+                batch[name], batch.get(f"{name}__length"))
+            pooled[name] = h
+            return self.encoders[name].head(h, length)
         if cached is not None and not temporal:
             return self.encoders[name].head(cached, batch.get(f"{name}__length"))
         mask = batch.get(f"{name}__mask")  # per-step validity (time series with gaps)

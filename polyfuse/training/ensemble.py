@@ -45,11 +45,19 @@ def _blocks(net: FusionModel, pre: Preprocessor, rows: Decoded) -> tuple[dict[st
                 if m.kinds[name] == "text":
                     ids = xb[name]
                     out[name].append((ids.numpy(), m.parts[name].weights(ids).numpy()))
+                elif m.kinds[name] == "pretrained":  # the cached pooled vector, or the frozen backbone's
+                    out[name].append(_pooled(net, name, xb).numpy())
                 else:
                     out[name].append(m.features(name, xb).numpy())
     raw = {n: (np.concatenate([a for a, _ in v]), np.concatenate([w for _, w in v])) if m.kinds[n] == "text"
            else np.concatenate(v) for n, v in out.items()}
     return raw, {n: np.concatenate(v) for n, v in present.items()}
+
+
+def _pooled(net: FusionModel, name: str, xb: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A pretrained input's pooled backbone vectors for these rows (the cache's, where the batch has them)."""
+    cached = xb.get(f"{name}__features")
+    return cached if cached is not None else net.encoders[name].features(xb[name], xb.get(f"{name}__length"))[0]
 
 
 def _matrix(kind: str, raw: Any, present: np.ndarray, size: int, fit: dict | None) -> tuple[sparse.csr_matrix, dict]:
@@ -166,7 +174,8 @@ def _member_probs(net: FusionModel, spec: Spec, batch: dict[str, np.ndarray]) ->
         for start in range(0, n_rows, CHUNK):
             xb = to_tensors({k: v[start : start + CHUNK] for k, v in batch.items()})
             present = torch.stack([xb[f"{n}__present"].bool() for n in net.names], 1)
-            parts.append(m(xb, present, net.names))
+            pooled = {n: _pooled(net, n, xb) for n, k in m.kinds.items() if k == "pretrained"}
+            parts.append(m(xb, present, net.names, pooled))
     linear = torch.cat(parts)
     out = {}
     for name, (a, b) in m.slices.items():
