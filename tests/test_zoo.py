@@ -177,3 +177,27 @@ def test_the_pretrained_vector_is_a_linear_member_and_exports(tiny_e5, toy_csv, 
     export(tmp_path / "m", data=toy_csv)
     np.testing.assert_allclose(Runtime(tmp_path / "m").predict_proba(rows, folder=toy_csv.parent)["label"], expected,
                                atol=1e-4)
+
+
+def test_evaluation_runs_each_frozen_backbone_once_for_all_its_ablations(tiny_e5, toy_csv, tmp_path):
+    """The ablation masks inputs 1 + 2 x inputs times: with the pooled vectors computed once up front the
+    scores are the same as running the backbone every time."""
+    from polyfuse.evaluate.scores import output_metrics
+    from polyfuse.nn.model import with_frozen_features
+    from polyfuse.preprocess.pipeline import decode_table
+    from polyfuse.data.io import read_table
+
+    spec = toy_spec(toy_csv, epochs=1, baseline=False, ensemble="off")
+    spec["inputs"] = {"note": {"type": "text", "max_length": 16, "encoder": {"pretrained": "tiny-e5"}},
+                      "color": spec["inputs"]["color"], "weight": spec["inputs"]["weight"]}
+    model = polyfuse.train(spec, show_progress=False)
+    decoded = decode_table(model.spec, read_table(toy_csv), with_targets=True)
+    batch = model.preprocessor.collate(decoded)
+    ready = with_frozen_features(model.net, batch)
+    assert ready["note__features"].shape == (len(decoded), zoo_files.H) and "note__features" not in batch
+    target = model.preprocessor.targets(decoded)
+    for masked in ({}, {"note__present": np.zeros(len(decoded), bool)}):
+        plain = output_metrics(model.net, model.preprocessor, {**batch, **masked}, target, full=False)
+        fast = output_metrics(model.net, model.preprocessor, {**ready, **masked}, target, full=False)
+        assert plain["label"]["accuracy"] == fast["label"]["accuracy"]
+        assert all(abs(plain["label"][k] - fast["label"][k]) < 1e-5 for k in plain["label"])

@@ -7,7 +7,7 @@ import numpy as np
 
 from polyfuse.evaluate import metrics
 from polyfuse.nn import heads
-from polyfuse.nn.model import FusionModel, predict_arrays
+from polyfuse.nn.model import FusionModel, predict_arrays, with_frozen_features
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor
 
 
@@ -28,6 +28,8 @@ def evaluate(net: FusionModel, pre: Preprocessor, decoded: Decoded, ablation: bo
     """Full metrics for every output; with ``ablation``, the headline metric with each input removed
     (``without``) and, for three or more inputs, with only one input kept (``only``)."""
     batch = pre.collate(decoded) if batch is None else batch  # callers that already collated pass it
+    if ablation:
+        batch = with_frozen_features(net, batch)  # the backbones once, not once per ablation
     target = pre.targets(decoded)
     result: dict[str, Any] = {"outputs": output_metrics(net, pre, batch, target, full=True)}
     names = list(pre.spec.inputs)
