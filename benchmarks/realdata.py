@@ -91,6 +91,37 @@ def best_preset(name: str, limit: float, tmp: Path) -> dict:
             "accuracy": json.loads((tmp / f"{name}-best.json").read_text())["outputs"]["label"]["accuracy"]}
 
 
+def mix_latency(name: str, model_dir: Path, tmp: Path, rows: int = 100) -> dict:
+    """Batch-1 latency in the torch-free runtime (ONNX Runtime, fp32) of the saved ensemble against the same
+    network alone (a copy with the mix's weight all on the network, so its graph has no member path),
+    interleaved rounds over ``rows`` test records."""
+    import shutil
+
+    import polyfuse
+    from common import interleaved_ms
+    from polyfuse.deploy.exporter import export
+    from polyfuse.runtime import Runtime
+
+    model = polyfuse.load(model_dir)
+    if model.net.members is None or not model.net.members.active:
+        return {"set": name, "skipped": "no ensemble in this model"}
+    alone_dir = tmp / f"{name}-network-alone"
+    shutil.rmtree(alone_dir, ignore_errors=True)
+    with __import__("torch").no_grad():
+        model.net.members.weight.zero_()
+        model.net.members.weight[:, 0] = 1.0
+    model.net.members.active = False
+    model.save(alone_dir)
+    for folder in (model_dir, alone_dir):
+        export(folder, data=DATA / name / "test.csv")
+    records = pd.read_csv(DATA / name / "test.csv").head(rows).drop(columns=["label"]).to_dict("records")
+    runtimes = {"ensemble": Runtime(model_dir), "network alone": Runtime(alone_dir)}
+    folder = DATA / name
+    ms = interleaved_ms({k: (lambda r, rt=rt: rt.predict_proba([r], folder=folder)) for k, rt in runtimes.items()},
+                        records, rounds=3)
+    return {"set": name, **ms, "ratio": ms["ensemble"] / ms["network alone"]}
+
+
 def init_speed(tmp: Path, rows: int = 50_000) -> float:
     """`polyfuse init` on a 50k-row table of image paths, text, numbers and categories."""
     mvsa = pd.read_csv(DATA / "mvsa" / "train.csv") if (DATA / "mvsa").exists() else None
@@ -131,6 +162,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="*", default=["mvsa", "zhtext", "avdigits"])
     parser.add_argument("--best", default="zhtext", help="set for the best preset under a time limit ('' skips)")
     parser.add_argument("--best-limit", type=float, default=300.0, help="its train.time_limit, seconds")
+    parser.add_argument("--latency", nargs="*", default=["mvsa", "zhtext"],
+                        help="sets whose ensemble's batch-1 latency is timed against the network alone")
     args = parser.parse_args()
     # the ensemble issue's targets (25); the floor: test accuracy >= the best linear member's - 0.5 point
     targets = {"mvsa": lambda r: r["accuracy"] >= 0.69, "avdigits": lambda r: r["accuracy"] >= 0.99,
@@ -147,6 +180,7 @@ def main() -> None:
             print(f"\n== {name}: init's spec ==\n{r['spec']}")
             for w in r["warnings"]:
                 print(f"  baseline warning: {w}")
+        latency = [mix_latency(n, tmp / n, tmp) for n in args.latency if (tmp / n).exists()]
         best = (best_preset(args.best, args.best_limit, tmp)
                 if args.best and (DATA / args.best / "train.csv").exists() else None)
         big_s = init_speed(tmp)
@@ -178,6 +212,12 @@ def main() -> None:
         seconds = r["ensemble"].get("seconds", float("nan"))
         print(f"| {r['set']} | {weights} | {linear['member']} {linear.get('test', float('nan')):.4f} | "
               f"{'PASS' if ok else 'FAIL'} | {seconds:.1f} ({seconds / max(r['train_s'], 1e-9):.0%}) |")
+    for r in latency:
+        if "skipped" in r:
+            print(f"\n{r['set']}: batch-1 latency not timed ({r['skipped']})")
+        else:
+            print(f"\n{r['set']}: batch-1 latency in ONNX Runtime, ensemble {r['ensemble']:.2f} ms / network alone "
+                  f"{r['network alone']:.2f} ms = {r['ratio']:.2f}x (target <= 1.3x: {'PASS' if r['ratio'] <= 1.3 else 'FAIL'})")
     if best is not None:
         ratio = best["run_s"] / best["limit"]
         print(f"\npreset best on {best['set']}, time_limit {best['limit']:g} s: the run took {best['run_s']:.0f} s "
