@@ -82,7 +82,10 @@ def bind_folders(spec: Spec, base: Path) -> None:
     for name, cfg in spec.inputs.items():
         enc = hf_encoder(cfg)
         if enc is not None:
-            folder = resolve_model(enc, base)
+            try:
+                folder = resolve_model(enc, base)
+            except SpecError as e:  # which input asked for it
+                raise SpecError(f"inputs.{name}.encoder: {e}") from None
             if cfg.type == "video":  # before reading anything else: the plainest error for a text/audio model
                 from polyfuse.preprocess.video_hf import require_image_model
 
