@@ -201,3 +201,21 @@ def test_evaluation_runs_each_frozen_backbone_once_for_all_its_ablations(tiny_e5
         fast = output_metrics(model.net, model.preprocessor, {**ready, **masked}, target, full=False)
         assert plain["label"]["accuracy"] == fast["label"]["accuracy"]
         assert all(abs(plain["label"][k] - fast["label"][k]) < 1e-5 for k in plain["label"])
+
+
+def test_a_long_embedding_pass_says_how_far_it_is(capfd):
+    """Without a terminal (no bar), a line every so often: rows done, rate, time left."""
+    import time
+
+    from polyfuse.training.feature_cache import Progress
+
+    progress = Progress("note", total=100, every_s=0.05)
+    progress.update(10)
+    assert capfd.readouterr().err == ""  # not yet
+    time.sleep(0.06)
+    progress.update(30)
+    said = capfd.readouterr().err
+    assert "note: backbone outputs 40/100 rows" in said and "rows/s" in said and "min left" in said
+    time.sleep(0.06)
+    progress.update(60)
+    assert capfd.readouterr().err == ""  # done: the summary line says the rest

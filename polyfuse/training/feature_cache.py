@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,28 @@ def fill(store: Store, encoder: Any, cfg: Any, pre: Preprocessor, name: str, dec
     return out, computed
 
 
+@dataclass
+class Progress:
+    """A line every ``every_s`` seconds while a backbone's outputs are computed (logs have no bar): rows done,
+    rows per second and the time left at that rate. 10,000 texts through e5 took 6.6 minutes in silence."""
+
+    name: str
+    total: int
+    every_s: float = 30.0
+    done: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    said: float = field(default_factory=time.perf_counter)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.said >= self.every_s and self.done < self.total:
+            rate = self.done / max(now - self.started, 1e-9)
+            log(f"{self.name}: backbone outputs {self.done}/{self.total} rows, {rate:.0f} rows/s, "
+                f"~{(self.total - self.done) / max(rate, 1e-9) / 60:.1f} min left")
+            self.said = now
+
+
 def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], root: Path, show: bool,
                batch_size: int = 32) -> dict[str, dict]:
     """Attach every frozen backbone's outputs to ``parts`` (train/valid/test rows) from the cache,
@@ -164,7 +186,8 @@ def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], ro
         encoder.eval()
         store = store_for(encoder, cfg, root)
         total, computed, started = sum(len(d) for d in parts), 0, time.perf_counter()
-        with tqdm(total=total, desc=f"{name} backbone", unit="row", disable=not show, leave=False) as bar:
+        with tqdm(total=total, desc=f"{name} backbone", unit="row", disable=not show, leave=False) as shown:
+            bar = shown if show else Progress(name, total)
             for decoded in parts:
                 decoded.features[name], n = fill(store, encoder, cfg, pre, name, decoded, batch_size, bar)
                 computed += n
