@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from polyfuse.artifact import sha256
+from polyfuse.data.cache import cache_home
 from polyfuse.data.io import Table
 from polyfuse.preprocess.pipeline import BadRow, Decoded, decode_table
 from polyfuse.spec.inputs import hf_encoder
@@ -42,7 +43,7 @@ def cache_root(spec: Spec, base: Path) -> Path:
     if spec.data.cache_dir:
         path = Path(spec.data.cache_dir).expanduser()
         return path if path.is_absolute() else base / path
-    return Path(os.environ.get("POLYFUSE_CACHE") or Path.home() / ".cache" / "polyfuse")
+    return cache_home()
 
 
 def decoding_settings(spec: Spec) -> str:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from polyfuse.artifact import sha256
+from polyfuse.data.cache import cache_home
 from polyfuse.errors import SpecError
 
 RECORD = "polyfuse-zoo.json"  # what a converted folder came from: name, package, file, sha256, licence
@@ -60,7 +61,7 @@ def entry(name: str) -> Entry:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("POLYFUSE_CACHE") or Path.home() / ".cache" / "polyfuse") / "zoo"
+    return cache_home() / "zoo"
 
 
 def installed_source(e: Entry) -> Path | None:
