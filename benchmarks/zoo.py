@@ -65,7 +65,8 @@ def main() -> None:
     from tokenizers import Tokenizer
     from transformers import AutoModel
 
-    from polyfuse.zoo.catalog import ENTRIES, installed_source, resolve
+    from polyfuse.zoo.catalog import ENTRIES, installed_source
+    from polyfuse.zoo.convert import resolve
 
     source = installed_source(ENTRIES["multilingual-e5-small"])
     if source is None:

@@ -20,6 +20,7 @@ def test_init_guesses_every_column_kind(toy_csv):
     spec = yaml.safe_load(done.stdout)
     kinds = {name: entry["type"] for name, entry in spec["inputs"].items()}
     zoo = choose(language_is_english=True)  # with an installed zoo text encoder, it reads the notes too
+    # (the 16 px photos are too small for the zoo's ImageNet backbone in the default preset)
     assert kinds == {"photo": "image", "sound": "audio", "note": "text", "weight": "number", "color": "category",
                      **({"note_pretrained": "text"} if zoo else {})}
     assert spec["inputs"]["photo"]["size"] == [16, 16] and spec["inputs"]["photo"]["channels"] == 1

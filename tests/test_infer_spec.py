@@ -438,3 +438,55 @@ def test_without_a_zoo_package_the_comment_says_how_to_add_one(tmp_path, monkeyp
         table, index=False)
     text = init_yaml(table, target="label")
     assert "note_pretrained" not in yaml.safe_load(text)["inputs"] and "pip install 'polyfuse[zoo]'" in text
+
+
+@pytest.fixture()
+def image_zoo_installed(tmp_path, monkeypatch):
+    """efficientnet-lite0 listed as installed (init only checks that its file is there; nothing is loaded)."""
+    from polyfuse.zoo import catalog
+
+    package = tmp_path / "site" / "stand_in_effnet"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "models" / "lite.pth").write_bytes(b"weights")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    real = catalog.ENTRIES["efficientnet-lite0"]
+    monkeypatch.setitem(catalog.ENTRIES, real.name, catalog.Entry(**{**real.__dict__, "module": "stand_in_effnet",
+                                                                     "file": "models/lite.pth"}))
+
+
+def _image_table(folder, side: int, rows: int = 40):
+    rng = np.random.default_rng(0)
+    (folder / "img").mkdir(exist_ok=True)
+    for i in range(rows):
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(folder / "img" / f"{i}.png")
+    table = folder / f"photos{side}.csv"
+    pd.DataFrame({"note": [f"word{i % 7} text {i}" for i in range(rows)], "photo": [f"img/{i}.png" for i in range(rows)],
+                  "label": ["a", "b"] * (rows // 2)}).to_csv(table, index=False)
+    return table
+
+
+def test_an_image_column_gets_the_zoo_backbone_beside_its_cnn_as_the_preset_allows(tmp_path, zoo_installed,
+                                                                                   image_zoo_installed, monkeypatch):
+    from polyfuse.autospec import pretrained
+
+    photos = _image_table(tmp_path, 48)
+    medium = init_yaml(photos, target="label")
+    inputs = yaml.safe_load(medium)["inputs"]
+    assert inputs["photo_pretrained"] == {"type": "image", "column": "photo",
+                                          "encoder": {"pretrained": "efficientnet-lite0"}}
+    assert inputs["photo"]["encoder"] == "cnn" and "beside the from-scratch CNN" in medium
+    assert "photo_pretrained" not in yaml.safe_load(init_yaml(photos, target="label", preset="fast"))["inputs"]
+    # medium's allowance is for all columns together: the text column before the photos spent it
+    text_s = pretrained.embed_seconds(40, 10)
+    monkeypatch.setattr(pretrained, "MEDIUM_EMBED_S", text_s + 40 * pretrained.IMAGE_S / 2)
+    shared = init_yaml(photos, target="label")
+    assert "note_pretrained" in yaml.safe_load(shared)["inputs"]
+    assert "photo_pretrained" not in yaml.safe_load(shared)["inputs"] and "for the columns before" in shared
+
+
+def test_tiny_images_keep_the_cnn_alone_unless_the_preset_is_best(tmp_path, image_zoo_installed):
+    glyphs = _image_table(tmp_path, 16)
+    medium = init_yaml(glyphs, target="label")
+    assert "photo_pretrained" not in yaml.safe_load(medium)["inputs"] and "far smaller than the photos" in medium
+    assert "photo_pretrained" in yaml.safe_load(init_yaml(glyphs, target="label", preset="best"))["inputs"]

@@ -15,7 +15,7 @@ import polyfuse  # noqa: E402
 from polyfuse.artifact import sha256  # noqa: E402
 from polyfuse.errors import SpecError  # noqa: E402
 from polyfuse.spec.schema import load_spec  # noqa: E402
-from polyfuse.zoo import catalog, e5_packed  # noqa: E402
+from polyfuse.zoo import catalog, convert, e5_packed  # noqa: E402
 from tests import zoo_files  # noqa: E402
 from tests.conftest import toy_spec  # noqa: E402
 
@@ -77,13 +77,13 @@ def test_a_run_of_unknown_characters_is_one_unknown_token(tiny_e5, tmp_path):
 
 def test_resolved_once_into_the_cache_and_again_when_the_file_changes(tiny_e5):
     source, _ = tiny_e5
-    first = catalog.resolve("tiny-e5")
+    first = convert.resolve("tiny-e5")
     record = json.loads((first / catalog.RECORD).read_text())
     assert record["sha256"] == sha256(source) and record["licence"] == "MIT"
     stamp = (first / "model.safetensors").stat().st_mtime_ns
-    assert catalog.resolve("tiny-e5") == first and (first / "model.safetensors").stat().st_mtime_ns == stamp
+    assert convert.resolve("tiny-e5") == first and (first / "model.safetensors").stat().st_mtime_ns == stamp
     zoo_files.write_e5(source, seed=1)  # a new version of the package
-    second = catalog.resolve("tiny-e5")
+    second = convert.resolve("tiny-e5")
     assert second != first and (second / catalog.RECORD).is_file()
     assert catalog.status(catalog.ENTRIES["tiny-e5"]) == "installed"
 
@@ -94,9 +94,9 @@ def test_a_missing_package_or_name_says_what_to_do(tmp_path, monkeypatch):
                           "-", 8, "-")
     monkeypatch.setitem(catalog.ENTRIES, "ghost", ghost)
     with pytest.raises(SpecError, match=r"ghost-pkg==1.0.*not installed.*polyfuse models pull ghost.*download: true"):
-        catalog.resolve("ghost")
+        convert.resolve("ghost")
     with pytest.raises(SpecError, match="no zoo model named 'nope'.*multilingual-e5-small"):
-        catalog.resolve("nope")
+        convert.resolve("nope")
     with pytest.raises(SpecError, match="exactly one of hf"):
         load_spec({"inputs": {"t": {"type": "text", "encoder": {"hf": "x", "pretrained": "y"}}},
                    "outputs": {"y": {"type": "category"}}})
@@ -141,7 +141,7 @@ def test_the_real_multilingual_e5_reads_chinese_and_english(tmp_path, monkeypatc
     from transformers import AutoModel
 
     monkeypatch.setenv("POLYFUSE_CACHE", str(tmp_path))
-    folder = catalog.resolve("multilingual-e5-small")
+    folder = convert.resolve("multilingual-e5-small")
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     bert = AutoModel.from_pretrained(folder).eval()
 

@@ -303,6 +303,7 @@ def _inputs(table: Table, out_col: str, group: str | None, seed: int, inferred: 
     """One input entry per usable column (comments into ``inferred``, one summary line per column)."""
     inputs: dict[str, Any] = {}
     taken = {_input_name(out_col, set())}
+    embed_s = 0.0  # the zoo encoders' estimated embedding time so far (medium's allowance is for all)
     for col in table.columns:
         if col == out_col:
             continue
@@ -328,16 +329,21 @@ def _inputs(table: Table, out_col: str, group: str | None, seed: int, inferred: 
         inputs[name] = entry
         inferred.comments.update({("inputs", name, key): text for key, text in why.items()})
         lines.append(f"{col}: {info}; {summary}")
+        rows = len(kind.present)
         if text_stats is not None:
-            _pretrained_text(col, name, entry["tokenizer"], text_stats, len(kind.present), preset, inputs, taken,
-                             inferred)
+            found = pretrained.proposal(col, entry["tokenizer"], text_stats["p50"], text_stats["p95"], rows, preset,
+                                        text_stats["latin"], embed_s)
+        elif kind.kind == "image" and entry["type"] == "image":
+            found = pretrained.image_proposal(col, rows, max(entry["size"]), preset, embed_s)
+        else:
+            continue
+        embed_s += found[2]
+        _pretrained(name, *found[:2], inputs, taken, inferred)
     return inputs
 
 
-def _pretrained_text(col: str, name: str, tokenizer: str, stats: dict, rows: int, preset: str, inputs: dict,
-                     taken: set[str], inferred: Inferred) -> None:
+def _pretrained(name: str, entry: dict | None, why: str, inputs: dict, taken: set[str], inferred: Inferred) -> None:
     """A zoo encoder's input over the same column where the preset and the table allow one (or why not)."""
-    entry, why = pretrained.proposal(col, tokenizer, stats["p50"], stats["p95"], rows, preset, stats["latin"])
     if entry is None:
         if why:
             inferred.notes.setdefault(("inputs", name), []).append(why)

@@ -25,7 +25,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> None:
-    from polyfuse.zoo.catalog import resolve
+    from polyfuse.zoo.convert import resolve
 
     print(resolve(args.name, download=True))
 

