@@ -211,6 +211,38 @@ def test_cache_store_round_trips_every_key(tmp_path):
     assert [float(again.entries[k][0]) for k in keys] == [0.0, 1.0, 2.0]
 
 
+def test_the_embedding_pass_runs_texts_of_like_length_together_and_keeps_row_order(trained, tmp_path):
+    """Batches of the frozen pass are formed shortest first (less padding); each row's output is the one it
+    gets alone, in its own place."""
+    import pandas as pd
+    import torch
+
+    from polyfuse.data.io import read_table
+    from polyfuse.preprocess.pipeline import decode_table
+    from polyfuse.training.feature_cache import Progress, Store, fill
+
+    out, _ = trained
+    model = polyfuse.load(out)
+    notes = ["owl " * (1 + (7 * i) % 11) for i in range(20)] + [None]
+    decoded = decode_table(model.spec, read_table(pd.DataFrame({"note": notes, "weight": [1.0] * 21})),
+                           with_targets=False)
+    encoder, cfg = model.net.encoders["note"], model.spec.inputs["note"]
+    widths: list[int] = []
+    hook = encoder.backbone.register_forward_pre_hook(lambda _m, _a, kw: widths.append(kw["input_ids"].shape[1]),
+                                                      with_kwargs=True)
+    store = Store(tmp_path / "s", {"format": "t", "model_digest": "x", "sequence": False})
+    rows, computed = fill(store, encoder.eval(), cfg, model.preprocessor, "note", decoded, 4, Progress("note", 21))
+    hook.remove()
+    assert widths == sorted(widths) and len(widths) == 5 and computed == 11  # 11 distinct texts
+    assert rows[-1] is None
+    for i in (0, 3, 12):
+        one = model.preprocessor.collate(decode_table(model.spec, read_table(pd.DataFrame(
+            {"note": [notes[i]], "weight": [1.0]})), with_targets=False))
+        with torch.no_grad():
+            alone = encoder.features(torch.from_numpy(one["note"]), torch.from_numpy(one["note__length"]))[0][0]
+        np.testing.assert_allclose(rows[i], alone.numpy(), atol=1e-5)
+
+
 def test_served_over_http_with_requests_of_different_lengths_batched(trained, tmp_path):
     import shutil
     from concurrent.futures import ThreadPoolExecutor

@@ -113,14 +113,24 @@ def store_for(encoder: Any, cfg: Any, root: Path) -> Store:
     return Store(root / "embeddings" / key, meta)
 
 
+def _size(value: Any) -> int:
+    """A row's length before collation (characters of a text, samples of a wave, frames of a video)."""
+    return len(value) if isinstance(value, (str, np.ndarray, list)) else 0
+
+
 @torch.inference_mode()
 def fill(store: Store, encoder: Any, cfg: Any, pre: Preprocessor, name: str, decoded: Decoded,
          batch_size: int, bar: Any) -> tuple[list, int]:
-    """Each row's cached output (None where the input is missing); computes the ones not cached yet."""
-    values, out, computed = decoded.inputs[name], [], 0
+    """Each row's cached output (None where the input is missing); computes the ones not cached yet.
+    Rows go through the backbone shortest first, so a batch pads to lengths alike rather than to the
+    longest of a random 32 (a row's output and key do not depend on its batch's padding)."""
+    values, computed = decoded.inputs[name], 0
+    out: list = [None] * len(values)
+    order = sorted(range(len(values)), key=lambda i: _size(values[i]))
     collate = modality_of(cfg).collate
-    for start in range(0, len(values), batch_size):
-        chunk = values[start : start + batch_size]
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        chunk = [values[i] for i in rows]
         arrays = collate(chunk, cfg, pre.state[name], False, None)
         keys = row_keys(arrays)
         todo, seen = [], set()
@@ -136,7 +146,8 @@ def fill(store: Store, encoder: Any, cfg: Any, pre: Preprocessor, name: str, dec
                 row = feats[j] if lengths is None else feats[j, : int(lengths[j])]
                 store.put(keys[i], row.float().numpy().copy())
             computed += len(todo)
-        out += [store.entries[k] if v is not None else None for k, v in zip(keys, chunk)]
+        for i, k, v in zip(rows, keys, chunk):
+            out[i] = store.entries[k] if v is not None else None
         bar.update(len(chunk))
     return out, computed
 
