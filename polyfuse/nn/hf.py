@@ -40,8 +40,12 @@ def resolve_model(enc: HFEncoder, base: Path) -> Path:
     downloaded only when the spec says ``download: true`` and HF_HUB_OFFLINE is not set. A zoo model
     (``pretrained: NAME``) is its package's folder, or the one converted from it (polyfuse.zoo)."""
     if enc.pretrained is not None:
+        from polyfuse.zoo.catalog import entry
         from polyfuse.zoo.convert import resolve
 
+        if entry(enc.pretrained).format == "onnx":
+            raise SpecError(f"zoo model {enc.pretrained!r} is a {entry(enc.pretrained).modality} model, not an encoder: "
+                            "use `trim: vad` on the audio input")
         return resolve(enc.pretrained, download=enc.download)
     path = Path(enc.hf).expanduser()
     for candidate in ([path] if path.is_absolute() else [base / path, path]):

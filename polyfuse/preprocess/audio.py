@@ -17,6 +17,7 @@ import numpy as np
 
 from polyfuse.errors import SpecError
 from polyfuse.preprocess.audio_file import decode_audio
+from polyfuse.preprocess import vad
 from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
 
 _AMIN, _TOP_DB, _DELTA_WIDTH = 1e-10, 80.0, 9
@@ -240,7 +241,7 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
         from polyfuse.preprocess.video import sound_of
 
         source = sound_of(source, cfg, where, cfg.sample_rate, budget)
-    return decode_audio(source, cfg.sample_rate, where=where, budget=budget)
+    return vad.apply(decode_audio(source, cfg.sample_rate, where=where, budget=budget), cfg, cfg.sample_rate)
 
 
 def fit(values: list[np.ndarray | None], cfg: Any) -> dict:
@@ -259,7 +260,7 @@ def fit(values: list[np.ndarray | None], cfg: Any) -> dict:
         count += len(frames)
     mean = total / max(count, 1)
     std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean**2, 1e-8))
-    return {"mean": mean.round(6).tolist(), "std": std.round(6).tolist()}
+    return {"mean": mean.round(6).tolist(), "std": std.round(6).tolist(), **vad.state(cfg)}
 
 
 def collate(values: list[np.ndarray | None], cfg: Any, state: dict, train: bool,

@@ -23,7 +23,7 @@ import numpy as np
 
 from polyfuse.errors import BadInputError, SpecError
 from polyfuse.preprocess import audio as audio_mod
-from polyfuse.preprocess import audio_file, hf_audio, hf_image
+from polyfuse.preprocess import audio_file, hf_audio, hf_image, vad
 from polyfuse.preprocess import image as image_mod
 from polyfuse.preprocess import text as text_mod
 from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
@@ -190,7 +190,7 @@ def decode(value: Any, cfg: Any, folder: Path, budget: DecodeBudget = UNLIMITED)
         source = sound_of(source, cfg, where, sr, budget)
     # no peak normalisation: the extractors (Whisper's log-mel above all) depend on the scale
     wave = audio_file.decode_audio(source, sr, where=where, budget=budget, normalize=False)
-    return wave[: int(round(cfg.max_seconds * sr))]
+    return vad.apply(wave, cfg, sr)[: int(round(cfg.max_seconds * sr))]
 
 
 def _decode_text(value: Any, cfg: Any) -> str:
@@ -206,7 +206,7 @@ def _decode_text(value: Any, cfg: Any) -> str:
 # ----------------------------------------------------------------------------- fit / augments
 def fit(values: list, cfg: Any) -> dict:
     """Nothing to fit: the model's own settings (and statistics) are the state."""
-    return {"processor": processor(cfg)}
+    return {"processor": processor(cfg), **vad.state(cfg)}
 
 
 def augments(cfg: Any) -> bool:

@@ -25,6 +25,7 @@ from polyfuse.preprocess import (
     targets,
     text,
     timeseries,
+    vad,
     video,
 )
 from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
@@ -241,11 +242,14 @@ class Preprocessor:
 
 
 def bind_pretrained(spec: Spec, state: dict[str, dict]) -> None:
-    """Give each pretrained encoder of ``spec`` its processor and config from a fitted state."""
+    """Give each pretrained encoder of ``spec`` its processor and config, and each VAD its model, from a
+    fitted state."""
     for name, cfg in spec.inputs.items():
         enc = hf_encoder(cfg)
         if enc is not None:
             enc._processor, enc._config = state[name]["processor"], state[name].get("backbone")
+        if cfg.type == "audio":
+            vad.bind(cfg, state.get(name, {}))
 
 
 def stack_features(values: list[np.ndarray | None], shape: Sequence[int]) -> dict[str, np.ndarray]:

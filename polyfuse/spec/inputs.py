@@ -135,6 +135,9 @@ class AudioInput(Strict):
     max_seconds: float = Field(1.0, gt=0)
     deltas: bool = False
     denoise: bool = False
+    trim: Literal["none", "vad"] = Field("none", description="vad: cut each clip to the span where someone speaks "
+                                         "(Silero VAD from the zoo, `pip install 'polyfuse[zoo]'`), with 0.1 s "
+                                         "around it; a clip without speech is kept whole")
     track: Literal["audio"] | None = Field(None, description="audio: the cells are video files (e.g. `column:` naming a "
                                            "video input's column) and their audio track is decoded (PyAV)")
     augment: AudioAugment = AudioAugment()
@@ -143,6 +146,7 @@ class AudioInput(Strict):
                                                              "encoder, AST) with its own feature extractor")
     dim: int = Field(128, gt=0)
     modality_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    _vad: bytes | None = PrivateAttr(None)  # the VAD model (trim: vad), bound from the zoo or the fitted state
 
     @model_validator(mode="after")
     def _mels(self) -> "AudioInput":

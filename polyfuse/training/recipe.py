@@ -29,6 +29,7 @@ from polyfuse.training.epochs import fit_network
 from polyfuse.training.memory import map_large_allocations
 from polyfuse.training.trainset import Splits, check_rows, log, read_splits
 from polyfuse.training.wide import fit_wide
+from polyfuse.zoo.catalog import bind_vad
 
 
 @dataclass
@@ -166,6 +167,7 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     pretrained = any(hf_encoder(c) for c in spec.inputs.values())
     if pretrained:
         hf.bind_folders(spec, base)                                  # 0. pretrained models' processors
+    bind_vad(spec.inputs)                                            # 0a. voice activity for `trim: vad`
     splits = read_splits(spec, base, data, show)                     # 1. decode once, split
     spec, chosen = dp_defaults.apply(spec, len(splits.train))        # 1a. DP-SGD's own settings
     for line in chosen:

