@@ -24,13 +24,15 @@ from polyfuse.spec.schema import Spec
 # others (BERT, ViT) get the raw first token, since their poolers are NSP heads or random when absent
 POOLER_IS_CLS = {"clip_vision_model", "clip_text_model", "siglip_vision_model", "siglip_text_model",
                  "chinese_clip_vision_model", "chinese_clip_text_model", "dinov2", "convnext", "convnextv2",
-                 "resnet", "audio-spectrogram-transformer", "efficientnet_lite"}
+                 "resnet", "audio-spectrogram-transformer", "efficientnet_lite", "use_multilingual_cnn"}
 # multi-tower models: the tower an input of each kind uses
 TOWERS = {"image": ("vision_model",), "video": ("vision_model",), "text": ("text_model",),
           "audio": ("encoder", "audio_model")}
 # attention projections LoRA adapts by default, in the order they are looked for
 LORA_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("q", "v"), ("q_lin", "v_lin"), ("qkv",))
 DEFAULT_POOLING = {"text": "mean", "image": "cls", "video": "cls", "audio": "mean"}  # video: within each frame
+# models whose pooled output is the sentence vector they were trained to give, whatever the input kind
+OWN_POOLING = {"use_multilingual_cnn": "cls"}
 NEEDS_HF = "a spec with `encoder: {hf: ...}`"  # how a missing [hf] extra is named (the runtime needs none)
 
 
@@ -70,9 +72,10 @@ def resolve_model(enc: HFEncoder, base: Path) -> Path:
 def auto_classes() -> None:
     """transformers with the zoo's own architectures registered on its Auto classes."""
     require("hf", NEEDS_HF)
-    from polyfuse.zoo.efficientnet_lite import register
+    from polyfuse.zoo import efficientnet_lite, use_multilingual
 
-    register()
+    efficientnet_lite.register()
+    use_multilingual.register()
 
 
 def read_config(folder: Path) -> dict:
@@ -156,8 +159,8 @@ class PretrainedEncoder(nn.Module):
     def __init__(self, backbone: nn.Module, kind: str, enc: HFEncoder, dim: int):
         super().__init__()
         self.backbone, self.kind = backbone, kind
-        self.pooling = enc.pooling or DEFAULT_POOLING[kind]
         self.model_type = str(backbone.config.model_type)
+        self.pooling = enc.pooling or OWN_POOLING.get(self.model_type) or DEFAULT_POOLING[kind]
         self.frozen = enc.cached  # the whole backbone fixed: it stays in eval mode (no dropout)
         width = hidden_size(backbone)
         self.attend = nn.Linear(width, 1) if self.pooling == "attention" else None

@@ -27,6 +27,12 @@ def _convert_efficientnet_lite(source: Path, folder: Path) -> None:
     efficientnet_lite.write_folder(source, folder)
 
 
+def _convert_use(source: Path, folder: Path) -> None:
+    from polyfuse.zoo import use_multilingual
+
+    use_multilingual.write_folder(source, folder)
+
+
 def _convert_whisper(source: Path, folder: Path) -> None:
     from polyfuse.zoo import ct2_whisper
 
@@ -34,7 +40,7 @@ def _convert_whisper(source: Path, folder: Path) -> None:
 
 
 CONVERTERS = {"e5-packed": _convert_e5, "efficientnet-lite-pth": _convert_efficientnet_lite,
-              "ctranslate2-whisper": _convert_whisper}
+              "ctranslate2-whisper": _convert_whisper, "use-npz": _convert_use}
 
 
 def resolve(name: str, download: bool = False) -> Path:
