@@ -35,12 +35,6 @@ from common import DATA, Figures, cli, interleaved_ms, running_server, train_spe
 FIGURES = Figures(58, 14, 14)
 
 
-def minilm() -> str:
-    from polyfuse.cli.demo import minilm_folder
-
-    return str(minilm_folder())
-
-
 def text_table(tmp: Path, quick: bool) -> tuple[str, str | None, str]:
     """(train table, test table, text column): mvsa's tweets, or the demo's transcripts."""
     if (DATA / "mvsa" / "train.csv").exists():
@@ -55,7 +49,7 @@ def text_spec(train_csv: str, test_csv: str | None, column: str, epochs: int, ca
     return {"data": {"train": train_csv, **({"test": test_csv} if test_csv else {}), "split": {"valid": 0.1, "seed": 0},
                      "cache_dir": str(cache_dir)},
             "inputs": {"text": {"type": "text", "column": column, "max_length": 64,
-                                "encoder": {"hf": minilm(), **encoder}}},
+                                "encoder": {"pretrained": "all-minilm-l6-v2", **encoder}}},
             "outputs": {"label": {"type": "category"}},
             "train": {"epochs": epochs, "batch_size": 64, "lr": 1e-3, "early_stopping": None, "seed": 0}}
 
@@ -92,7 +86,7 @@ def mvsa_figures(tmp: Path, env: dict) -> None:
     init = cli("init", DATA / "mvsa" / "train.csv", "--target", "label", env=env)
     spec = yaml.safe_load(init.stdout)
     spec["data"]["cache_dir"] = str(tmp / "cache")
-    spec["inputs"]["text"] = {"type": "text", "max_length": 64, "encoder": {"hf": minilm()}}
+    spec["inputs"]["text"] = {"type": "text", "max_length": 64, "encoder": {"pretrained": "all-minilm-l6-v2"}}
     metrics, rss, _ = train_spec(spec, tmp, "mvsa", env=env)
     acc = metrics["test"]["outputs"]["label"]["accuracy"]
     FIGURES.record("2a. mvsa test accuracy, MiniLM text + CNN photo", f"{acc:.3f}", ">= 0.74", acc >= 0.74)

