@@ -69,6 +69,17 @@ def fitted() -> tuple[Spec, dict, Decoded]:
     return spec, fit_baselines(spec, pre, train, valid, test), valid
 
 
+def test_a_second_input_over_the_same_column_is_not_fitted_twice():
+    """A zoo encoder's input beside the n-gram one reads the same column: the same linear model answers for it."""
+    spec = Spec.model_validate({**SPEC, "inputs": {**SPEC["inputs"],
+                                                   "note_again": {"type": "text", "column": "note", "encoder": "cnn"}}})
+    pre, train, valid, test = split(spec, keyword_table())
+    result = fit_baselines(spec, pre, train, valid, test)
+    assert result["inputs"]["note_again"] == {"type": "text", "same_features_as": "note"}
+    only = result["outputs"]["label"]["only"]
+    assert only["note_again"] == only["note"] and only["note"]["valid"]["accuracy"] > 0.8
+
+
 def test_keyword_text_baseline_scores_high_and_noise_does_not(fitted):
     spec, result, valid = fitted
     label = result["outputs"]["label"]

@@ -250,11 +250,29 @@ def _prior(cfg: Any, y: np.ndarray, n: int, n_classes: int) -> np.ndarray:
     return np.tile(np.bincount(y.astype(int), minlength=n_classes) / len(y), (n, 1))
 
 
+def _twins(spec: Any) -> dict[str, str]:
+    """Inputs that read the same column as an earlier input of the same type (a zoo encoder beside the
+    n-gram or CNN input): their baseline features would be that input's again."""
+    first: dict[tuple[str, str], str] = {}
+    twins = {}
+    for name, cfg in spec.inputs.items():
+        key = (spec.column(name), cfg.type)
+        if key in first:
+            twins[name] = first[key]
+        else:
+            first[key] = name
+    return twins
+
+
 def _features(spec: Any, train: Decoded, splits: dict[str, Decoded]) -> tuple[dict, dict]:
     """Per input: unit-scaled feature blocks for train and each split, and figures about the input."""
     blocks: dict[str, dict[str, Any]] = {}
     info: dict[str, dict] = {}
+    twins = _twins(spec)
     for name, cfg in spec.inputs.items():
+        if name in twins:
+            info[name] = {"type": cfg.type, "same_features_as": twins[name]}
+            continue
         values = as_tokens(train.inputs[name]) if cfg.type == "text" else train.inputs[name]
         info[name] = {"type": cfg.type, "train_rows_present": sum(v is not None for v in values)}
         if cfg.type == "text":
@@ -322,7 +340,9 @@ def fit_baselines(spec: Any, pre: Preprocessor, train: Decoded, valid: Decoded |
             result["all"] = _fit_output(cfg, state, blocks, y, list(blocks))
             result["only"] = {}
             for name in spec.inputs:
-                if name not in blocks:
+                if "same_features_as" in info[name]:  # the same model as its twin's: not fitted twice
+                    result["only"][name] = result["only"][info[name]["same_features_as"]]
+                elif name not in blocks:
                     result["only"][name] = {"skipped": info[name].get("skipped", "no features")}
                 elif len(blocks) == 1:  # the one input alone is "all": no second fit
                     result["only"][name] = result["all"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from polyfuse.spec.inputs import hf_encoder
+
 MARGIN = 0.005  # half a point: smaller gaps are noise on a few hundred validation rows
 
 
@@ -15,11 +17,11 @@ def _valid(entry: dict | None, metric: str) -> float | None:
 
 def _input_cause(name: str, cfg: Any, info: dict, rows: int) -> str:
     """What in one input's handling most likely makes a linear model read it better than the network."""
-    enc = getattr(cfg.encoder, "hf", None)
+    enc = hf_encoder(cfg)  # a transformers folder, hub id or zoo name
     if enc is not None:
         how = ("its frozen features may miss what this task needs: train_last: 2 or lora: {r: 8} adapts it"
-               if cfg.encoder.cached else "it may over- or underfit: adjust encoder.lr or train fewer layers")
-        return (f"the pretrained '{Path(enc).name}' on {cfg.type} '{name}' trails a linear model on {rows} rows; {how}"
+               if enc.cached else "it may over- or underfit: adjust encoder.lr or train fewer layers")
+        return (f"the pretrained '{Path(enc.name).name}' on {cfg.type} '{name}' trails a linear model on {rows} rows; {how}"
                 + ("; or encoder: ngram, what the linear model reads" if cfg.type == "text" else ""))
     if cfg.type == "text":
         if cfg.tokenizer == "word" and info.get("cjk_share", 0) > 0.3:
