@@ -128,10 +128,13 @@ def _spec_base(spec: Any) -> tuple[Spec, Path]:
 
 
 def train(spec: Any, data: Any = None, out: str | Path | None = None, resume: bool = False,
-          show_progress: bool | None = None, callback: Any = None) -> Model:
+          show_progress: bool | None = None, callback: Any = None, *, base: str | Path | None = None,
+          soft: Any = None) -> Model:
     """Train from a spec (YAML path, dict or Spec); ``data`` overrides ``data.train`` (e.g. a DataFrame).
 
     With ``out``, checkpoints go to ``<out>.checkpoint`` each epoch and the artifact to ``out``.
+    ``base``: the folder relative paths start from (default: the spec file's, or the working directory);
+    ``soft``: a :class:`polyfuse.training.soft_targets.SoftTargets` the network learns instead of the labels.
     """
     import time
 
@@ -140,11 +143,12 @@ def train(spec: Any, data: Any = None, out: str | Path | None = None, resume: bo
 
     from polyfuse.training.memory import peak_mb, reset_peak
 
-    spec_obj, base = _spec_base(spec)
+    spec_obj, found = _spec_base(spec)
+    base = Path(base) if base is not None else found
     t0 = time.perf_counter()
     fresh = reset_peak()
     result = run(spec_obj, base, data=data, out=Path(out) if out else None, resume=resume,
-                 show_progress=show_progress, callback=callback)
+                 show_progress=show_progress, callback=callback, soft=soft)
     metrics = dict(result.metrics)
     metrics["sizes"] = result.sizes
     metrics["train_seconds"] = round(result.train_seconds, 2)

@@ -100,6 +100,19 @@ def _pretrained(model: Any) -> str:
     return ("Pretrained backbones (their licences and training data apply):\n" + "\n".join(lines) + "\n") if lines else ""
 
 
+def _distillation(metrics: dict[str, Any]) -> str:
+    """Where a distilled student's targets came from, and the teacher's test scores beside its own."""
+    d = metrics.get("distillation")
+    if not d:
+        return ""
+    own = next(iter(metrics.get("test", {}).get("outputs", {}).values()), {})
+    scores = ", ".join(f"{k} teacher {v:.4f} / student {own[k]:.4f}" for k, v in d.get("teacher_test", {}).items()
+                       if k in own)
+    return (f"- distilled from the teacher `{d['teacher']}`: trained on its probabilities at temperature "
+            f"{d['temperature']} mixed with the labels (teacher's share {d['alpha']}) over {d['rows']} rows "
+            f"({d['unlabelled_rows']} unlabelled){'; test ' + scores if scores else ''}\n")
+
+
 def _privacy(metrics: dict[str, Any]) -> str:
     """Markdown: the differential-privacy guarantee of a DP-SGD run, or that there is none."""
     p = metrics.get("privacy")
@@ -148,7 +161,7 @@ valid {sizes.get('valid', '?')}, test {sizes.get('test', '?')}
 - split: {spec.data.split.model_dump(exclude_none=True)}
 - bad rows skipped: {len(bad)}{' (listed in metrics.json)' if bad else ''}
 - training time: {m.get('train_seconds', '?')} s
-
+{_distillation(m)}
 ## Evaluation
 {chr(10).join(evals) or 'No held-out data was evaluated.'}
 

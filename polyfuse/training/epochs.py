@@ -27,11 +27,12 @@ from polyfuse.nn.model import FusionModel, predict_arrays, to_tensors
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor
 from polyfuse.spec.schema import Spec
 from polyfuse.threads import ThreadGovernor
-from polyfuse.training import checkpoint, distributed, optim
+from polyfuse.training import checkpoint, distributed, optim, soft_targets
 from polyfuse.training.averaging import WeightAverage
 from polyfuse.training.device import CPU, Placement, to_device
 from polyfuse.training.distributed import SINGLE, Dist
 from polyfuse.training.memory import collated_fits
+from polyfuse.training.soft_targets import SoftTargets
 from polyfuse.training.trainset import Splits, batches_of, log, prefetch, slice_batch
 
 
@@ -273,12 +274,16 @@ def set_threads(governor: ThreadGovernor | None) -> None:
 def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel, valid_batch: dict | None, *,
                 out: Path | None, resume: bool, show: bool, callback: Callable[[int, dict], None] | None,
                 place: Placement = CPU, dist: Dist = SINGLE, governor: ThreadGovernor | None = None,
-                private: Any = None, budget: Any = None) -> tuple[list[dict], float]:
+                private: Any = None, budget: Any = None, soft: SoftTargets | None = None) -> tuple[list[dict], float]:
     """The epoch loop with early stopping and per-epoch checkpoints (written by rank 0); leaves the
     best weights in ``net``, back on the CPU. ``private``: train with DP-SGD (:mod:`polyfuse.training.dp`);
-    ``budget``: a :class:`polyfuse.training.budget.TimeBudget` that may end training before ``epochs``."""
+    ``budget``: a :class:`polyfuse.training.budget.TimeBudget` that may end training before ``epochs``;
+    ``soft``: probability targets the loss reads instead of the training labels."""
     cfg = spec.train
     target = pre.targets(splits.train)
+    learn = target if soft is None else soft_targets.replace(
+        target, soft, splits.train.rows, {n: pre.classes(n) for n in soft.probs},
+        {n: spec.outputs[n].type for n in soft.probs})
     fixed = None  # unaugmented rows are collated once where that copy fits data.memory_budget_mb's share
     if not pre.augments():
         fits, mb = collated_fits(pre, splits.train, spec.data.memory_budget_mb)
@@ -302,7 +307,7 @@ def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel,
             break
         set_threads(governor)
         t_epoch = time.perf_counter()
-        record = train_epoch(spec, net, pre, splits.train, fixed, target, stepper, epoch, show)
+        record = train_epoch(spec, net, pre, splits.train, fixed, learn, stepper, epoch, show)
         distributed.sync_buffers(net, dist)
         with stepper.evaluated():
             if valid_batch is not None:

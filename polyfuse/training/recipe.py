@@ -27,6 +27,7 @@ from polyfuse.training.budget import ENSEMBLE_TRAIN_SHARE, TRAIN_SHARE, TimeBudg
 from polyfuse.training.device import resolve as resolve_device
 from polyfuse.training.epochs import fit_network
 from polyfuse.training.memory import map_large_allocations
+from polyfuse.training.soft_targets import SoftTargets
 from polyfuse.training.trainset import Splits, check_rows, log, read_splits
 from polyfuse.training.wide import fit_wide
 from polyfuse.zoo.catalog import bind_vad
@@ -150,9 +151,11 @@ def warn_if_beaten(spec: Spec, result: dict[str, Any], history: list[dict]) -> N
 
 
 def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, resume: bool = False,
-        show_progress: bool | None = None, callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+        show_progress: bool | None = None, callback: Callable[[int, dict], None] | None = None,
+        soft: SoftTargets | None = None) -> TrainResult:
     """Train a model from a validated spec. ``base`` is the folder relative data paths start from.
-    Progress bars only on a terminal (``show_progress=None``); one line per epoch otherwise."""
+    Progress bars only on a terminal (``show_progress=None``); one line per epoch otherwise.
+    ``soft``: probability targets for the network's loss (distillation), by the table's row positions."""
     show = sys.stderr.isatty() if show_progress is None else show_progress
     mixed = spec.train.ensemble == "auto" and spec.train.privacy is None
     budget = TimeBudget(spec.train.time_limit, ENSEMBLE_TRAIN_SHARE if mixed else TRAIN_SHARE)  # counts from here
@@ -182,7 +185,7 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     private = dp.start(spec, net, len(splits.train), dist) if spec.train.privacy else None  # 3c. DP-SGD checks
     history, seconds = fit_network(spec, pre, splits, net, valid_batch, out=out, resume=resume, show=show,
                                    callback=callback, place=place, dist=dist, governor=governor,
-                                   private=private, budget=budget)   # 4. train
+                                   private=private, budget=budget, soft=soft)  # 4. train
     privacy = private.finish(net) if private is not None else None  # 4a. plain layers back, epsilon spent
     distributed.finish(dist)
     if not dist.main:  # rank 0 alone finishes, evaluates and writes the artifact
@@ -198,6 +201,8 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
         result["pretrained_cache"] = cached
     if privacy:
         result["privacy"] = privacy
+    if soft is not None and soft.about:
+        result["distillation"] = soft.about
     warn_if_beaten(spec, result, history)                            # 6. the baseline floor
     if data_warnings:
         result["data_warnings"] = data_warnings
