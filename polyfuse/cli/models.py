@@ -13,7 +13,8 @@ def cmd_list(args: argparse.Namespace) -> None:
               for i in range(6)]
     for row in [("name", "modality", "languages", "package", "licence", "status"), *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-    print("\nuse one as an input's encoder: `encoder: {pretrained: NAME}`; `polyfuse models info NAME` for details")
+    print("\nuse one as an input's encoder: `encoder: {pretrained: NAME}` (silero-vad: `trim: vad` on an audio input); "
+          "`polyfuse models info NAME` for details")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
