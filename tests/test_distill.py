@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from polyfuse.deploy.distill import mixed_targets, soften
+from polyfuse.deploy.distill import _label, mixed_targets, soften
+from polyfuse.spec.schema import load_spec
 
 
 def test_targets_are_the_softened_teacher_mixed_with_the_labels():
@@ -24,6 +25,9 @@ def test_targets_are_the_softened_teacher_mixed_with_the_labels():
     np.testing.assert_array_equal(t[1], [0, 1, 0])  # the teacher could not read it: the label alone
     np.testing.assert_allclose(t[2], soft[2])  # no label: the teacher alone
     assert np.allclose(t.sum(1), 1.0)
+    spec, _ = load_spec({"inputs": {"x": {"type": "number"}}, "outputs": {"y": {"type": "category"}}})
+    # labels as training reads them: a class read as a float by pandas (a column with gaps) is still "3"
+    assert [_label(v, spec.outputs["y"]) for v in (3.0, 7, "cat", float("nan"), " ")] == ["3", "7", "cat", None, None]
 
 
 def _absolute(frame: pd.DataFrame, folder) -> pd.DataFrame:

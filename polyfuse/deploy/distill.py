@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from polyfuse.data.io import read_table
+from polyfuse.data.io import is_missing, read_table
 from polyfuse.errors import BadInputError, SpecError
 from polyfuse.estimator import Model, load, train
+from polyfuse.preprocess.targets import decode as decode_target
 from polyfuse.training.soft_targets import SoftTargets
 from polyfuse.training.trainset import log
 
@@ -95,6 +96,16 @@ def mixed_targets(labels: list, classes: list[str], soft: np.ndarray, alpha: flo
     return out
 
 
+def _label(value: Any, cfg: Any) -> str | None:
+    """A target cell as its class name, or None where it is missing or unreadable (the teacher answers)."""
+    if is_missing(value):
+        return None
+    try:
+        return str(decode_target(value, cfg))
+    except BadInputError:
+        return None
+
+
 def student_spec(student: str | Path, table: Path, target: str) -> dict:
     if str(student) == "fast":
         from polyfuse.autospec.infer import infer
@@ -132,9 +143,10 @@ def distill(teacher_dir: str | Path, student: str | Path = "fast", *, out: str |
         frame, extra_rows = pd.concat([frame, extra], ignore_index=True), len(extra)
         log(f"distill: {len(extra)} unlabelled rows from {unlabelled} join the {len(frame) - len(extra)} training rows")
     classes, probs = teacher_probabilities(teacher, frame, folder, output)
-    targets = mixed_targets(list(frame[column]), classes, soften(probs, temperature), alpha)
-    frame[column] = [classes[int(np.argmax(t))] if isinstance(v, float) or v is None else v
-                     for v, t in zip(frame[column], np.nan_to_num(targets))]  # unlabelled: the teacher's answer
+    labels = [_label(v, teacher.spec.outputs[output]) for v in frame[column]]  # as training reads them (3.0 -> "3")
+    targets = mixed_targets(labels, classes, soften(probs, temperature), alpha)
+    frame[column] = [classes[int(np.argmax(t))] if label is None else v
+                     for v, label, t in zip(frame[column], labels, np.nan_to_num(targets))]  # unlabelled: the teacher's
     spec = student_spec(student, train_path, column)
     if test_path is not None:
         spec["data"]["test"] = str(test_path)
