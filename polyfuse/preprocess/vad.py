@@ -10,7 +10,6 @@ the input's fitted state (preprocess.json), so an artifact needs no package to r
 """
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from typing import Any
 
@@ -23,16 +22,13 @@ PAD_S = 0.1  # kept around the speech: onsets and releases score below the thres
 
 
 @lru_cache(maxsize=4)
-def _session(digest: str, model: bytes) -> Any:
+def session(model: bytes) -> Any:
+    """One ONNX Runtime session per model (a bytes object caches its hash: the lookup costs nothing per clip)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1  # tiny LSTM: threads only add overhead
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def session(model: bytes) -> Any:
-    return _session(hashlib.sha256(model).hexdigest(), model)
 
 
 def speech_probabilities(wave16k: np.ndarray, model: bytes) -> np.ndarray:

@@ -32,7 +32,6 @@ from polyfuse.training.averaging import WeightAverage
 from polyfuse.training.device import CPU, Placement, to_device
 from polyfuse.training.distributed import SINGLE, Dist
 from polyfuse.training.memory import collated_fits
-from polyfuse.training.soft_targets import SoftTargets
 from polyfuse.training.trainset import Splits, batches_of, log, prefetch, slice_batch
 
 
@@ -274,7 +273,7 @@ def set_threads(governor: ThreadGovernor | None) -> None:
 def fit_network(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionModel, valid_batch: dict | None, *,
                 out: Path | None, resume: bool, show: bool, callback: Callable[[int, dict], None] | None,
                 place: Placement = CPU, dist: Dist = SINGLE, governor: ThreadGovernor | None = None,
-                private: Any = None, budget: Any = None, soft: SoftTargets | None = None) -> tuple[list[dict], float]:
+                private: Any = None, budget: Any = None, soft: soft_targets.SoftTargets | None = None) -> tuple[list[dict], float]:
     """The epoch loop with early stopping and per-epoch checkpoints (written by rank 0); leaves the
     best weights in ``net``, back on the CPU. ``private``: train with DP-SGD (:mod:`polyfuse.training.dp`);
     ``budget``: a :class:`polyfuse.training.budget.TimeBudget` that may end training before ``epochs``;
