@@ -1,7 +1,8 @@
-"""To the phone, figures from one run (the edge issue's targets); so far: distillation.
+"""To the phone, figures from one run (the edge issue's targets): distillation and pruning.
 
-    .venv/bin/python benchmarks/edge.py [--sets mvsa zhtext] [--rows 100]
+    .venv/bin/python benchmarks/edge.py [--parts distill prune] [--sets mvsa zhtext] [--prune-set avdigits] [--rows 100]
 
+Distillation:
 For each real set (../shared/data), no hand edits:
 1. the teacher: `polyfuse init` (medium, the zoo's pretrained encoders beside the from-scratch ones, the
    ensemble) -> train;
@@ -10,6 +11,11 @@ For each real set (../shared/data), no hand edits:
 3. test accuracy of all three (target: student >= teacher - 1.5 points), the artifacts' weight files'
    sizes (target: the student >= 10x smaller) and batch-1 latency of each exported fp32 model in the
    torch-free runtime on ``--rows`` test records (target: the student >= 10x faster), interleaved.
+
+Pruning, on ``--prune-set`` (avdigits): init's fast spec trained, then `polyfuse compress --prune 0.5`;
+MACs per row and parameters before/after (target >= 50 % fewer MACs), test accuracy of both (target
+<= 1 point lost), both exported to fp32 ONNX and timed at batch 1 in the torch-free runtime on
+``--rows`` test records, interleaved (target: the pruned one >= 1.4x faster).
 """
 from __future__ import annotations
 
@@ -36,8 +42,6 @@ def weight_mb(model: Path) -> float:
 
 
 def run_set(name: str, tmp: Path, rows: int) -> dict:
-    from polyfuse.runtime import Runtime
-
     folder = DATA / name
     teacher, student, alone = tmp / f"{name}-teacher", tmp / f"{name}-student", tmp / f"{name}-labels"
     spec = yaml.safe_load(cli("init", folder / "train.csv", "--target", "label").stdout)
@@ -51,22 +55,64 @@ def run_set(name: str, tmp: Path, rows: int) -> dict:
     cli("train", tmp / f"{name}-fast.yaml", "--out", alone, "--quiet")
     out = {"set": name, **{k: accuracy(m, name, tmp) for k, m in (("teacher", teacher), ("student", student),
                                                                    ("labels alone", alone))}}
-    for m in (teacher, student):
-        cli("export", m, "--data", folder / "test.csv")
     out["teacher_mb"], out["student_mb"] = weight_mb(teacher), weight_mb(student)
+    return {**out, **batch1_ms({"teacher": teacher, "student": student}, folder, rows)}
+
+
+def batch1_ms(models: dict[str, Path], folder: Path, rows: int) -> dict[str, float]:
+    """Each model exported to fp32 ONNX, then timed at batch 1 in the torch-free runtime, interleaved."""
+    from polyfuse.runtime import Runtime
+
+    for m in models.values():
+        cli("export", m, "--data", folder / "test.csv")
     records = pd.read_csv(folder / "test.csv").head(rows).drop(columns=["label"]).to_dict("records")
-    runtimes = {"teacher": Runtime(teacher), "student": Runtime(student)}
-    out.update({f"{k}_ms": v for k, v in interleaved_ms(
+    runtimes = {k: Runtime(m) for k, m in models.items()}
+    return {f"{k}_ms": v for k, v in interleaved_ms(
         {k: (lambda r, rt=rt: rt.predict_proba([r], folder=folder)) for k, rt in runtimes.items()},
-        records, rounds=3).items()})
-    return out
+        records, rounds=3).items()}
+
+
+def prune_set(name: str, tmp: Path, rows: int) -> dict:
+    folder = DATA / name
+    full, small = tmp / f"{name}-full", tmp / f"{name}-pruned"
+    spec = yaml.safe_load(cli("init", folder / "train.csv", "--target", "label", "--preset", "fast").stdout)
+    spec["data"]["train"], spec["data"]["test"] = str(folder / "train.csv"), str(folder / "test.csv")
+    (tmp / f"{name}-prune.yaml").write_text(yaml.safe_dump(spec))
+    cli("train", tmp / f"{name}-prune.yaml", "--out", full, "--quiet")
+    cli("compress", full, "--prune", "0.5", "--out", small, "--max-loss", "100")  # the target is judged here
+    p = json.loads((small / "metrics.json").read_text())["pruning"]
+    out = {"macs": p["macs_per_row"], "parameters": p["parameters"], "left_whole": p["left_whole"],
+           "full": accuracy(full, name, tmp), "pruned": accuracy(small, name, tmp)}
+    return {**out, **batch1_ms({"full": full, "pruned": small}, folder, rows)}
+
+
+def print_prune(name: str, r: dict) -> None:
+    (m0, m1), (p0, p1) = r["macs"], r["parameters"]
+    fewer, lost, speed = 1 - m1 / m0, 100 * (r["full"] - r["pruned"]), r["full_ms"] / r["pruned_ms"]
+    print("| set | MACs per row before / after (target >= 50 % fewer) | parameters | test accuracy before / after "
+          "(target <= 1 pt lost) | ONNX batch-1 ms before / after (target >= 1.4x) | left whole |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| {name} | {m0:,} / {m1:,} = {fewer:.0%} fewer ({'PASS' if fewer >= 0.5 else 'FAIL'}) | {p0:,} / {p1:,} | "
+          f"{r['full']:.4f} / {r['pruned']:.4f} = {lost:+.1f} pt lost ({'PASS' if lost <= 1 else 'FAIL'}) | "
+          f"{r['full_ms']:.2f} / {r['pruned_ms']:.2f} = {speed:.2f}x ({'PASS' if speed >= 1.4 else 'FAIL'}) | "
+          f"{', '.join(r['left_whole']) or '-'} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="*", default=["mvsa", "zhtext"])
     parser.add_argument("--rows", type=int, default=100)
+    parser.add_argument("--parts", nargs="*", default=["distill", "prune"], choices=["distill", "prune"])
+    parser.add_argument("--prune-set", default="avdigits")
     args = parser.parse_args()
+    if "prune" in args.parts:
+        if (DATA / args.prune_set / "train.csv").exists():
+            with tempfile.TemporaryDirectory() as t:
+                print_prune(args.prune_set, prune_set(args.prune_set, Path(t), args.rows))
+        else:
+            print(f"{args.prune_set}: absent ({DATA / args.prune_set}); pruning skipped")
+    if "distill" not in args.parts:
+        return
     print("| set | teacher acc | student acc (distilled) | same fast spec, labels alone | student - teacher "
           "(target >= -1.5 pt) | weights MB teacher / student (target >= 10x) | batch-1 ms teacher / student "
           "(target >= 10x) |")

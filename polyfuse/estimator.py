@@ -17,7 +17,7 @@ from polyfuse import artifact
 from polyfuse.data.io import read_table
 from polyfuse.errors import ArtifactError
 from polyfuse.evaluate.scores import evaluate as _evaluate
-from polyfuse.nn import heads
+from polyfuse.nn import heads, pruned
 from polyfuse.nn.model import FusionModel, predict_arrays
 from polyfuse.preprocess import targets
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, decode_table
@@ -101,6 +101,8 @@ class Model:
             (tmp / "spec.yaml").write_text(yaml.safe_dump(self.spec.to_dict(), sort_keys=False))
             save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp / "weights.safetensors"))
             (tmp / "preprocess.json").write_text(self.preprocessor.to_json())
+            if getattr(self.net, "pruned_layers", None):  # widths the spec alone no longer gives
+                (tmp / "structure.json").write_text(json.dumps(self.net.pruned_layers, indent=1))
             (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=1, default=str))
             (tmp / "history.json").write_text(json.dumps(self.history, indent=1))
             if self.data_info:
@@ -183,6 +185,9 @@ def load(path: str | Path, *, key_env: str | None = None, verify_key: str | Path
         weights.setdefault("temperature", torch.ones(len(spec.outputs)))  # saved before calibration existed
         if net.members is not None and not any(k.startswith("members.") for k in weights):
             net.members = None  # saved before ensembles existed: the network alone, as it was selected
+        if opened.has("structure.json"):  # a pruned network: its layers narrowed as they were saved
+            net.pruned_layers = json.loads(opened.read("structure.json"))
+            pruned.reshape(net, net.pruned_layers, weights)
         net.load_state_dict(weights)
     except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path}: the artifact does not load ({e}); it may come from another polyfuse version") from None

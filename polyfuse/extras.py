@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "jieba": ("the jieba extra", ("jieba",)),
     "ray": ("the Ray extra", ("ray",)),
     "video": ("the video extra", ("av",)),
+    "edge": ("the edge extra", ("torch", "torch_pruning")),
 }
 
 

@@ -1,5 +1,5 @@
 """`polyfuse export` (verified ONNX / int8 / torch.export builds), `polyfuse bench` (every runtime side by side)
-and `polyfuse distill` (a small student from a large teacher)."""
+`polyfuse distill` (a small student from a large teacher) and `polyfuse compress` (structured pruning)."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +40,21 @@ def cmd_distill(args: argparse.Namespace) -> None:
     print(f"student saved to {args.out}/")
 
 
+def cmd_compress(args: argparse.Namespace) -> None:
+    require("edge", "polyfuse compress --prune")
+    from polyfuse.deploy.prune import compress
+
+    model = compress(args.model, prune=args.prune, out=args.out, epochs=args.epochs, max_loss=args.max_loss)
+    p = model.metrics["pruning"]
+    (m0, m1), (p0, p1), (l0, l1) = p["macs_per_row"], p["parameters"], p["latency_ms_batch1"]
+    print(f"MACs per row {m0:,} -> {m1:,} ({1 - m1 / m0:.0%} fewer); parameters {p0:,} -> {p1:,}; "
+          f"torch batch-1 {l0:.2f} -> {l1:.2f} ms")
+    for name, (before, after) in p["score"].items():
+        print(f"{p['scored_on']} {name}: {before:.4f} -> {after:.4f} ({100 * (after - before):+.2f} points) after "
+              f"{p['finetune_epochs']} fine-tuning epochs")
+    print(f"pruned model saved to {args.out}/ (export it as any model: polyfuse export {args.out})")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a verified ONNX / int8 / torch.export build into the model directory")
     p.add_argument("model")
@@ -67,3 +82,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=0.7, help="the teacher's share of each target (the label's: 1 - it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_distill)
+
+    p = sub.add_parser("compress", help="prune the channels of a model's convolutional and linear encoders, "
+                       "fine-tune briefly, and keep the result only if its score holds")
+    p.add_argument("model")
+    p.add_argument("--prune", type=float, required=True, help="share of each prunable layer's channels to remove, "
+                   "e.g. 0.5")
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=positive_int, default=None, help="fine-tuning epochs (default: a quarter of "
+                   "the model's, at least 3)")
+    p.add_argument("--max-loss", type=float, default=1.0, help="points of test score the pruned model may lose "
+                   "(default 1); more and nothing is written")
+    p.set_defaults(fn=cmd_compress)

@@ -271,6 +271,11 @@ def run_bench(model_dir: str | Path, data: str | Path, repeats: int = 3, threads
     result = {"data": str(data), "rows": work.rows, "latency_rows": len(work.singles), "repeats": repeats,
               "threads": threads, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in busy],
               "runtimes": runtimes, "ratios": ratios(runtimes), **copy.deepcopy(cached_footprint())}
+    metrics = folder / "metrics.json"
+    if metrics.exists():  # a pruned model: what pruning removed, beside what the runtimes measure
+        pruning = json.loads(metrics.read_text()).get("pruning")
+        if pruning:
+            result["pruning"] = {k: pruning[k] for k in ("ratio", "macs_per_row", "parameters", "latency_ms_batch1")}
     print(format_table(result))
     save(folder, result)
     return result

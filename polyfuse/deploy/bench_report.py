@@ -65,6 +65,12 @@ def format_table(result: dict[str, Any]) -> str:
                     "or with --threads 1")
     text.append(f"installed footprint: torch-free runtime {result['runtime_footprint_mb']:.0f} MB "
                 f"vs full install {result['full_footprint_mb']:.0f} MB")
+    p = result.get("pruning")
+    if p:
+        (m0, m1), (p0, p1), (l0, l1) = p["macs_per_row"], p["parameters"], p["latency_ms_batch1"]
+        text.append(f"pruned ({p['ratio']:.0%} of the encoders' channels): MACs per row {m0:,} -> {m1:,} "
+                    f"({1 - m1 / m0:.0%} fewer), parameters {p0:,} -> {p1:,}, torch batch-1 {l0:.2f} -> {l1:.2f} ms "
+                    "when it was pruned")
     return "\n".join(text)
 
 

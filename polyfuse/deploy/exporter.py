@@ -149,7 +149,8 @@ def _export_fp32(folder: Path, model: Any, rows: Decoded, batch: dict, reference
 
 def _export_int8(folder: Path, model: Any, rows: Decoded, batch: dict, reference: dict, target: dict, quantize: str,
                  calibration: str | Path | None, force: bool, per_channel: bool) -> dict[str, Any]:
-    from polyfuse.deploy.quantize import quantize_dynamic, quantize_static
+    from polyfuse.deploy.quantize import quantize_static
+    from polyfuse.nn.onnx_int8 import quantize_dynamic
 
     fp32 = folder / VARIANTS["fp32"]
     target_file = folder / VARIANTS[f"int8-{quantize}"]

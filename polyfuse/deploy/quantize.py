@@ -1,5 +1,5 @@
-"""int8 builds of an fp32 ONNX model with ONNX Runtime's quantiser: dynamic (weights only,
-activations quantised on the fly) and static QDQ (activation ranges calibrated on training rows)."""
+"""Static QDQ int8 builds of an fp32 ONNX model with ONNX Runtime's quantiser (activation ranges calibrated
+on training rows); the dynamic one is polyfuse.nn.onnx_int8, which the embedding pass uses too."""
 from __future__ import annotations
 
 import logging
@@ -7,21 +7,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-
-# Dynamic int8 quantises matrix products (Linear layers, attention, n-gram and token embeddings), as
-# PyTorch's dynamic quantisation does; convolutions stay fp32 (static QDQ quantises them): ORT's
-# ConvInteger with activations quantised on the fly is slower than fp32 Conv on CPUs, and on avdigits
-# (ORT 1.32) it alone cost 2 of 75 validation rows' top-1 (97.3 % agreement) against 1 without it.
-DYNAMIC_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "Gather", "EmbedLayerNormalization"]
-
-
-def quantize_dynamic(src: Path, dst: Path, per_channel: bool = True) -> None:
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization import quantize_dynamic as _dynamic
-
-    logging.getLogger("root").setLevel(logging.ERROR)  # the quantiser logs every skipped node at WARNING
-    _dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
-             op_types_to_quantize=DYNAMIC_OPS)
 
 
 def quantize_static(src: Path, dst: Path, batches: Iterable[dict[str, np.ndarray]], per_channel: bool = True) -> None:

@@ -97,7 +97,24 @@ def _pretrained(model: Any) -> str:
         if cache:
             lines.append(f"  - embedding cache: {cache['computed']} rows computed, {cache['reused']} reused "
                          f"({cache['cache_mb']} MB)")
+            gate = cache.get("int8_parity")
+            if gate:
+                lines.append(f"  - its outputs were computed by the backbone with int8 weights (ONNX Runtime): cosine "
+                             f"to fp32 {gate['mean_cos']} on average, {gate['min_cos']} at least, on {gate['rows']} "
+                             "rows; the saved model runs the fp32 backbone")
     return ("Pretrained backbones (their licences and training data apply):\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+def _pruning(metrics: dict[str, Any]) -> str:
+    """What structured pruning removed and what it cost, before/after."""
+    p = metrics.get("pruning")
+    if not p:
+        return ""
+    (m0, m1), (p0, p1), (l0, l1) = p["macs_per_row"], p["parameters"], p["latency_ms_batch1"]
+    scores = ", ".join(f"{n} {a:.4f} -> {b:.4f}" for n, (a, b) in p["score"].items())
+    return (f"Pruned: {p['ratio']:.0%} of the channels of {p['layers']} encoder layers removed (torch-pruning, L2 "
+            f"magnitude), then {p['finetune_epochs']} fine-tuning epochs. MACs per row {m0:,} -> {m1:,}; parameters "
+            f"{p0:,} -> {p1:,}; torch batch-1 latency {l0:.2f} -> {l1:.2f} ms; {p['scored_on']} {scores}.\n")
 
 
 def _distillation(metrics: dict[str, Any]) -> str:
@@ -161,7 +178,7 @@ valid {sizes.get('valid', '?')}, test {sizes.get('test', '?')}
 - split: {spec.data.split.model_dump(exclude_none=True)}
 - bad rows skipped: {len(bad)}{' (listed in metrics.json)' if bad else ''}
 - training time: {m.get('train_seconds', '?')} s
-{_distillation(m)}
+{_distillation(m)}{_pruning(m)}
 ## Evaluation
 {chr(10).join(evals) or 'No held-out data was evaluated.'}
 

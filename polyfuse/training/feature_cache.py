@@ -102,13 +102,15 @@ class Store:
         return sum(p.stat().st_size for p in self.folder.glob("part-*.npz"))
 
 
-def store_for(encoder: Any, cfg: Any, root: Path) -> Store:
+def store_for(encoder: Any, cfg: Any, root: Path, engine: str = "torch") -> Store:
     from polyfuse.nn.hf import digest
 
     # the preprocessing settings need no place here: a row's key hashes its model-ready arrays, so rows
     # that another max_length or size leaves unchanged are reused and the others get new keys
     meta = {"format": FORMAT, "model_digest": digest(encoder.backbone), "pooling": encoder.pooling,
             "sequence": encoder.caches_sequence}
+    if engine != "torch":  # int8 outputs differ a little: their own folder (fp32 caches keep their keys)
+        meta["engine"] = engine
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:24]
     return Store(root / "embeddings" / key, meta)
 
@@ -119,7 +121,7 @@ def _size(value: Any) -> int:
 
 
 @torch.inference_mode()
-def fill(store: Store, encoder: Any, cfg: Any, pre: Preprocessor, name: str, decoded: Decoded,
+def fill(store: Store, features: Any, cfg: Any, pre: Preprocessor, name: str, decoded: Decoded,
          batch_size: int, bar: Any) -> tuple[list, int]:
     """Each row's cached output (None where the input is missing); computes the ones not cached yet.
     Rows go through the backbone shortest first, so a batch pads to lengths alike rather than to the
@@ -141,7 +143,7 @@ def fill(store: Store, encoder: Any, cfg: Any, pre: Preprocessor, name: str, dec
         if todo:
             x = torch.from_numpy(arrays[""][todo])
             length = torch.from_numpy(arrays["length"][todo]) if "length" in arrays else None
-            feats, lengths = encoder.features(x, length)
+            feats, lengths = features(x, length)
             for j, i in enumerate(todo):
                 row = feats[j] if lengths is None else feats[j, : int(lengths[j])]
                 store.put(keys[i], row.float().numpy().copy())
@@ -174,6 +176,23 @@ class Progress:
             self.said = now
 
 
+def _engine(encoder: Any, cfg: Any, pre: Preprocessor, name: str, parts: list[Decoded], store: Store, root: Path,
+            total: int) -> tuple[Any, Any]:
+    """What computes the missing rows: the int8 ONNX pass where asked for (or worth it) and its gate
+    passes on the first rows of the table, else the torch backbone itself."""
+    from polyfuse.nn.hf import digest
+    from polyfuse.training import int8_pass
+
+    if not int8_pass.wanted(cfg.encoder.embed_with, encoder, total - len(store.entries)):
+        return encoder.features, None
+    rows = [v for d in parts for v in d.inputs[name] if v is not None][: int8_pass.SAMPLE_ROWS]
+    if len(rows) < 2:
+        return encoder.features, None
+    sample = modality_of(cfg).collate(rows, cfg, pre.state[name], False, None)
+    run = int8_pass.build(encoder, digest(encoder.backbone), sample, root, torch.get_num_threads())
+    return (encoder.features, None) if run is None else (run, run)
+
+
 def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], root: Path, show: bool,
                batch_size: int = 32) -> dict[str, dict]:
     """Attach every frozen backbone's outputs to ``parts`` (train/valid/test rows) from the cache,
@@ -197,10 +216,13 @@ def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], ro
         encoder.eval()
         store = store_for(encoder, cfg, root)
         total, computed, started = sum(len(d) for d in parts), 0, time.perf_counter()
+        features, int8 = _engine(encoder, cfg, pre, name, parts, store, root, total)
+        if int8 is not None:
+            store = store_for(encoder, cfg, root, engine="onnx-int8")
         with tqdm(total=total, desc=f"{name} backbone", unit="row", disable=not show, leave=False) as shown:
             bar = shown if show else Progress(name, total)
             for decoded in parts:
-                decoded.features[name], n = fill(store, encoder, cfg, pre, name, decoded, batch_size, bar)
+                decoded.features[name], n = fill(store, features, cfg, pre, name, decoded, batch_size, bar)
                 computed += n
         store.flush()
         sample = next((v for d in parts for v in d.features[name] if v is not None), None)
@@ -211,7 +233,9 @@ def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], ro
         pre.state[name]["_feature_shape"] = [-1, sample.shape[-1]] if store.meta["sequence"] else list(sample.shape)
         report[name] = {"rows": total, "computed": computed, "reused": total - computed,
                         "seconds": round(time.perf_counter() - started, 2), "cache": str(store.folder),
-                        "cache_mb": round(store.size_bytes() / 2**20, 2)}
+                        "cache_mb": round(store.size_bytes() / 2**20, 2), "engine": store.meta.get("engine", "torch")}
+        if int8 is not None:
+            report[name]["int8_parity"] = int8.parity
         log(f"{name}: backbone outputs for {total} rows: {computed} computed, {total - computed} read from the "
             f"cache in {report[name]['seconds']} s ({store.folder}, {report[name]['cache_mb']} MB)")
     return report

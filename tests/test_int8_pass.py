@@ -1,0 +1,81 @@
+"""The embedding pass in int8: the frozen backbone exported to ONNX with int8 weights fills the cache when
+its vectors stay close to fp32's on the table's rows; otherwise (or unasked on a small table) torch does."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_toy, toy_spec
+from hf_models import tiny_bert, tiny_vit
+
+import polyfuse
+from polyfuse.evaluate.card import render
+from polyfuse.training import int8_pass
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8pass")
+    return make_toy(folder / "toy", n=60), folder
+
+
+def spec_for(csv, cache, inputs: dict) -> dict:
+    spec = toy_spec(csv, epochs=1)
+    spec["data"]["cache_dir"] = str(cache)
+    spec["inputs"] = {**inputs, "weight": {"type": "number", "dim": 8}}
+    return spec
+
+
+def note(bert, **encoder) -> dict:
+    return {"note": {"type": "text", "max_length": 16, "dim": 16, "encoder": {"hf": str(bert), **encoder}}}
+
+
+def test_text_backbone_fills_the_cache_in_int8_within_the_gate(toy, tmp_path):
+    csv, folder = toy
+    bert = tiny_bert(folder / "bert")
+    model = polyfuse.train(spec_for(csv, tmp_path / "cache", note(bert, embed_with="onnx-int8")))
+    report = model.metrics["pretrained_cache"]["note"]
+    assert report["engine"] == "onnx-int8" and report["rows"] == 60 and report["computed"] > 0
+    parity = report["int8_parity"]
+    assert parity["rows"] == 60 and parity["min_cos"] >= int8_pass.MIN_COS and parity["mean_cos"] >= int8_pass.MEAN_COS
+    assert len(list((tmp_path / "cache").rglob("int8/*.onnx"))) == 1
+    assert "computed by the backbone with int8 weights" in render(model)
+    # fp32 outputs live in their own folder: a torch run computes its rows, and its next run reads them back
+    fp32 = polyfuse.train(spec_for(csv, tmp_path / "cache", note(bert, embed_with="torch")))
+    assert fp32.metrics["pretrained_cache"]["note"]["engine"] == "torch"
+    assert fp32.metrics["pretrained_cache"]["note"]["computed"] == report["computed"]
+    again = polyfuse.train(spec_for(csv, tmp_path / "cache", note(bert, embed_with="onnx-int8")))
+    assert again.metrics["pretrained_cache"]["note"]["computed"] == 0  # the int8 rows and the int8 file reused
+    # the trained network reads its vectors like any other: predictions are the model's, from raw records
+    probs = again.predict_proba([{"note": "a big dog", "weight": 1.0}]).to_numpy()
+    assert probs.shape[0] == 1 and np.isclose(probs.sum(), 1.0, atol=1e-5)
+
+
+def test_image_backbone_without_lengths_exports_too(toy, tmp_path):
+    csv, folder = toy
+    vit = tiny_vit(folder / "vit")
+    spec = spec_for(csv, tmp_path / "cache", {"photo": {"type": "image", "dim": 16,
+                                                        "encoder": {"hf": str(vit), "embed_with": "onnx-int8"}}})
+    report = polyfuse.train(spec).metrics["pretrained_cache"]["photo"]
+    assert report["engine"] == "onnx-int8" and report["int8_parity"]["min_cos"] >= int8_pass.MIN_COS
+
+
+def test_a_gate_that_fails_keeps_fp32_and_says_why(toy, tmp_path, monkeypatch, capfd):
+    csv, folder = toy
+    bert = tiny_bert(folder / "bert2")
+    monkeypatch.setattr(int8_pass, "MEAN_COS", 1.01)  # no int8 vector can meet this: the gate's refusal path
+    report = polyfuse.train(spec_for(csv, tmp_path / "cache", note(bert, embed_with="onnx-int8"))).metrics
+    assert report["pretrained_cache"]["note"]["engine"] == "torch"
+    assert "int8 embedding pass rejected" in capfd.readouterr().err
+
+
+def test_auto_uses_int8_only_when_enough_rows_are_to_be_computed():
+    class Pooled:
+        caches_sequence = False
+
+    class Sequence:
+        caches_sequence = True
+
+    assert not int8_pass.wanted("auto", Pooled(), int8_pass.MIN_ROWS - 1)
+    assert int8_pass.wanted("auto", Pooled(), int8_pass.MIN_ROWS)
+    assert int8_pass.wanted("onnx-int8", Pooled(), 10) and not int8_pass.wanted("torch", Pooled(), 10**6)
+    assert not int8_pass.wanted("onnx-int8", Sequence(), 10**6)
