@@ -29,7 +29,7 @@ demo: setup
 	$(VENV)/bin/polyfuse demo
 
 test: setup-test
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile   # two workers, one file each at a time: the suite waits on servers and subprocesses
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

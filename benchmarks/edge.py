@@ -16,6 +16,11 @@ Pruning, on ``--prune-set`` (avdigits): init's fast spec trained, then `polyfuse
 MACs per row and parameters before/after (target >= 50 % fewer MACs), test accuracy of both (target
 <= 1 point lost), both exported to fp32 ONNX and timed at batch 1 in the torch-free runtime on
 ``--rows`` test records, interleaved (target: the pruned one >= 1.4x faster).
+
+ExecuTorch, on the unpruned model: fp32 and static int8 .pte and static int8 ONNX, their parity gates,
+file sizes and batch-1 latency of the model alone on preprocessed rows (ONNX Runtime on one thread,
+ExecuTorch with its default threadpool), interleaved
+(target: int8 .pte within 1.5x of int8 ONNX Runtime).
 """
 from __future__ import annotations
 
@@ -83,7 +88,31 @@ def prune_set(name: str, tmp: Path, rows: int) -> dict:
     p = json.loads((small / "metrics.json").read_text())["pruning"]
     out = {"macs": p["macs_per_row"], "parameters": p["parameters"], "left_whole": p["left_whole"],
            "full": accuracy(full, name, tmp), "pruned": accuracy(small, name, tmp)}
-    return {**out, **batch1_ms({"full": full, "pruned": small}, folder, rows)}
+    out.update(batch1_ms({"full": full, "pruned": small}, folder, rows))
+    out["executorch"] = executorch_figures(full, folder, rows)
+    return out
+
+
+def executorch_figures(model: Path, folder: Path, rows: int) -> dict:
+    """fp32 and static int8 .pte beside static int8 ONNX: sizes, parity, batch-1 latency of the model alone on
+    preprocessed rows (interleaved), in ExecuTorch's runtime and in ONNX Runtime."""
+    from polyfuse.deploy.bench_backends import backends
+    from polyfuse.runtime import Runtime
+
+    cli("export", model, "--quantize", "static", "--data", folder / "test.csv")
+    for extra in ([], ["--quantize", "static"]):
+        cli("export", model, "--to", "executorch", *extra, "--data", folder / "test.csv")
+    exports = json.loads((model / "exports.json").read_text())
+    found = {b.name: b for b in backends(model, 1)}
+    runs = {"pte-fp32": found["executorch-fp32"].load().run, "pte-int8": found["executorch-int8-static"].load().run,
+            "onnx-int8": Runtime(model, "int8-static", 1).run_arrays}
+    records = pd.read_csv(folder / "test.csv").head(rows).drop(columns=["label"]).to_dict("records")
+    pre = Runtime(model).preprocessor
+    singles = [pre.transform([r], folder)[0] for r in records]
+    ms = interleaved_ms({k: (lambda b, f=f: f(b)) for k, f in runs.items()}, singles, rounds=3)
+    files = {"pte-fp32": "model.pte", "pte-int8": "model.int8-static.pte", "onnx-int8": "model.int8-static.onnx"}
+    return {k: {"ms": ms[k], "kb": exports[f]["bytes"] / 1024, "passed": exports[f]["verification"]["passed"]}
+            for k, f in files.items()}
 
 
 def print_prune(name: str, r: dict) -> None:
@@ -96,6 +125,13 @@ def print_prune(name: str, r: dict) -> None:
           f"{r['full']:.4f} / {r['pruned']:.4f} = {lost:+.1f} pt lost ({'PASS' if lost <= 1 else 'FAIL'}) | "
           f"{r['full_ms']:.2f} / {r['pruned_ms']:.2f} = {speed:.2f}x ({'PASS' if speed >= 1.4 else 'FAIL'}) | "
           f"{', '.join(r['left_whole']) or '-'} |", flush=True)
+    e = r["executorch"]
+    ratio = e["pte-int8"]["ms"] / e["onnx-int8"]["ms"]
+    print("\n| build | parity | size KB | batch-1 ms (model alone; ONNX Runtime 1 thread, ExecuTorch its default threadpool) |\n| --- | --- | --- | --- |")
+    for k, v in e.items():
+        print(f"| {k} | {'pass' if v['passed'] else 'FAIL'} | {v['kb']:.0f} | {v['ms']:.3f} |")
+    print(f"int8 .pte / int8 ONNX Runtime batch-1 = {ratio:.2f}x (target <= 1.5x: {'PASS' if ratio <= 1.5 else 'FAIL'})",
+          flush=True)
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ from polyfuse.threads import usable_cpus
 
 VARIANTS = {"fp32": "model.onnx", "int8-dynamic": "model.int8-dynamic.onnx", "int8-static": "model.int8-static.onnx"}
 PT2 = "model.pt2"  # the torch.export program polyfuse.deploy.exporter writes (torch runs it, not this runtime)
+# the ExecuTorch programs polyfuse.deploy.pte writes (ExecuTorch's runtime runs them, not this one)
+PTE = {"fp32": "model.pte", "int8-static": "model.int8-static.pte", "int8-dynamic": "model.int8-dynamic.pte"}
 
 
 def listed_files(folder: Path) -> set[str]:

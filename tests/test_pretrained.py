@@ -231,7 +231,8 @@ def test_the_embedding_pass_runs_texts_of_like_length_together_and_keeps_row_ord
     hook = encoder.backbone.register_forward_pre_hook(lambda _m, _a, kw: widths.append(kw["input_ids"].shape[1]),
                                                       with_kwargs=True)
     store = Store(tmp_path / "s", {"format": "t", "model_digest": "x", "sequence": False})
-    rows, computed = fill(store, encoder.eval(), cfg, model.preprocessor, "note", decoded, 4, Progress("note", 21))
+    rows, computed = fill(store, encoder.eval().features, cfg, model.preprocessor, "note", decoded, 4,
+                          Progress("note", 21))
     hook.remove()
     assert widths == sorted(widths) and len(widths) == 5 and computed == 11  # 11 distinct texts
     assert rows[-1] is None

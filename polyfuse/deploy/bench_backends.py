@@ -1,5 +1,6 @@
 """The runtimes `polyfuse bench` compares: how each loads in-process (torch eager, ONNX Runtime
-through the torch-free Runtime, the torch.export program) and how a fresh process cold-starts it.
+through the torch-free Runtime, the torch.export program, ExecuTorch programs) and how a fresh
+process cold-starts it.
 Importing this module never imports torch."""
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import yaml
 
 from polyfuse import artifact
-from polyfuse.runtime import PT2, VARIANTS, listed_files
+from polyfuse.runtime import PT2, PTE, VARIANTS, listed_files
 
 WEIGHTS = "weights.safetensors"
 
@@ -68,6 +69,16 @@ loaded.predict([a['record']], Path(a['record_folder']))
 """ + _CHILD_TAIL
 
 
+CHILD_PTE = _CHILD_HEAD + """\
+from pathlib import Path
+from polyfuse.deploy.bench_backends import load_pte_runtime
+t1 = time.perf_counter()
+loaded = load_pte_runtime(Path(a['folder']), a['file'])
+t2 = time.perf_counter()
+loaded.predict([a['record']], Path(a['record_folder']))
+""" + _CHILD_TAIL
+
+
 def load_torch_runtime(folder: Path) -> Loaded:
     """torch eager from weights.safetensors, through polyfuse.load (verifies the manifest)."""
     import torch
@@ -95,32 +106,65 @@ def load_onnx_runtime(folder: Path, variant: str, threads: int) -> Loaded:
     return Loaded(rt.run_arrays, lambda records, base: rt.predict(records, folder=base))
 
 
-def load_pt2_runtime(folder: Path) -> Loaded:
-    """The torch.export program with the artifact's preprocessing (verified like the others)."""
-    import torch
-
-    from polyfuse.deploy.exporter import load_pt2
+def _with_preprocessing(folder: Path, program: str, run_on: Callable[[Any, list[str]], Callable]) -> Loaded:
+    """A program file of the artifact with its preprocessing; read and verified through the manifest like the
+    other runtimes (a program must not get a cheaper load for free). ``run_on(opened, output names)``
+    returns the function from collated arrays to probabilities."""
     from polyfuse.preprocess.pipeline import Preprocessor
     from polyfuse.preprocess.targets import decode_outputs
     from polyfuse.spec.schema import load_spec
 
-    # verified and read through the manifest like the other runtimes: pt2 must not get a cheaper load for free
-    opened = artifact.open_artifact(folder, prefetch=("spec.yaml", "preprocess.json", PT2))
+    opened = artifact.open_artifact(folder, prefetch=("spec.yaml", "preprocess.json", program))
     spec, _ = load_spec(yaml.safe_load(opened.read("spec.yaml")))
     pre = Preprocessor.from_json(spec, opened.text("preprocess.json"))
-    module = load_pt2(opened.read(PT2), folder / PT2)
-    names = list(spec.outputs)
-
-    def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            out = module(inputs={k: torch.from_numpy(v) for k, v in batch.items()})
-        return {n: p.numpy() for n, p in zip(names, out)}
+    run = run_on(opened, list(spec.outputs))
 
     def predict(records: list[dict], base: Path) -> Any:
         batch, _ = pre.transform(records, base)
         return decode_outputs(spec, pre.state, run(batch))
 
     return Loaded(run, predict)
+
+
+def load_pt2_runtime(folder: Path) -> Loaded:
+    """The torch.export program with the artifact's preprocessing."""
+    import torch
+
+    from polyfuse.deploy.exporter import load_pt2
+
+    def run_on(opened: Any, names: list[str]) -> Callable:
+        module = load_pt2(opened.read(PT2), folder / PT2)
+
+        def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            with torch.inference_mode():
+                out = module(inputs={k: torch.from_numpy(v) for k, v in batch.items()})
+            return {n: p.numpy() for n, p in zip(names, out)}
+
+        return run
+
+    return _with_preprocessing(folder, PT2, run_on)
+
+
+def load_pte_runtime(folder: Path, name: str) -> Loaded:
+    """An ExecuTorch program (.pte) in ExecuTorch's runtime, batches cut to the largest it was planned for."""
+    import json
+
+    from executorch.runtime import Runtime
+
+    from polyfuse.deploy.pte import probabilities
+
+    def run_on(opened: Any, names: list[str]) -> Callable:
+        data = opened.read(name)  # the checked bytes; the program points into them, so they live with it
+        program = Runtime.get().load_program(data)
+        method = program.load_method("forward")
+        largest = json.loads(opened.read("exports.json"))[name]["max_batch"]
+
+        def run(batch: dict[str, np.ndarray], keep: tuple = (data, program)) -> dict[str, np.ndarray]:
+            return probabilities(method, names, batch, largest)
+
+        return run
+
+    return _with_preprocessing(folder, name, run_on)
 
 
 def backends(folder: Path, threads: int) -> list[Backend]:
@@ -137,4 +181,8 @@ def backends(folder: Path, threads: int) -> list[Backend]:
                                  CHILD_ONNX, {**common, "variant": variant}))
     if PT2 in listed:
         found.append(Backend("torch-export", folder / PT2, lambda: load_pt2_runtime(folder), CHILD_PT2, common))
+    for precision, name in PTE.items():
+        if name in listed:
+            found.append(Backend(f"executorch-{precision}", folder / name, lambda n=name: load_pte_runtime(folder, n),
+                                 CHILD_PTE, {**common, "file": name}))
     return found

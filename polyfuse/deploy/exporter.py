@@ -33,7 +33,7 @@ from polyfuse.deploy.onnx import (
 )
 from polyfuse.errors import ArtifactError
 from polyfuse.preprocess.pipeline import Decoded, decode_table
-from polyfuse.runtime import PT2, VARIANTS, open_session
+from polyfuse.runtime import PT2, PTE, VARIANTS, open_session
 
 
 def log(msg: str) -> None:
@@ -116,8 +116,10 @@ def export(model_dir: str | Path, to: str = "onnx", quantize: str | None = None,
     log(f"verifying on {len(rows)} validation rows, run from raw records through the shared preprocessing")
     if to == "torch-export":
         return _export_pt2(folder, model, rows, batch, reference, force)
+    if to == "executorch":
+        return _export_executorch(folder, model, rows, batch, reference, target, quantize, calibration, force)
     if to != "onnx":
-        raise ExportError(f"unknown export target {to!r}; expected 'onnx' or 'torch-export'")
+        raise ExportError(f"unknown export target {to!r}; expected 'onnx', 'torch-export' or 'executorch'")
 
     fp32 = folder / VARIANTS["fp32"]
     if quantize is None or not fp32.exists():
@@ -215,6 +217,30 @@ def _export_pt2(folder: Path, model: Any, rows: Decoded, batch: dict, reference:
              "verification": check.as_dict(), "forced": not check.passed, "rows": len(rows),
              "seconds": round(time.perf_counter() - t0, 2), "torch": torch.__version__}
     _record(folder, model, PT2, entry)
+    return entry
+
+
+def _export_executorch(folder: Path, model: Any, rows: Decoded, batch: dict, reference: dict, target: dict,
+                       quantize: str | None, calibration: str | Path | None, force: bool) -> dict[str, Any]:
+    """An XNNPACK-delegated ExecuTorch program (.pte), fp32 or int8, checked in ExecuTorch's runtime."""
+    from polyfuse.deploy import pte
+    from polyfuse.extras import require
+
+    require("edge", "polyfuse export --to executorch", modules=("executorch", "torchao"))
+    if quantize not in (None, "dynamic", "static"):
+        raise ExportError(f"unknown quantisation {quantize!r}; expected 'dynamic' or 'static'")
+    cal = calibration_batches(model, calibration) if quantize is not None else None
+    tmp, entry, check = pte.export_pte(folder, model, rows, batch, reference, target, quantize, cal)
+    name = PTE["fp32" if quantize is None else f"int8-{quantize}"]
+    try:
+        _gate(check, f"ExecuTorch {entry['precision']} (.pte)", force,
+              " Try the other --quantize, or keep the fp32 program." if quantize else "")
+        os.replace(tmp, folder / name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if quantize == "static":
+        entry["calibration"] = str(calibration or "training table")
+    _record(folder, model, name, entry)
     return entry
 
 
