@@ -4,8 +4,8 @@ close to the fp32 backbone's on the table's own rows.
 
 Why: a frozen backbone's pass over the table is most of a pretrained run's time (e5-small: 35-60
 short texts/s here); int8 weights make it ~1.4x faster on this CPU (benchmarks/zoo_presets.py). The
-export and quantization cost ~35 s once per backbone (the file is kept beside the cache), so `auto`
-uses it only when a pass has many rows to compute. The gate compares pooled vectors, not logits:
+export and quantization cost ~35 s once per backbone (the file is kept beside the cache); `auto`
+uses it only when a pass has very many rows to compute (see MIN_ROWS). The gate compares pooled vectors, not logits:
 the head is trained on these vectors, so what matters is that they keep their direction.
 """
 from __future__ import annotations
@@ -23,7 +23,10 @@ import torch
 
 from polyfuse.training.trainset import log
 
-MIN_ROWS = 2000  # `auto`: fewer rows to compute than this and the one-off export costs more than int8 saves
+# `auto` takes int8 only for passes this long (~8 min of e5-small here): on zhtext (10,000 rows, init's medium
+# spec) int8 made training 1.43x faster and cost 0.7 points of test accuracy in one run (benchmarks/int8_pass.py),
+# a price worth asking for only where the pass dominates; below it `embed_with: onnx-int8` asks explicitly
+MIN_ROWS = 20000
 MEAN_COS, MIN_COS = 0.995, 0.98  # the gate: every sample row's vector within ~11 degrees, on average ~6
 SAMPLE_ROWS = 64
 
