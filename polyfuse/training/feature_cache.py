@@ -10,6 +10,7 @@ every part already written (parts are written whole, then renamed).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -102,12 +103,12 @@ class Store:
         return sum(p.stat().st_size for p in self.folder.glob("part-*.npz"))
 
 
-def store_for(encoder: Any, cfg: Any, root: Path, engine: str = "torch") -> Store:
-    from polyfuse.nn.hf import digest
-
+def store_for(encoder: Any, weights: str, root: Path, engine: str = "torch") -> Store:
+    """The store of ``encoder``'s outputs; ``weights`` is its backbone's digest (hashing e5's weights takes
+    seconds, so the caller computes it once)."""
     # the preprocessing settings need no place here: a row's key hashes its model-ready arrays, so rows
     # that another max_length or size leaves unchanged are reused and the others get new keys
-    meta = {"format": FORMAT, "model_digest": digest(encoder.backbone), "pooling": encoder.pooling,
+    meta = {"format": FORMAT, "model_digest": weights, "pooling": encoder.pooling,
             "sequence": encoder.caches_sequence}
     if engine != "torch":  # int8 outputs differ a little: their own folder (fp32 caches keep their keys)
         meta["engine"] = engine
@@ -176,21 +177,20 @@ class Progress:
             self.said = now
 
 
-def _engine(encoder: Any, cfg: Any, pre: Preprocessor, name: str, parts: list[Decoded], store: Store, root: Path,
-            total: int) -> tuple[Any, Any]:
-    """What computes the missing rows: the int8 ONNX pass where asked for (or worth it) and its gate
-    passes on the first rows of the table, else the torch backbone itself."""
-    from polyfuse.nn.hf import digest
+def _int8(encoder: Any, cfg: Any, pre: Preprocessor, name: str, parts: list[Decoded], to_compute: int,
+          weights: str, root: Path) -> Any:
+    """The int8 ONNX pass for the missing rows where asked for (or worth it) and its gate passes on the
+    table's first rows; None: the torch backbone computes them."""
     from polyfuse.training import int8_pass
 
-    if not int8_pass.wanted(cfg.encoder.embed_with, encoder, total - len(store.entries)):
-        return encoder.features, None
-    rows = [v for d in parts for v in d.inputs[name] if v is not None][: int8_pass.SAMPLE_ROWS]
+    if not int8_pass.wanted(cfg.encoder.embed_with, encoder, to_compute):
+        return None
+    present = (v for d in parts for v in d.inputs[name] if v is not None)
+    rows = list(itertools.islice(present, int8_pass.SAMPLE_ROWS))
     if len(rows) < 2:
-        return encoder.features, None
+        return None
     sample = modality_of(cfg).collate(rows, cfg, pre.state[name], False, None)
-    run = int8_pass.build(encoder, digest(encoder.backbone), sample, root, torch.get_num_threads())
-    return (encoder.features, None) if run is None else (run, run)
+    return int8_pass.build(encoder, weights, sample, root, torch.get_num_threads())
 
 
 def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], root: Path, show: bool,
@@ -198,6 +198,8 @@ def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], ro
     """Attach every frozen backbone's outputs to ``parts`` (train/valid/test rows) from the cache,
     computing what is missing; returns per input what was computed, reused, and the cache's size."""
     from tqdm import tqdm
+
+    from polyfuse.nn.hf import digest
 
     report = {}
     for name, cfg in spec.inputs.items():
@@ -214,11 +216,13 @@ def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], ro
                 "so its backbone runs every epoch (no cache)")
             continue
         encoder.eval()
-        store = store_for(encoder, cfg, root)
+        weights = digest(encoder.backbone)
+        store = store_for(encoder, weights, root)
         total, computed, started = sum(len(d) for d in parts), 0, time.perf_counter()
-        features, int8 = _engine(encoder, cfg, pre, name, parts, store, root, total)
+        int8 = _int8(encoder, cfg, pre, name, parts, total - len(store.entries), weights, root)
         if int8 is not None:
-            store = store_for(encoder, cfg, root, engine="onnx-int8")
+            store = store_for(encoder, weights, root, engine="onnx-int8")
+        features = int8 or encoder.features
         with tqdm(total=total, desc=f"{name} backbone", unit="row", disable=not show, leave=False) as shown:
             bar = shown if show else Progress(name, total)
             for decoded in parts:
