@@ -1,6 +1,6 @@
 """To the phone, figures from one run (the edge issue's targets): distillation and pruning.
 
-    .venv/bin/python benchmarks/edge.py [--parts distill prune] [--sets mvsa zhtext] [--prune-set avdigits] [--rows 100]
+    .venv/bin/python benchmarks/edge.py [--parts distill prune graph] [--sets mvsa zhtext] [--prune-set avdigits] [--rows 100]
 
 Distillation:
 For each real set (../shared/data), no hand edits:
@@ -21,6 +21,11 @@ ExecuTorch, on the unpruned model: fp32 and static int8 .pte and static int8 ONN
 file sizes and batch-1 latency of the model alone on preprocessed rows (ONNX Runtime on one thread,
 ExecuTorch with its default threadpool), interleaved
 (target: int8 .pte within 1.5x of int8 ONNX Runtime).
+
+Preprocessing in the graph, on ``--prune-set`` (init's fast spec): `polyfuse export --with-preprocessing`
+beside the plain fp32 ONNX export; both fed the same decoded pictures (RGB uint8) and waveforms, one
+record at a time, interleaved: the torch-free runtime (numpy/Pillow preprocessing, then ONNX Runtime)
+against the bundle's graph alone in ONNX Runtime, both on one thread (target: the graph <= the numpy path).
 """
 from __future__ import annotations
 
@@ -115,6 +120,52 @@ def executorch_figures(model: Path, folder: Path, rows: int) -> dict:
             for k, f in files.items()}
 
 
+def graph_set(name: str, tmp: Path, rows: int) -> dict:
+    """End-to-end batch-1 ms from decoded inputs: numpy preprocessing + ONNX vs the graph with preprocessing."""
+    import numpy as np
+
+    from polyfuse.data.io import read_table
+    from polyfuse.deploy import device_graph
+    from polyfuse.estimator import load
+    from polyfuse.preprocess.pipeline import decode_table
+    from polyfuse.runtime import Runtime, open_session
+
+    folder, model_dir = DATA / name, tmp / f"{name}-graph"
+    spec = yaml.safe_load(cli("init", folder / "train.csv", "--target", "label", "--preset", "fast").stdout)
+    spec["data"]["train"] = str(folder / "train.csv")
+    (tmp / f"{name}-graph.yaml").write_text(yaml.safe_dump(spec))
+    cli("train", tmp / f"{name}-graph.yaml", "--out", model_dir, "--quiet")
+    cli("export", model_dir, "--data", folder / "test.csv")
+    cli("export", model_dir, "--with-preprocessing", "--data", folder / "test.csv")
+    model, table = load(model_dir), read_table(folder / "test.csv")
+    table.columns = {c: v[:rows] for c, v in table.columns.items()}
+    table.rows = table.rows[:rows]
+    decoded = decode_table(model.spec, table, with_targets=False)
+    device = [device_graph.device_row(model, decoded, i, device_graph.decode_pixels(model, table, i))
+              for i in range(len(decoded))]
+    records = []
+    for i, row in enumerate(device):  # the same decoded values, as records the runtime preprocesses
+        records.append({model.spec.column(n): row[n][0] if c.type == "image" else decoded.inputs[n][i]
+                        for n, c in model.spec.inputs.items()})
+    runtime, session = Runtime(model_dir, threads=1), open_session(model_dir / "mobile/onnx/model.onnx", threads=1)
+    pairs = list(zip(records, device))
+    ms = interleaved_ms({"numpy+onnx": lambda p: runtime.predict_proba([p[0]]),
+                         "graph": lambda p: session.run(None, p[1])}, pairs, rounds=3)
+    entry = json.loads((model_dir / "exports.json").read_text())["mobile/onnx/model.onnx"]
+    agree = float(np.mean([runtime.predict_proba([r])["label"].argmax() == session.run(None, d)[0].argmax()
+                           for r, d in pairs]))
+    return {**ms, "passed": entry["verification"]["passed"], "gaps": entry["verification"]["feature_gaps"],
+            "agree": agree, "kb": entry["bytes"] / 1024}
+
+
+def print_graph(name: str, r: dict) -> None:
+    ratio = r["graph"] / r["numpy+onnx"]
+    print("\n| set | numpy preprocessing + ONNX, batch-1 ms | graph with preprocessing, batch-1 ms | ratio (target <= 1) "
+          "| top-1 agreement | verification | feature gaps |\n| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| {name} | {r['numpy+onnx']:.3f} | {r['graph']:.3f} | {ratio:.2f}x ({'PASS' if ratio <= 1 else 'FAIL'}) | "
+          f"{r['agree']:.2%} | {'pass' if r['passed'] else 'FAIL'} | {r['gaps']} |", flush=True)
+
+
 def print_prune(name: str, r: dict) -> None:
     (m0, m1), (p0, p1) = r["macs"], r["parameters"]
     fewer, lost, speed = 1 - m1 / m0, 100 * (r["full"] - r["pruned"]), r["full_ms"] / r["pruned_ms"]
@@ -138,7 +189,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="*", default=["mvsa", "zhtext"])
     parser.add_argument("--rows", type=int, default=100)
-    parser.add_argument("--parts", nargs="*", default=["distill", "prune"], choices=["distill", "prune"])
+    parser.add_argument("--parts", nargs="*", default=["distill", "prune", "graph"], choices=["distill", "prune", "graph"])
     parser.add_argument("--prune-set", default="avdigits")
     args = parser.parse_args()
     if "prune" in args.parts:
@@ -147,6 +198,9 @@ def main() -> None:
                 print_prune(args.prune_set, prune_set(args.prune_set, Path(t), args.rows))
         else:
             print(f"{args.prune_set}: absent ({DATA / args.prune_set}); pruning skipped")
+    if "graph" in args.parts and (DATA / args.prune_set / "train.csv").exists():
+        with tempfile.TemporaryDirectory() as t:
+            print_graph(args.prune_set, graph_set(args.prune_set, Path(t), args.rows))
     if "distill" not in args.parts:
         return
     print("| set | teacher acc | student acc (distilled) | same fast spec, labels alone | student - teacher "

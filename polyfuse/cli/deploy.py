@@ -14,7 +14,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from polyfuse.deploy.exporter import export
 
     entry = export(args.model, to=args.to, quantize=args.quantize, calibration=args.calibration, data=args.data,
-                   force=args.force, per_channel=not args.per_tensor)
+                   force=args.force, per_channel=not args.per_tensor, with_preprocessing=args.with_preprocessing)
     print(json.dumps(entry, indent=1))
 
 
@@ -65,6 +65,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="labelled table to verify on (default: the validation split)")
     p.add_argument("--per-tensor", action="store_true", help="int8 scales per tensor instead of per channel")
     p.add_argument("--force", action="store_true", help="write even if verification fails (recorded in the card)")
+    p.add_argument("--with-preprocessing", action="store_true",
+                   help="a mobile/<to>/ bundle whose graph takes decoded pixels, waveforms and text ids (onnx or "
+                   "executorch; fp32), with its input contract, labels and text-id test vectors")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("bench", help="every runtime side by side: size, load, cold start, latency, throughput, accuracy")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from polyfuse import artifact
-from polyfuse.data.io import read_table
+from polyfuse.data.io import Table, read_table
 from polyfuse.deploy.onnx import (
     OPSET,
     Check,
@@ -40,23 +40,28 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def verification_rows(model: Any, data: str | Path | None = None, limit: int | None = None) -> Decoded:
+def verification_table(model: Any, data: str | Path | None = None) -> Table:
     """The validation split of training, rebuilt from ``data.json`` (or a labelled table given by the user)."""
     info = model.data_info
     if data is not None:
-        decoded = decode_table(model.spec, read_table(data), with_targets=True)
-    elif info.get("valid"):
-        decoded = decode_table(model.spec, read_table(info["valid"], Path(info["base"])), with_targets=True)
-    elif info.get("train") and info.get("valid_rows"):
+        return read_table(data)
+    if info.get("valid"):
+        return read_table(info["valid"], Path(info["base"]))
+    if info.get("train") and info.get("valid_rows"):
         table = read_table(info["train"], Path(info["base"]))
         wanted = set(info["valid_rows"])
         keep = [i for i, r in enumerate(table.rows) if r in wanted]
         table.columns = {c: [v[i] for i in keep] for c, v in table.columns.items()}
         table.rows = [table.rows[i] for i in keep]
-        decoded = decode_table(model.spec, table, with_targets=True)
-    else:
-        raise ExportError("no validation rows to verify the export on (the model was trained from a DataFrame "
-                          "or without a validation split); pass a labelled table with --data")
+        return table
+    raise ExportError("no validation rows to verify the export on (the model was trained from a DataFrame "
+                      "or without a validation split); pass a labelled table with --data")
+
+
+def verification_rows(model: Any, data: str | Path | None = None, limit: int | None = None,
+                      table: Table | None = None) -> Decoded:
+    """The rows of :func:`verification_table` (or ``table``) decoded, at most ``limit``."""
+    decoded = decode_table(model.spec, table or verification_table(model, data), with_targets=True)
     if len(decoded) == 0:
         raise ExportError("the verification table has no usable rows; pass another with --data")
     if limit and len(decoded) > limit:
@@ -102,18 +107,25 @@ def _record(folder: Path, model: Any, name: str, entry: dict[str, Any]) -> None:
 
 
 def export(model_dir: str | Path, to: str = "onnx", quantize: str | None = None, calibration: str | Path | None = None,
-           data: str | Path | None = None, force: bool = False, per_channel: bool = True) -> dict[str, Any]:
+           data: str | Path | None = None, force: bool = False, per_channel: bool = True,
+           with_preprocessing: bool = False) -> dict[str, Any]:
     """Export, verify and record one build; returns its entry in exports.json."""
     from polyfuse.estimator import load
 
     folder = Path(model_dir)
     if artifact.ENCRYPTION in artifact.verify(folder):  # a plain model.onnx beside sealed files would leak the weights
         raise ArtifactError(f"{folder} is encrypted: export the plain model first, then run `polyfuse encrypt`")
+    if with_preprocessing and quantize is not None:
+        raise ExportError("--with-preprocessing builds are fp32 (int8 rounding would reach the resize and STFT "
+                          "weights inside the graph); drop --quantize, or export int8 without --with-preprocessing")
     model = load(folder)
-    rows = verification_rows(model, data)
+    table = verification_table(model, data)
+    rows = verification_rows(model, table=table)
     batch, target = model.preprocessor.collate(rows), model.preprocessor.targets(rows)
     reference = torch_probabilities(model, batch)
     log(f"verifying on {len(rows)} validation rows, run from raw records through the shared preprocessing")
+    if with_preprocessing:
+        return _export_bundle(folder, model, table, rows, reference, to, force)
     if to == "torch-export":
         return _export_pt2(folder, model, rows, batch, reference, force)
     if to == "executorch":
@@ -240,6 +252,28 @@ def _export_executorch(folder: Path, model: Any, rows: Decoded, batch: dict, ref
         tmp.unlink(missing_ok=True)
     if quantize == "static":
         entry["calibration"] = str(calibration or "training table")
+    _record(folder, model, name, entry)
+    return entry
+
+
+def _export_bundle(folder: Path, model: Any, table: Table, rows: Decoded, reference: dict, to: str,
+                   force: bool) -> dict[str, Any]:
+    """mobile/<to>/: the graph with the preprocessing inside, its contract and labels (polyfuse.deploy.mobile)."""
+    from polyfuse.deploy import mobile
+
+    if to == "executorch":
+        from polyfuse.extras import require
+
+        require("edge", "polyfuse export --to executorch", modules=("executorch", "torchao"))
+    staging, entry, check = mobile.export_bundle(folder, model, table, rows, reference, to)
+    try:
+        _gate(check, f"{to} with preprocessing in the graph", force)
+        name = mobile.install(staging, folder, to)
+    finally:
+        if staging.exists():
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
     _record(folder, model, name, entry)
     return entry
 

@@ -83,22 +83,26 @@ def sequence_inputs(model: Any) -> list[str]:
 
 def write_onnx(model: Any, example: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
     """Export to one self-contained ONNX file (opset 18, dynamic batch) with polyfuse metadata."""
-    import onnx
-
-    wrapper = ProbabilityModel(model.net, model.spec).eval()
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     shapes = {k: {0: batch} for k in example}
     for key in sequence_inputs(model):  # token ids and raw waveforms: as long as the batch's longest row
         shapes[key] = {0: batch, 1: torch.export.Dim(f"{key}_steps", min=1, max=1 << 20)}
-    with warnings.catch_warnings(), open(os.devnull, "w") as quiet:
-        warnings.simplefilter("ignore")
-        import contextlib
+    write_graph(ProbabilityModel(model.net, model.spec).eval(), example, shapes, output_names(model), path, meta)
 
-        with contextlib.redirect_stdout(quiet):
-            program = torch.onnx.export(
-                wrapper, (), kwargs={"inputs": example}, dynamo=True, external_data=False, opset_version=OPSET,
-                dynamic_shapes={"inputs": shapes}, input_names=list(example),
-                output_names=output_names(model), optimize=True, verbose=False)
+
+def write_graph(wrapper: torch.nn.Module, example: dict[str, torch.Tensor], shapes: dict[str, dict],
+                outputs: list[str], path: Path, meta: dict[str, str]) -> None:
+    """``wrapper(inputs=example)`` as one ONNX file (opset 18; ``shapes``: each input's dynamic axes), checked."""
+    import contextlib
+
+    import onnx
+
+    with warnings.catch_warnings(), open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper, (), kwargs={"inputs": example}, dynamo=True, external_data=False, opset_version=OPSET,
+            dynamic_shapes={"inputs": shapes}, input_names=list(example),
+            output_names=outputs, optimize=True, verbose=False)
     proto = program.model_proto
     for key, value in meta.items():
         entry = proto.metadata_props.add()

@@ -58,20 +58,25 @@ def _quantized(program: Any, batches: list[dict[str, np.ndarray]], dynamic: bool
 
 def lower(model: Any, rows: Any, path: Path, quantize: str | None, calibration: list[dict] | None) -> None:
     """torch.export -> (int8) -> XNNPACK-delegated ExecuTorch program written to ``path``."""
+    # fresh strides: a [B, 1] column collated as x[:, None] has stride 0, which ExecuTorch refuses
+    example = {k: v.clone(memory_format=torch.contiguous_format) for k, v in example_batch(model, rows).items()}
+    wrapper = ProbabilityModel(model.net, model.spec).eval()
+    lower_module(wrapper, example, _shapes(model, example), path, quantize, calibration)
+
+
+def lower_module(wrapper: torch.nn.Module, example: dict[str, torch.Tensor], shapes: dict[str, dict], path: Path,
+                 quantize: str | None = None, calibration: list[dict] | None = None) -> None:
+    """``wrapper(inputs=...)`` exported with ``shapes`` (bounded axes), (int8,) lowered to XNNPACK, written."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
-    # fresh strides: a [B, 1] column collated as x[:, None] has stride 0, which ExecuTorch refuses
-    example = {k: v.clone(memory_format=torch.contiguous_format) for k, v in example_batch(model, rows).items()}
-    shapes = {"inputs": _shapes(model, example)}
-    wrapper = ProbabilityModel(model.net, model.spec).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(wrapper, (), kwargs={"inputs": example}, dynamic_shapes=shapes)
+        program = torch.export.export(wrapper, (), kwargs={"inputs": example}, dynamic_shapes={"inputs": shapes})
         if quantize is not None:
             graph = _quantized(program, calibration or [], quantize == "dynamic")
-            program = torch.export.export(graph, (), kwargs={"inputs": example}, dynamic_shapes=shapes)
+            program = torch.export.export(graph, (), kwargs={"inputs": example}, dynamic_shapes={"inputs": shapes})
         # buffers sized for the axes' upper bounds (the default sizes them for the example batch)
         config = ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass())
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])

@@ -20,7 +20,7 @@ from polyfuse.preprocess.audio_file import decode_audio
 from polyfuse.preprocess import vad
 from polyfuse.preprocess.budget import UNLIMITED, DecodeBudget
 
-_AMIN, _TOP_DB, _DELTA_WIDTH = 1e-10, 80.0, 9
+AMIN, TOP_DB, _DELTA_WIDTH = 1e-10, 80.0, 9
 
 
 # ----------------------------------------------------------------------------- config
@@ -103,7 +103,7 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: fl
 
 
 @lru_cache(maxsize=16)
-def _dct_ortho(n_out: int, n_in: int) -> np.ndarray:
+def dct_ortho(n_out: int, n_in: int) -> np.ndarray:
     k, n = np.arange(n_out)[:, None], np.arange(n_in)[None, :]
     m = np.sqrt(2.0 / n_in) * np.cos(np.pi * k * (2 * n + 1) / (2 * n_in))
     m[0] /= np.sqrt(2.0)
@@ -111,7 +111,7 @@ def _dct_ortho(n_out: int, n_in: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _window(win_length: int, n_fft: int) -> np.ndarray:
+def stft_window(win_length: int, n_fft: int) -> np.ndarray:
     w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)  # periodic hann
     lpad = (n_fft - win_length) // 2
     return np.pad(w, (lpad, n_fft - win_length - lpad)).astype(np.float32)
@@ -158,17 +158,17 @@ def _compute(waves: np.ndarray, n_samples: np.ndarray, cfg: AudioFeatureConfig) 
     n_fft, hop = cfg.n_fft, cfg.hop_length
     padded = np.pad(waves, ((0, 0), (n_fft // 2, n_fft // 2)))
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=1)[:, ::hop]  # [B, T, n_fft]
-    power = np.abs(np.fft.rfft(frames * _window(cfg.win_length, n_fft), axis=2)) ** 2
+    power = np.abs(np.fft.rfft(frames * stft_window(cfg.win_length, n_fft), axis=2)) ** 2
     lengths = (1 + n_samples // hop).astype(np.int64)
     valid = np.arange(frames.shape[1])[None, :] < lengths[:, None]
     if cfg.denoise:
         power = _denoise(power, valid)
     mel = power.astype(np.float32) @ mel_filterbank(cfg.sample_rate, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax).T
-    db = 10.0 * np.log10(np.maximum(mel, _AMIN))
+    db = 10.0 * np.log10(np.maximum(mel, AMIN))
     top = np.where(valid, db.max(axis=2), -np.inf).max(axis=1)  # top_db per clip, real frames only
-    feat = np.maximum(db, (top - _TOP_DB)[:, None, None])
+    feat = np.maximum(db, (top - TOP_DB)[:, None, None])
     if cfg.features == "mfcc":
-        feat = feat @ _dct_ortho(cfg.n_mfcc, cfg.n_mels)
+        feat = feat @ dct_ortho(cfg.n_mfcc, cfg.n_mels)
     if cfg.deltas:
         feat = np.concatenate([feat, _delta(feat, lengths, 1), _delta(feat, lengths, 2)], axis=2)
     return np.where(valid[:, :, None], feat, 0.0).astype(np.float32), lengths
