@@ -8,7 +8,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 
-.PHONY: demo test setup setup-test clean
+LITERT := .venv-litert
+
+.PHONY: demo test setup setup-test litert clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +24,14 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	bash .ci/setup-browser.sh   # Debian chromium + chromedriver for the web-page test
 	touch $@
 
+# `polyfuse export --to litert`'s converter, in an environment of its own (see the script for why)
+$(LITERT)/.installed: $(VENV)/.installed
+	bash .ci/setup-litert.sh $(PY) $(LITERT)
+	touch $@
+
 setup: $(VENV)/.installed
-setup-test: $(VENV)/.installed-test
+setup-test: $(VENV)/.installed-test $(LITERT)/.installed
+litert: $(LITERT)/.installed
 
 demo: setup
 	$(VENV)/bin/polyfuse demo
@@ -32,4 +40,4 @@ test: setup-test
 	$(PY) -m pytest -n 2 --dist loadfile   # two workers, one file each at a time: the suite waits on servers and subprocesses
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LITERT) runs .pytest_cache

@@ -17,7 +17,8 @@ MACs per row and parameters before/after (target >= 50 % fewer MACs), test accur
 <= 1 point lost), both exported to fp32 ONNX and timed at batch 1 in the torch-free runtime on
 ``--rows`` test records, interleaved (target: the pruned one >= 1.4x faster).
 
-ExecuTorch, on the unpruned model: fp32 and static int8 .pte and static int8 ONNX, their parity gates,
+ExecuTorch and LiteRT, on the unpruned model: fp32 and static int8 .pte, fp32 and dynamic int8 .tflite
+(LiteRT's interpreter; its converter in POLYFUSE_LITERT_PYTHON, `make litert`) and static int8 ONNX, their parity gates,
 file sizes and batch-1 latency of the model alone on preprocessed rows (ONNX Runtime on one thread,
 ExecuTorch with its default threadpool), interleaved
 (target: int8 .pte within 1.5x of int8 ONNX Runtime).
@@ -107,15 +108,19 @@ def executorch_figures(model: Path, folder: Path, rows: int) -> dict:
     cli("export", model, "--quantize", "static", "--data", folder / "test.csv")
     for extra in ([], ["--quantize", "static"]):
         cli("export", model, "--to", "executorch", *extra, "--data", folder / "test.csv")
+    for extra in ([], ["--quantize", "dynamic"]):  # the converter: POLYFUSE_LITERT_PYTHON (`make litert`)
+        cli("export", model, "--to", "litert", *extra, "--data", folder / "test.csv")
     exports = json.loads((model / "exports.json").read_text())
     found = {b.name: b for b in backends(model, 1)}
     runs = {"pte-fp32": found["executorch-fp32"].load().run, "pte-int8": found["executorch-int8-static"].load().run,
+            "tflite-fp32": found["litert-fp32"].load().run, "tflite-int8": found["litert-int8-dynamic"].load().run,
             "onnx-int8": Runtime(model, "int8-static", 1).run_arrays}
     records = pd.read_csv(folder / "test.csv").head(rows).drop(columns=["label"]).to_dict("records")
     pre = Runtime(model).preprocessor
     singles = [pre.transform([r], folder)[0] for r in records]
     ms = interleaved_ms({k: (lambda b, f=f: f(b)) for k, f in runs.items()}, singles, rounds=3)
-    files = {"pte-fp32": "model.pte", "pte-int8": "model.int8-static.pte", "onnx-int8": "model.int8-static.onnx"}
+    files = {"pte-fp32": "model.pte", "pte-int8": "model.int8-static.pte", "tflite-fp32": "model.tflite",
+             "tflite-int8": "model.int8-dynamic.tflite", "onnx-int8": "model.int8-static.onnx"}
     return {k: {"ms": ms[k], "kb": exports[f]["bytes"] / 1024, "passed": exports[f]["verification"]["passed"]}
             for k, f in files.items()}
 

@@ -26,6 +26,8 @@ VARIANTS = {"fp32": "model.onnx", "int8-dynamic": "model.int8-dynamic.onnx", "in
 PT2 = "model.pt2"  # the torch.export program polyfuse.deploy.exporter writes (torch runs it, not this runtime)
 # the ExecuTorch programs polyfuse.deploy.pte writes (ExecuTorch's runtime runs them, not this one)
 PTE = {"fp32": "model.pte", "int8-static": "model.int8-static.pte", "int8-dynamic": "model.int8-dynamic.pte"}
+# the LiteRT flatbuffers polyfuse.deploy.litert writes (LiteRT's interpreter runs them, not this runtime)
+LITERT = {"fp32": "model.tflite", "int8-dynamic": "model.int8-dynamic.tflite"}
 
 
 def listed_files(folder: Path) -> set[str]:

@@ -14,6 +14,10 @@ from polyfuse.preprocess.audio_file import write_wav
 
 # tests write only to temp dirs: the pretrained encoders' embedding cache too (default ~/.cache/polyfuse)
 os.environ["POLYFUSE_CACHE"] = tempfile.mkdtemp(prefix="polyfuse-test-cache-")
+# LiteRT's converter lives in its own environment (`make litert`, part of `make test`'s setup)
+LITERT_PYTHON = Path(__file__).resolve().parents[1] / ".venv-litert" / "bin" / "python"
+if LITERT_PYTHON.exists():
+    os.environ.setdefault("POLYFUSE_LITERT_PYTHON", str(LITERT_PYTHON))
 
 AVDIGITS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "avdigits"
 CLASSES = ["cat", "dog", "owl"]

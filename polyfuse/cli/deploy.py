@@ -58,8 +58,9 @@ def cmd_compress(args: argparse.Namespace) -> None:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a verified ONNX / int8 / torch.export build into the model directory")
     p.add_argument("model")
-    p.add_argument("--to", choices=["onnx", "torch-export", "executorch"], default="onnx",
-                   help="executorch: a .pte program with the XNNPACK delegate, for phones (the edge extra)")
+    p.add_argument("--to", choices=["onnx", "torch-export", "executorch", "litert"], default="onnx",
+                   help="executorch: a .pte program with the XNNPACK delegate; litert: a .tflite flatbuffer "
+                   "(its converter in POLYFUSE_LITERT_PYTHON: `make litert`); both for phones, the edge extra")
     p.add_argument("--quantize", choices=["dynamic", "static"], default=None)
     p.add_argument("--calibration", default=None, help="table of rows to calibrate static int8 on (default: training)")
     p.add_argument("--data", default=None, help="labelled table to verify on (default: the validation split)")

@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 
 from polyfuse import artifact
-from polyfuse.runtime import PT2, PTE, VARIANTS, listed_files
+from polyfuse.runtime import LITERT, PT2, PTE, VARIANTS, listed_files
 
 WEIGHTS = "weights.safetensors"
 
@@ -77,6 +77,9 @@ loaded = load_pte_runtime(Path(a['folder']), a['file'])
 t2 = time.perf_counter()
 loaded.predict([a['record']], Path(a['record_folder']))
 """ + _CHILD_TAIL
+
+
+CHILD_LITERT = CHILD_PTE.replace("load_pte_runtime", "load_litert_runtime")
 
 
 def load_torch_runtime(folder: Path) -> Loaded:
@@ -167,6 +170,17 @@ def load_pte_runtime(folder: Path, name: str) -> Loaded:
     return _with_preprocessing(folder, name, run_on)
 
 
+def load_litert_runtime(folder: Path, name: str) -> Loaded:
+    """A LiteRT flatbuffer (.tflite) in LiteRT's interpreter, one row per call (its fixed batch)."""
+    from polyfuse.deploy.litert import open_runner, probabilities
+
+    def run_on(opened: Any, names: list[str]) -> Callable:
+        one = open_runner(opened.read(name), names)
+        return lambda batch: probabilities(one, names, batch)
+
+    return _with_preprocessing(folder, name, run_on)
+
+
 def backends(folder: Path, threads: int) -> list[Backend]:
     """The runtimes present in the artifact, torch eager first (the reference for speed-ups)."""
     found = []
@@ -185,4 +199,8 @@ def backends(folder: Path, threads: int) -> list[Backend]:
         if name in listed:
             found.append(Backend(f"executorch-{precision}", folder / name, lambda n=name: load_pte_runtime(folder, n),
                                  CHILD_PTE, {**common, "file": name}))
+    for precision, name in LITERT.items():
+        if name in listed:
+            found.append(Backend(f"litert-{precision}", folder / name, lambda n=name: load_litert_runtime(folder, n),
+                                 CHILD_LITERT, {**common, "file": name}))
     return found

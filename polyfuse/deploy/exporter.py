@@ -33,7 +33,7 @@ from polyfuse.deploy.onnx import (
 )
 from polyfuse.errors import ArtifactError
 from polyfuse.preprocess.pipeline import Decoded, decode_table
-from polyfuse.runtime import PT2, PTE, VARIANTS, open_session
+from polyfuse.runtime import LITERT, PT2, PTE, VARIANTS, open_session
 
 
 def log(msg: str) -> None:
@@ -130,8 +130,10 @@ def export(model_dir: str | Path, to: str = "onnx", quantize: str | None = None,
         return _export_pt2(folder, model, rows, batch, reference, force)
     if to == "executorch":
         return _export_executorch(folder, model, rows, batch, reference, target, quantize, calibration, force)
+    if to == "litert":
+        return _export_litert(folder, model, rows, batch, reference, target, quantize, force)
     if to != "onnx":
-        raise ExportError(f"unknown export target {to!r}; expected 'onnx', 'torch-export' or 'executorch'")
+        raise ExportError(f"unknown export target {to!r}; expected 'onnx', 'torch-export', 'executorch' or 'litert'")
 
     fp32 = folder / VARIANTS["fp32"]
     if quantize is None or not fp32.exists():
@@ -256,15 +258,35 @@ def _export_executorch(folder: Path, model: Any, rows: Decoded, batch: dict, ref
     return entry
 
 
+def _export_litert(folder: Path, model: Any, rows: Decoded, batch: dict, reference: dict, target: dict,
+                   quantize: str | None, force: bool) -> dict[str, Any]:
+    """A LiteRT flatbuffer (.tflite), fp32 or with dynamic int8 weights, checked in LiteRT's interpreter."""
+    from polyfuse.deploy import litert
+    from polyfuse.extras import require
+
+    require("edge", "polyfuse export --to litert", modules=("ai_edge_litert", "ai_edge_quantizer"))
+    tmp, entry, check = litert.export_litert(folder, model, rows, batch, reference, target, quantize)
+    name = LITERT[entry["precision"]]
+    try:
+        _gate(check, f"LiteRT {entry['precision']} (.tflite)", force, " Keep the fp32 build." if quantize else "")
+        os.replace(tmp, folder / name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _record(folder, model, name, entry)
+    return entry
+
+
 def _export_bundle(folder: Path, model: Any, table: Table, rows: Decoded, reference: dict, to: str,
                    force: bool) -> dict[str, Any]:
     """mobile/<to>/: the graph with the preprocessing inside, its contract and labels (polyfuse.deploy.mobile)."""
     from polyfuse.deploy import mobile
 
-    if to == "executorch":
-        from polyfuse.extras import require
+    from polyfuse.extras import require
 
+    if to == "executorch":
         require("edge", "polyfuse export --to executorch", modules=("executorch", "torchao"))
+    if to == "litert":
+        require("edge", "polyfuse export --to litert", modules=("ai_edge_litert",))
     staging, entry, check = mobile.export_bundle(folder, model, table, rows, reference, to)
     try:
         _gate(check, f"{to} with preprocessing in the graph", force)

@@ -28,7 +28,7 @@ from polyfuse.deploy.onnx import Check, ExportError, batch1_latency, metadata, o
 from polyfuse.preprocess import text as text_prep
 
 BUNDLE = "mobile"
-FILES = {"onnx": "model.onnx", "executorch": "model.pte"}
+FILES = {"onnx": "model.onnx", "executorch": "model.pte", "litert": "model.tflite"}
 # phrases that exercise each rule of text_ids.md: case, punctuation, digits, accents, CJK without spaces, emoji
 SAMPLE_TEXTS = ["Hello, World! It's 2026.", "Café crème brûlée — très bon", "我们今天去北京", "Ünïcödé   spaces\tand\nlines",
                 "emoji 👍🏽 ok?", "a", ""]
@@ -56,6 +56,10 @@ def _runner(to: str, path: Path, names: list[str]) -> Callable[[dict[str, np.nda
 
         session = open_session(path)
         return lambda row: dict(zip(names, session.run(names, row)))
+    if to == "litert":
+        from polyfuse.deploy.litert import open_runner
+
+        return open_runner(path, names)
     from polyfuse.deploy.pte import open_method
 
     method = open_method(path)
@@ -67,6 +71,10 @@ def _write_graph(to: str, model: Any, wrapper: torch.nn.Module, path: Path, arti
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         write_graph(wrapper, dg.example(model, 2), dg.dynamic_shapes(model, batch, bounded=False),
                     output_names(model), path, metadata(model, artifact_dir))
+    elif to == "litert":  # its converter runs in its own environment and traces the same DeviceModel
+        from polyfuse.deploy.litert import convert
+
+        convert(artifact_dir, path, with_preprocessing=True)
     else:  # phones run one record at a time; a batch axis would multiply the planned memory
         from polyfuse.deploy.pte import lower_module
 
@@ -79,6 +87,10 @@ def export_bundle(folder: Path, model: Any, table: Any, rows: Any, reference: di
     if to not in FILES:
         raise ExportError(f"--with-preprocessing exports to {' or '.join(FILES)}, not {to!r}")
     dg.check_supported(model)
+    if to == "litert":
+        from polyfuse.deploy.litert import check_supported
+
+        check_supported(model, with_preprocessing=True)
     t0 = time.perf_counter()
     wrapper = dg.DeviceModel(model).eval()
     positions = {r: k for k, r in enumerate(table.rows)}
@@ -126,7 +138,7 @@ def install(staging: Path, folder: Path, to: str) -> str:
 
 # ----------------------------------------------------------------------------- the contract
 def _input_entries(model: Any, name: str, cfg: Any, to: str) -> list[dict[str, Any]]:
-    batch: Any = 1 if to == "executorch" else "batch"
+    batch: Any = "batch" if to == "onnx" else 1
     state = model.preprocessor.state[name]
     present = {"name": f"{name}__present", "dtype": "bool", "shape": [batch], "meaning": f"false where {name} is missing"}
     if cfg.type == "image":
@@ -157,7 +169,7 @@ def _input_entries(model: Any, name: str, cfg: Any, to: str) -> list[dict[str, A
 
 def write_contract(staging: Path, model: Any, to: str, check: Check) -> dict[str, Any]:
     """contract.json, labels.json and, for text inputs, text_ids.md, text_vectors.json and vocabularies."""
-    batch: Any = 1 if to == "executorch" else "batch"
+    batch: Any = "batch" if to == "onnx" else 1
     labels = {n: model.preprocessor.classes(n) for n in model.spec.outputs}
     inputs = [e for n, c in model.spec.inputs.items() for e in _input_entries(model, n, c, to)]
     outputs = [{"name": n, "dtype": "float32", "type": c.type,
@@ -165,7 +177,8 @@ def write_contract(staging: Path, model: Any, to: str, check: Check) -> dict[str
                 "meaning": "probabilities, in the order of labels.json" if labels[n] else "the prediction"}
                for n, c in model.spec.outputs.items()]
     contract = {"format": "polyfuse.mobile/1", "model": FILES[to],
-                "runtime": "ONNX Runtime (opset 18)" if to == "onnx" else "ExecuTorch with the XNNPACK delegate",
+                "runtime": {"onnx": "ONNX Runtime (opset 18)", "executorch": "ExecuTorch with the XNNPACK delegate",
+                            "litert": "LiteRT (TensorFlow Lite) interpreter; int64 inputs narrowed to int32"}[to],
                 "inputs": inputs, "outputs": outputs, "verification": check.as_dict()}
     (staging / "contract.json").write_text(json.dumps(contract, indent=1, ensure_ascii=False))
     (staging / "labels.json").write_text(json.dumps(labels, indent=1, ensure_ascii=False))

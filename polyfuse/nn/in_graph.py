@@ -31,12 +31,17 @@ def _const(array: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(array, dtype=np.float32))
 
 
-def bilinear_weights(size_in: int, size_out: int) -> torch.Tensor:
-    """Pillow's BILINEAR resampling coefficients [size_out, size_in] (support widened by the scale when
-    shrinking, so shrinking averages: Pillow's antialiasing). ``size_in`` may be symbolic: the size
-    is then read back from a tensor (exporters trace tensor maths, not arithmetic on symbolic ints)."""
-    j = torch.arange(size_in, dtype=torch.float32)
-    scale = (j[-1:] + 1.0) / size_out  # [1]
+def positions(line: torch.Tensor) -> torch.Tensor:
+    """0, 1, ..., n-1 as float32 for a 1-D tensor of length n. A cumulative sum rather than arange: every
+    exporter takes it when n is symbolic (LiteRT's converter cannot lower an arange to a symbolic end)."""
+    return torch.cumsum(torch.ones_like(line, dtype=torch.float32), dim=0) - 1.0
+
+
+def bilinear_weights(line: torch.Tensor, size_out: int) -> torch.Tensor:
+    """Pillow's BILINEAR resampling coefficients [size_out, n] for an axis as long as ``line`` (support
+    widened by the scale when shrinking, so shrinking averages: Pillow's antialiasing)."""
+    j = positions(line)
+    scale = (j[-1:] + 1.0) / size_out  # [1]: the input length as a tensor, symbolic or not
     widen = torch.clamp(scale, min=1.0)
     centre = (torch.arange(size_out, dtype=torch.float32) + 0.5) * scale
     w = torch.clamp(1.0 - torch.abs((j[None, :] - centre[:, None] + 0.5) / widen), min=0.0)
@@ -64,8 +69,8 @@ class ImagePixels(nn.Module):
         x = pixels.permute(0, 3, 1, 2).to(torch.float32)  # [B, 3, H, W]
         if self.grey:
             x = torch.floor(((x * self.luma).sum(dim=1, keepdim=True) + 32768.0) / 65536.0)
-        across = bilinear_weights(x.shape[3], self.width)   # Pillow: horizontal pass first
-        down = bilinear_weights(x.shape[2], self.height)
+        across = bilinear_weights(x[0, 0, 0], self.width)   # Pillow: horizontal pass first
+        down = bilinear_weights(x[0, 0, :, 0], self.height)
         x = _round8(torch.matmul(x, across.transpose(0, 1)))
         x = _round8(torch.matmul(down, x))
         x = (x / 255.0 - self.mean) / self.std
@@ -96,7 +101,7 @@ class AudioWave(nn.Module):
 
     def forward(self, wave: torch.Tensor, length: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
         # peak 1 over the whole clip, as decoding does before anything is cut (PCM's scale does not matter)
-        ours = torch.arange(wave.shape[1])[None, :] < length[:, None]
+        ours = positions(wave[0])[None, :] < length[:, None].to(torch.float32)
         wave = wave / torch.clamp(torch.where(ours, wave.abs(), torch.zeros_like(wave)).amax(1, keepdim=True), min=1e-12)
         # every clip cropped/zero-padded to max_samples: from here on every shape is fixed
         wave = torch.cat([wave, torch.zeros_like(wave[:, :1]).expand(-1, self.max_samples)], 1)[:, : self.max_samples]
