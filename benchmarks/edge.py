@@ -173,7 +173,7 @@ def print_graph(name: str, r: dict) -> None:
 
 def print_prune(name: str, r: dict) -> None:
     (m0, m1), (p0, p1) = r["macs"], r["parameters"]
-    fewer, lost, speed = 1 - m1 / m0, 100 * (r["full"] - r["pruned"]), r["full_ms"] / r["pruned_ms"]
+    fewer, lost, speed = 1 - m1 / m0, round(100 * (r["full"] - r["pruned"]), 6), r["full_ms"] / r["pruned_ms"]
     print("| set | MACs per row before / after (target >= 50 % fewer) | parameters | test accuracy before / after "
           "(target <= 1 pt lost) | ONNX batch-1 ms before / after (target >= 1.4x) | left whole |")
     print("| --- | --- | --- | --- | --- | --- |")

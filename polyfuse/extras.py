@@ -23,6 +23,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ray": ("the Ray extra", ("ray",)),
     "video": ("the video extra", ("av",)),
     "edge": ("the edge extra", ("torch", "torch_pruning")),
+    "experiments": ("the experiments extra", ("optuna", "mlflow")),
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from polyfuse.cli import demo, deploy, models, predict, privacy, serve, spec, train
+from polyfuse.cli import demo, deploy, experiments, models, predict, privacy, serve, spec, train
 from polyfuse.errors import PolyfuseError
 from polyfuse.threads import single_threaded_blas
 
@@ -14,7 +14,7 @@ from polyfuse.threads import single_threaded_blas
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="polyfuse", description="Multimodal fusion models from raw tables.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (spec, train, predict, deploy, serve, models, demo, privacy):  # the order `polyfuse --help` lists them
+    for group in (spec, train, experiments, predict, deploy, serve, models, demo, privacy):  # the order `polyfuse --help` lists them
         group.add_parsers(sub)
     args = parser.parse_args(argv)
     try:

@@ -14,11 +14,15 @@ import numpy as np
 
 
 def _vectors(values: np.ndarray, keep: np.ndarray) -> Any:
-    """A fixed-size list column: one float32 vector per row, null where ``keep`` is False."""
+    """A list column: one float32 vector per row (all of one length), null where ``keep`` is False.
+
+    A plain list rather than a fixed-size one: pyarrow before 26 (which MLflow 3.17 requires) cannot read
+    a null fixed-size list back from Parquet."""
     import pyarrow as pa
 
     flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).ravel())
-    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1], mask=pa.array(~keep))
+    offsets = pa.array(np.arange(0, values.size + 1, max(values.shape[1], 1), dtype=np.int32)[: len(values) + 1])
+    return pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~keep))
 
 
 def _chunk_table(model: Any, table: Any, idc: str | None) -> Any:

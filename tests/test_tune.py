@@ -1,0 +1,81 @@
+"""`polyfuse tune` (Optuna, resumable SQLite study, per-epoch pruning) and `polyfuse leaderboard`."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+from conftest import toy_spec
+
+from polyfuse.errors import PolyfuseError, SpecError
+from polyfuse.experiments import leaderboard, tune
+
+
+def test_space_entries_parse_and_bad_ones_name_their_field():
+    dims = tune.parse_space({"train.lr": "loguniform(1e-4, 1e-2)", "fusion.method": ["concat", "gated"],
+                             "fusion.dim": "int(32, 128)", "fusion.dropout": "uniform(0, 0.5)"})
+    assert dims["train.lr"].kind == "loguniform" and dims["train.lr"].high == 1e-2
+    assert dims["fusion.method"].choices == ("concat", "gated") and dims["fusion.dim"].kind == "int"
+    for bad in ({"train.lr": "normal(0, 1)"}, {"train.lr": "loguniform(0, 1)"}, {"fusion.dim": "int(5, 2)"},
+                {"fusion.method": []}):
+        with pytest.raises(SpecError, match=next(iter(bad))):
+            tune.parse_space(bad)
+    spec = {"inputs": {"note": {"type": "text"}}, "train": {"lr": 1e-3}}
+    assert tune.apply(spec, {"inputs.note.encoder": "cnn", "train.lr": 0.01})["inputs"]["note"]["encoder"] == "cnn"
+    assert spec["train"]["lr"] == 1e-3  # the base spec is never changed
+    with pytest.raises(SpecError, match="inputs.nope.encoder"):
+        tune.apply(spec, {"inputs.nope.encoder": "cnn"})
+
+
+def test_search_resumes_without_repeating_a_trial_and_the_leaderboard_ranks_it(toy_csv, tmp_path):
+    spec = toy_spec(toy_csv, epochs=3)
+    spec["inputs"] = {k: v for k, v in spec["inputs"].items() if k in ("note", "weight", "color")}
+    spec["train"]["ensemble"] = "off"
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    space = {"train.lr": "loguniform(1e-3, 3e-2)", "fusion.method": ["concat", "gated"]}
+    out = tmp_path / "tune"
+    first = tune.tune(tmp_path / "spec.yaml", space, trials=2, out=out)
+    assert first["complete"] == 2 and (out / "best.yaml").exists()
+    # a search killed in the middle of a trial leaves it RUNNING in the study
+    study = optuna.load_study(study_name="polyfuse", storage=f"sqlite:///{out / 'study.db'}")
+    study.ask()
+    second = tune.tune(tmp_path / "spec.yaml", space, trials=4, out=out, refit=True)
+    states = [t.state.name for t in optuna.load_study(study_name="polyfuse", storage=f"sqlite:///{out / 'study.db'}").trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == 4 and states.count("FAIL") == 1
+    assert second["trials"] == 5  # two before, the interrupted one, two more: none run twice
+    refit = json.loads((out / "refit" / "metrics.json").read_text())
+    assert refit["sizes"]["valid"] == 0 and refit["sizes"]["train"] > json.loads(
+        (out / f"trial-{second['best']['number']:03d}" / "metrics.json").read_text())["sizes"]["train"]
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["fusion"]["method"] in ("concat", "gated") and best["inputs"] == spec["inputs"]
+
+    rows = [r for r in leaderboard.leaderboard(out) if r["run"] != "refit"]
+    complete = [t for t in states if t == "COMPLETE"]
+    assert len(rows) == len(complete) and rows[0]["best"] == "*"
+    assert [r["valid"] for r in rows] == sorted((r["valid"] for r in rows), reverse=True)
+    assert rows[0]["run"] == f"trial-{second['best']['number']:03d}" and json.loads(rows[0]["params"])
+    done = subprocess.run([sys.executable, "-m", "polyfuse", "leaderboard", str(out), "--csv", str(tmp_path / "lb.csv")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "| * | trial-" in done.stdout
+    with open(tmp_path / "lb.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows) + 1  # and the refit model
+
+
+def test_suggest_writes_a_space_tune_accepts(toy_csv, tmp_path):
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(toy_spec(toy_csv)))
+    done = subprocess.run([sys.executable, "-m", "polyfuse", "tune", str(tmp_path / "spec.yaml"), "--suggest"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    space = yaml.safe_load(done.stdout)
+    assert space["inputs.note.encoder"] == ["ngram", "cnn"] and "train.lr" in space
+    assert set(tune.parse_space(space)) == set(space)
+
+
+def test_leaderboard_of_a_folder_without_models_says_so(tmp_path):
+    with pytest.raises(PolyfuseError, match="no model directories"):
+        leaderboard.leaderboard(tmp_path)
