@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,12 +146,26 @@ def train(spec: Any, data: Any = None, out: str | Path | None = None, resume: bo
 
     from polyfuse.training.memory import peak_mb, reset_peak
 
+    from polyfuse.training.tracking import tracker_for
+
     spec_obj, found = _spec_base(spec)
     base = Path(base) if base is not None else found
     t0 = time.perf_counter()
     fresh = reset_peak()
-    result = run(spec_obj, base, data=data, out=Path(out) if out else None, resume=resume,
-                 show_progress=show_progress, callback=callback, soft=soft)
+    tracker = tracker_for(spec_obj, base) if os.environ.get("RANK", "0") == "0" else None
+    hook = callback
+    if tracker is not None:
+        def hook(epoch: int, record: dict) -> None:
+            tracker.epoch(epoch, record)
+            if callback is not None:
+                callback(epoch, record)
+    try:
+        result = run(spec_obj, base, data=data, out=Path(out) if out else None, resume=resume,
+                     show_progress=show_progress, callback=hook, soft=soft)
+    except BaseException as e:
+        if tracker is not None:
+            tracker.stopped(e)
+        raise
     metrics = dict(result.metrics)
     metrics["sizes"] = result.sizes
     metrics["train_seconds"] = round(result.train_seconds, 2)
@@ -163,6 +178,8 @@ def train(spec: Any, data: Any = None, out: str | Path | None = None, resume: bo
         with report.plots(model) as files:
             model.save(out, extra_files=files)
         shutil.rmtree(str(out) + ".checkpoint", ignore_errors=True)
+    if tracker is not None:
+        tracker.finish(metrics, Path(out) if out is not None and result.main else None)
     return model
 
 

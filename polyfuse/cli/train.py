@@ -21,8 +21,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         from polyfuse.training.distributed import launch
 
         argv = [args.spec, "--out", args.out] + (["--resume"] if args.resume else []) + (["--quiet"] if args.quiet else [])
+        argv += (["--track", args.track] if args.track else []) + (["--tensorboard", args.tensorboard] if args.tensorboard else [])
         raise SystemExit(launch(argv, args.nproc))
-    model = train(args.spec, out=args.out, resume=args.resume, show_progress=bars(args))
+    spec, base = args.spec, None
+    if args.track or args.tensorboard:  # the flags win over the spec's train.tracking
+        from polyfuse.spec.schema import TrackingSpec, load_spec
+
+        spec, base = load_spec(args.spec)
+        old = spec.train.tracking or TrackingSpec()
+        spec.train.tracking = TrackingSpec(mlflow=_store(args.track) if args.track else old.mlflow,
+                                           experiment=old.experiment, tensorboard=args.tensorboard or old.tensorboard)
+    model = train(spec, out=args.out, resume=args.resume, show_progress=bars(args), base=base)
     if os.environ.get("RANK", "0") != "0":
         return  # a torchrun rank other than 0: rank 0 reports
     for split in ("test", "valid"):
@@ -33,6 +42,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         if table:
             print(table)
     print(f"trained in {model.metrics['train_seconds']:.1f} s; model saved to {args.out}")
+
+
+def _store(track: str) -> str:
+    """--track's URI; bare --track is a SQLite store in the working directory."""
+    from polyfuse.training.tracking import DEFAULT_STORE
+
+    return f"sqlite:///{Path(DEFAULT_STORE).resolve()}" if track == "default" else track
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -69,6 +85,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc", type=positive_int, default=None,
                    help="data-parallel processes on this machine (torchrun + DDP; gloo on CPU, NCCL on GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--track", nargs="?", const="default", default=None, metavar="URI",
+                   help="log the run to MLflow: a tracking server's http(s) URI, file:/path or sqlite:///path.db "
+                   "(bare --track: ./mlflow.db, artifacts in ./mlruns); a server that is down is reported once and training goes on")
+    p.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard event files here")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a saved model on a labelled table")

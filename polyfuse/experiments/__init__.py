@@ -1,3 +1,5 @@
 """Experiments as the ecosystem runs them: hyperparameter search (`polyfuse tune`), a leaderboard of runs
-(`polyfuse leaderboard`) and polyfuse models as an MLflow flavour. Tracking during training lives in
-:mod:`polyfuse.training.tracking`, below the estimator that calls it."""
+(`polyfuse leaderboard`). Tracking during training lives in :mod:`polyfuse.training.tracking`, below the
+estimator that calls it; the MLflow model flavour in :mod:`polyfuse.mlflow`.
+May import: ``polyfuse.estimator`` (training a trial) and everything below it; not ``polyfuse.deploy``.
+"""

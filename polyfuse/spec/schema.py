@@ -143,6 +143,14 @@ class PrivacySpec(Strict):
         return self
 
 
+class TrackingSpec(Strict):
+    mlflow: str | None = Field(None, description="MLflow tracking URI: http(s)://host:port of a tracking server, "
+                               "sqlite:///path.db (polyfuse train --track: ./mlflow.db) or file:/path (MLflow 3 wants "
+                               "MLFLOW_ALLOW_FILE_STORE=true for that)")
+    experiment: str = Field("polyfuse", description="the MLflow experiment runs are logged under")
+    tensorboard: str | None = Field(None, description="a folder for TensorBoard event files (per-epoch scalars)")
+
+
 class TrainSpec(Strict):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -178,6 +186,9 @@ class TrainSpec(Strict):
                           "trained with other seeds after it (each within time_limit); they are members beside the "
                           "linear ones. Needs ensemble auto; not with pretrained encoders (one backbone per network)")
     privacy: PrivacySpec | None = Field(None, description="differential privacy (DP-SGD with Opacus); default off")
+    tracking: TrackingSpec | None = Field(None, description="log the run to MLflow and/or TensorBoard: the spec as "
+                                          "params, per-epoch and final metrics, the card and plots; a tracking server "
+                                          "that is down is reported once and the run goes on")
 
 
 class Spec(Strict):
