@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -31,12 +32,17 @@ def test_space_entries_parse_and_bad_ones_name_their_field():
         tune.apply(spec, {"inputs.nope.encoder": "cnn"})
 
 
-def test_search_resumes_without_repeating_a_trial_and_the_leaderboard_ranks_it(toy_csv, tmp_path):
+def searchable(toy_csv, tmp_path) -> tuple[dict, dict]:
+    """A quick spec (text, number, category) written to tmp_path/spec.yaml, and a small space over it."""
     spec = toy_spec(toy_csv, epochs=3)
     spec["inputs"] = {k: v for k, v in spec["inputs"].items() if k in ("note", "weight", "color")}
     spec["train"]["ensemble"] = "off"
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    space = {"train.lr": "loguniform(1e-3, 3e-2)", "fusion.method": ["concat", "gated"]}
+    return spec, {"train.lr": "loguniform(1e-3, 3e-2)", "fusion.method": ["concat", "gated"]}
+
+
+def test_search_resumes_without_repeating_a_trial_and_the_leaderboard_ranks_it(toy_csv, tmp_path):
+    spec, space = searchable(toy_csv, tmp_path)
     out = tmp_path / "tune"
     first = tune.tune(tmp_path / "spec.yaml", space, trials=2, out=out)
     assert first["complete"] == 2 and (out / "best.yaml").exists()
@@ -49,7 +55,7 @@ def test_search_resumes_without_repeating_a_trial_and_the_leaderboard_ranks_it(t
     assert second["trials"] == 5  # two before, the interrupted one, two more: none run twice
     refit = json.loads((out / "refit" / "metrics.json").read_text())
     assert refit["sizes"]["valid"] == 0 and refit["sizes"]["train"] > json.loads(
-        (out / f"trial-{second['best']['number']:03d}" / "metrics.json").read_text())["sizes"]["train"]
+        (Path(second["best"]["model"]) / "metrics.json").read_text())["sizes"]["train"]
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["fusion"]["method"] in ("concat", "gated") and best["inputs"] == spec["inputs"]
 
@@ -57,7 +63,7 @@ def test_search_resumes_without_repeating_a_trial_and_the_leaderboard_ranks_it(t
     complete = [t for t in states if t == "COMPLETE"]
     assert len(rows) == len(complete) and rows[0]["best"] == "*"
     assert [r["valid"] for r in rows] == sorted((r["valid"] for r in rows), reverse=True)
-    assert rows[0]["run"] == f"trial-{second['best']['number']:03d}" and json.loads(rows[0]["params"])
+    assert rows[0]["run"] == Path(second["best"]["model"]).name and json.loads(rows[0]["params"])
     done = subprocess.run([sys.executable, "-m", "polyfuse", "leaderboard", str(out), "--csv", str(tmp_path / "lb.csv")],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -79,3 +85,17 @@ def test_suggest_writes_a_space_tune_accepts(toy_csv, tmp_path):
 def test_leaderboard_of_a_folder_without_models_says_so(tmp_path):
     with pytest.raises(PolyfuseError, match="no model directories"):
         leaderboard.leaderboard(tmp_path)
+
+
+def test_ray_engine_searches_with_asha_and_resumes_without_rerunning(toy_csv, tmp_path):
+    from polyfuse.scale.ray_tune import tune_ray
+
+    spec, space = searchable(toy_csv, tmp_path)
+    first = tune_ray(tmp_path / "spec.yaml", space, 3, tmp_path / "ray-tune")
+    assert first["engine"] == "ray" and first["trials"] == 3 and first["complete"] >= 1
+    assert first["complete"] + first["pruned"] + first["failed"] == 3
+    assert (tmp_path / "ray-tune" / "best.yaml").exists() and Path(first["best"]["model"]).is_dir()
+    again = tune_ray(tmp_path / "spec.yaml", space, 3, tmp_path / "ray-tune")  # restored: nothing left to run
+    assert again["trials"] == 3 and again["best"] == first["best"]
+    rows = leaderboard.leaderboard(tmp_path / "ray-tune")
+    assert rows[0]["best"] == "*" and rows[0]["run"].startswith("trial-") and len(rows) == first["complete"]

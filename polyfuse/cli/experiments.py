@@ -26,14 +26,21 @@ def cmd_tune(args: argparse.Namespace) -> None:
             print(text, end="")
         return
     require("experiments", "polyfuse tune", modules=("optuna",))
-    from polyfuse.experiments.tune import tune
-
     if not args.space or not args.out:
         raise SpecError("polyfuse tune needs --space SPACE.yaml and --out DIR (or --suggest to write a space)")
     space = yaml.safe_load(Path(args.space).read_text())
     if not isinstance(space, dict) or not space:
         raise SpecError(f"{args.space}: expected a mapping of spec fields to ranges or choices")
-    summary = tune(args.spec, space, args.trials, args.out, time_limit=args.time_limit, refit=args.refit)
+    if args.engine == "ray":
+        require("ray", "polyfuse tune --engine ray", modules=("ray",))
+        from polyfuse.scale.ray_tune import tune_ray
+
+        summary = tune_ray(args.spec, space, args.trials, args.out, time_limit=args.time_limit, address=args.address,
+                           refit=args.refit)
+    else:
+        from polyfuse.experiments.tune import tune
+
+        summary = tune(args.spec, space, args.trials, args.out, time_limit=args.time_limit, refit=args.refit)
     print(json.dumps(summary, indent=1))
 
 
@@ -57,6 +64,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="the search's folder: study.db, trial-NNN models, best.yaml, tune.json")
     p.add_argument("--refit", action="store_true", help="train the best spec again on the training and validation rows")
     p.add_argument("--suggest", action="store_true", help="write a sensible space for the spec and stop")
+    p.add_argument("--engine", choices=["optuna", "ray"], default="optuna",
+                   help="ray: Ray Tune (OptunaSearch + ASHA), trials in parallel on a Ray cluster")
+    p.add_argument("--address", default=None, help="with --engine ray: the cluster's address (default: a local Ray)")
     p.set_defaults(fn=cmd_tune)
 
     p = sub.add_parser("leaderboard", help="every model under a folder in one table, best first")

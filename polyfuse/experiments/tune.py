@@ -109,7 +109,7 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _score(spec: Spec, record: dict) -> float | None:
+def score_of(spec: Spec, record: dict) -> float | None:
     """The epoch's validation score as early stopping reads it (higher is better)."""
     from polyfuse.training.epochs import selection
 
@@ -168,7 +168,7 @@ def tune(spec_path: str | Path, space: dict[str, Any], trials: int, out: str | P
         folder = out / f"trial-{trial.number:03d}"
 
         def report(epoch: int, record: dict) -> None:
-            score = _score(spec, record)
+            score = score_of(spec, record)
             if score is not None and math.isfinite(score):
                 trial.report(score, epoch)
                 if trial.should_prune():
@@ -176,15 +176,15 @@ def tune(spec_path: str | Path, space: dict[str, Any], trials: int, out: str | P
                     raise optuna.TrialPruned(f"epoch {epoch + 1}: {score:.4f} trails the median")
 
         model = train(spec, out=folder, callback=report, base=base_dir, show_progress=False)
-        value = _final(spec, model.metrics)
-        _write_trial(folder, trial.number, params, "complete", value)
+        value = trial_value(spec, model.metrics)
+        write_trial(folder, trial.number, params, "complete", value)
         _log(f"trial {trial.number}: {value:.4f} {params}")
         return value
 
     if remaining:
         # a combination the spec cannot train (a bad value for this table) fails its trial, not the search
         study.optimize(objective, n_trials=remaining, timeout=time_limit, catch=(PolyfuseError,))
-    return _summarise(study, _as_written(spec_path, base_dir), out, refit, base_dir)
+    return _summarise(study, spec_path, base_dir, out, refit)
 
 
 def _as_written(spec_path: str | Path, base_dir: Path) -> dict[str, Any]:
@@ -201,7 +201,7 @@ def _example(dim: Dimension) -> Any:
     return dim.choices[0] if dim.kind == "choice" else (int(dim.low) if dim.kind == "int" else dim.low)
 
 
-def _final(spec: Spec, metrics: dict) -> float:
+def trial_value(spec: Spec, metrics: dict) -> float:
     """The trained model's validation headline for the first output (higher is better)."""
     from polyfuse.evaluate.metrics import headline, higher_is_better
 
@@ -211,37 +211,43 @@ def _final(spec: Spec, metrics: dict) -> float:
     return value if higher_is_better(metric) else -value
 
 
-def _write_trial(folder: Path, number: int, params: dict, state: str, value: float | None) -> None:
+def write_trial(folder: Path, number: int | str, params: dict, state: str, value: float | None) -> None:
     """tune_trial.json beside the trial's artifact (not in its manifest: the leaderboard's note, not model input)."""
     (folder / "tune_trial.json").write_text(json.dumps({"number": number, "params": params, "state": state,
                                                          "value": value}, indent=1))
 
 
-def _summarise(study: Any, raw: dict, out: Path, refit: bool, base_dir: Path) -> dict[str, Any]:
+def _summarise(study: Any, spec_path: str | Path, base_dir: Path, out: Path, refit: bool) -> dict[str, Any]:
     from optuna.trial import TrialState
-
-    from polyfuse.estimator import train
 
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not done:
         raise SpecError(f"tune: no trial finished in {out} (see the log above)")
     best = study.best_trial
-    best_spec = apply(raw, best.params)
+    counts = {"engine": "optuna", "trials": len(study.trials), "complete": len(done),
+              "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
+              "failed": sum(t.state == TrialState.FAIL for t in study.trials)}
+    return summary(spec_path, base_dir, out, best.params, best.value, str(out / f"trial-{best.number:03d}"), counts,
+                   refit)
+
+
+def summary(spec_path: str | Path, base_dir: Path, out: Path, params: dict, value: float, model: str,
+            counts: dict[str, Any], refit: bool = False) -> dict[str, Any]:
+    """best.yaml (the user's spec with the winning settings), the optional refit, and tune.json."""
+    from polyfuse.estimator import train
+
+    best_spec = apply(_as_written(spec_path, base_dir), params)
     (out / "best.yaml").write_text(yaml.safe_dump(best_spec, sort_keys=False))
-    summary = {"trials": len(study.trials), "complete": len(done),
-               "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
-               "failed": sum(t.state == TrialState.FAIL for t in study.trials),
-               "best": {"number": best.number, "value": best.value, "params": best.params,
-                        "model": str(out / f"trial-{best.number:03d}")}}
+    result = {**counts, "best": {"value": value, "params": params, "model": model}}
     if refit:  # the best settings on the training and validation rows, for as many epochs as the trial kept
         spec = copy.deepcopy(best_spec)
         spec.setdefault("data", {}).setdefault("split", {})["valid"] = 0.0
-        spec.setdefault("train", {})["epochs"] = max(1, _best_epoch(out / f"trial-{best.number:03d}"))
+        spec.setdefault("train", {})["epochs"] = max(1, _best_epoch(Path(model)))
         spec["train"]["early_stopping"] = None
         train(Spec.model_validate(spec), out=out / "refit", base=base_dir, show_progress=False)
-        summary["refit"] = str(out / "refit")
-    (out / "tune.json").write_text(json.dumps(summary, indent=1))
-    return summary
+        result["refit"] = str(out / "refit")
+    (out / "tune.json").write_text(json.dumps(result, indent=1))
+    return result
 
 
 def _best_epoch(folder: Path) -> int:
