@@ -60,10 +60,10 @@ def server(tmp_path_factory):
 
 
 def test_a_run_is_tracked_in_mlflow_and_tensorboard(toy_csv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "..")  # artifacts go beside the SQLite store, wherever the run starts
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(tmp_path)  # the SQLite store's artifacts go to ./mlruns
     spec = small_spec(toy_csv, mlflow=store, experiment="toy", tensorboard=str(tmp_path / "tb"))
     polyfuse.train(spec, out=tmp_path / "m", show_progress=False)
     client = mlflow.MlflowClient(tracking_uri=store)
@@ -73,6 +73,7 @@ def test_a_run_is_tracked_in_mlflow_and_tensorboard(toy_csv, tmp_path, monkeypat
     assert run.data.metrics["final.valid.label.accuracy"] >= 0 and "final.baseline.label.all.valid.accuracy" in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")] == [0, 1]
     assert run.data.tags["polyfuse.data.train.sha256"] == hashlib.sha256(toy_csv.read_bytes()).hexdigest()
+    assert run.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"MODEL_CARD.md", "metrics.json", "spec.yaml", "plots"} <= names
     events = EventAccumulator(str(tmp_path / "tb"))

@@ -119,6 +119,10 @@ class Tracker:
             import mlflow
 
             mlflow.set_tracking_uri(self.mlflow_uri)
+            if self.mlflow_uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(self.experiment) is None:
+                # artifacts beside the database, not in whatever folder the run happens to start from
+                db = Path(self.mlflow_uri[len("sqlite:///"):])
+                mlflow.create_experiment(self.experiment, artifact_location=(db.parent / "mlruns").resolve().as_uri())
             mlflow.set_experiment(self.experiment)
             run = mlflow.start_run()
             self.mlflow, self.run_id = mlflow, run.info.run_id
