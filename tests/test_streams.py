@@ -151,11 +151,14 @@ def test_ws_predictions_every_hop_and_errors(server, exported, series):
             ws.send(json.dumps({"samples": {"motion": series[i:i + HOP].tolist()}}))
             if i == 24:  # bad messages get errors; the stream goes on
                 ws.send("not json")
-                assert "JSON" in recv(ws)["error"]
                 ws.send(json.dumps({"samples": {"motion": [[1.0, 2.0, 3.0]]}}))
-                assert "'motion'" in recv(ws)["error"]
                 ws.send(json.dumps({"samples": {"gyro": [[1.0, 2.0]]}}))
-                assert "gyro" in recv(ws)["error"]
+                # the window's prediction is computed beside them: it may come before, between or after the errors
+                got = [recv(ws) for _ in range(4)]
+                errors = [g["error"] for g in got if "error" in g]
+                assert len(errors) == 3 and "JSON" in errors[0] and "'motion'" in errors[1] and "gyro" in errors[2]
+                ends += [g for g in got if "error" not in g]
+                continue
             ends.append(recv(ws))
         assert open_streams(server) == 1
     assert [e["window_end"] for e in ends] == [16, 24, 32, 40, 48]
