@@ -1,0 +1,73 @@
+"""Choose the chatbot's out-of-scope threshold on validation and report CLINC150's figures on test.
+
+    python examples/chatbot/abstain.py runs/chatbot examples/chatbot/data [--min-oos-recall R] [--spec spec.yaml]
+
+The model never saw an out-of-scope query. A query is answered "out of scope" when the model's top
+probability is below the threshold (`outputs.intent.abstain_below`). Two operating points are chosen on
+the validation rows (CLINC150's in-scope validation and its 100 out-of-scope validation queries):
+"balanced" maximises in-scope accuracy + out-of-scope recall; with ``--min-oos-recall R``, "min recall"
+keeps the best in-scope accuracy whose out-of-scope recall is at least R (a product's requirement: refuse
+at least that share of what it cannot answer). The test figures are read once per point, as the CLINC
+paper reports them: in-scope accuracy (an abstention counts as wrong) and out-of-scope recall. With
+``--spec``, writes ``spec.abstain.yaml`` beside it with the threshold of the last point chosen, to train
+the model that serves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import polyfuse
+
+
+def top(model, table: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    frame = pd.read_csv(table, keep_default_na=False)
+    probs = model.predict_proba(frame[["text"]].to_dict("records"))
+    return probs.to_numpy().max(1), np.asarray(probs.columns)[probs.to_numpy().argmax(1)], frame["intent"].tolist()
+
+
+def figures(threshold: float, conf_in, pred_in, truth_in, conf_oos) -> dict[str, float]:
+    answered = conf_in >= threshold
+    return {"in_scope_accuracy": float(np.mean(answered & (pred_in == np.asarray(truth_in)))),
+            "oos_recall": float(np.mean(conf_oos < threshold)) if len(conf_oos) else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--min-oos-recall", type=float, default=None)
+    parser.add_argument("--spec", type=Path, default=None)
+    args = parser.parse_args()
+    model = polyfuse.load(args.model)
+    valid, oos_valid = top(model, args.data / "valid.csv"), top(model, args.data / "oos_valid.csv")
+    test, oos_test = top(model, args.data / "test.csv"), top(model, args.data / "oos_test.csv")
+    grid = np.round(np.arange(0.02, 0.99, 0.01), 2)
+    on_valid = [figures(t, *valid, oos_valid[0]) for t in grid]
+    points = {"balanced": float(grid[int(np.argmax([sum(f.values()) for f in on_valid]))])}
+    if args.min_oos_recall is not None:
+        allowed = [i for i, f in enumerate(on_valid) if f["oos_recall"] >= args.min_oos_recall]
+        if allowed:
+            points["min recall"] = float(grid[max(allowed, key=lambda i: on_valid[i]["in_scope_accuracy"])])
+    result = {name: {"abstain_below": t, "validation": figures(t, *valid, oos_valid[0]),
+                     "test": figures(t, *test, oos_test[0])} for name, t in points.items()}
+    result["test_without_threshold"] = figures(0.0, *test, oos_test[0])
+    best = points["min recall" if "min recall" in points else "balanced"]
+    result["abstain_below"] = best
+    args.model.with_name(f"{args.model.name}.abstain.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    if args.spec:
+        spec = yaml.safe_load(args.spec.read_text())
+        spec["outputs"]["intent"]["abstain_below"] = best
+        out = args.spec.with_name("spec.abstain.yaml")
+        out.write_text(yaml.safe_dump(spec, sort_keys=False))
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
