@@ -87,7 +87,16 @@ def test_leaderboard_of_a_folder_without_models_says_so(tmp_path):
         leaderboard.leaderboard(tmp_path)
 
 
-def test_ray_engine_searches_with_asha_and_resumes_without_rerunning(toy_csv, tmp_path):
+@pytest.fixture
+def own_ray():
+    """The local Ray the search starts, shut down after (other test modules in this process start their own)."""
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+def test_ray_engine_searches_with_asha_and_resumes_without_rerunning(toy_csv, tmp_path, own_ray):
     from polyfuse.scale.ray_tune import tune_ray
 
     spec, space = searchable(toy_csv, tmp_path)
