@@ -5,7 +5,7 @@ their raw records both ways.
 Per input, the graph takes (B = rows in the call):
 
 - image ``name``: RGB uint8 [B, H, W, 3], upright, any H and W (one size per call) + ``name__present`` bool [B];
-- audio ``name``: float32 [B, N] mono at the input's ``sample_rate``, as decoded (peak 1), + ``name__length``
+- audio ``name``: float32 [B, N] mono at the input's ``sample_rate``, any scale (peak-normalised inside), + ``name__length``
   int64 [B] (samples of each row; the rest is padding) + ``name__present`` bool [B];
 - text ``name``: int64 [B, L]: hashed n-gram ids (``ngram`` encoder, L = max_ngrams) or vocabulary ids
   (``cnn``/``bigru``/``bilstm``, L = max_length), 0 = padding, computed as the bundle's text_ids.md says;

@@ -115,6 +115,8 @@ def export(model_dir: str | Path, to: str = "onnx", quantize: str | None = None,
     folder = Path(model_dir)
     if artifact.ENCRYPTION in artifact.verify(folder):  # a plain model.onnx beside sealed files would leak the weights
         raise ArtifactError(f"{folder} is encrypted: export the plain model first, then run `polyfuse encrypt`")
+    if with_preprocessing and to not in ("onnx", "executorch", "litert"):  # before the rows are decoded for nothing
+        raise ExportError(f"--with-preprocessing exports to onnx, executorch or litert, not {to!r}")
     if with_preprocessing and quantize is not None:
         raise ExportError("--with-preprocessing builds are fp32 (int8 rounding would reach the resize and STFT "
                           "weights inside the graph); drop --quantize, or export int8 without --with-preprocessing")

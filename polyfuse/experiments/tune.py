@@ -150,7 +150,7 @@ def tune(spec_path: str | Path, space: dict[str, Any], trials: int, out: str | P
     raw = base_spec.to_dict()
     dims = parse_space(space)
     for field in dims:  # every field must land in a valid spec: checked before any training
-        Spec.model_validate(apply(raw, {field: _example(dims[field])}))
+        Spec.model_validate(apply(raw, {field: example_value(dims[field])}))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name="polyfuse", storage=f"sqlite:///{out / 'study.db'}", load_if_exists=True, direction="maximize",
@@ -197,7 +197,8 @@ def _as_written(spec_path: str | Path, base_dir: Path) -> dict[str, Any]:
     return spec
 
 
-def _example(dim: Dimension) -> Any:
+def example_value(dim: Dimension) -> Any:
+    """A value ``dim`` may take (its first choice or its low end), to validate the field before a search."""
     return dim.choices[0] if dim.kind == "choice" else (int(dim.low) if dim.kind == "int" else dim.low)
 
 

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from polyfuse.errors import SpecError
-from polyfuse.experiments.tune import Dimension, apply, parse_space, score_of, summary, trial_value, write_trial
+from polyfuse.experiments.tune import (
+    Dimension,
+    apply,
+    example_value,
+    parse_space,
+    score_of,
+    summary,
+    trial_value,
+    write_trial,
+)
 from polyfuse.scale import init_ray
 from polyfuse.spec.schema import Spec, load_spec
 
@@ -42,7 +51,7 @@ def tune_ray(spec_path: str | Path, space: dict[str, Any], trials: int, out: str
     base_spec, base_dir = load_spec(str(spec_path))
     raw, dims = base_spec.to_dict(), parse_space(space)
     for field, dim in dims.items():  # every field must land in a valid spec before a trial starts
-        Spec.model_validate(apply(raw, {field: dim.choices[0] if dim.kind == "choice" else dim.low}))
+        Spec.model_validate(apply(raw, {field: example_value(dim)}))
 
     def trainable(config: dict) -> None:
         from polyfuse.estimator import train
