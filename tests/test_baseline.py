@@ -230,6 +230,26 @@ def test_audio_baseline_reads_pitch_from_mfcc_statistics():
     assert result["outputs"]["label"]["all"]["valid"]["accuracy"] >= 10 / 12  # 2 of the 12 clips are missing: guesses
 
 
+def test_time_series_baseline_reads_the_latest_reading_past_trailing_gaps():
+    """The target is the series' last reading: summary statistics alone cannot give it, the latest one can,
+    and a gap at the end (a station that did not report) falls back to the reading before it."""
+    rng = np.random.default_rng(2)
+    series, target = [], []
+    for i in range(120):
+        x = rng.standard_normal((12, 2)).tolist()
+        if i % 4 == 0:
+            x[-1] = [None, None]  # the latest hour missing: the one before counts
+        series.append(x)
+        target.append(x[-1][0] if x[-1][0] is not None else x[-2][0])
+    frame = pd.DataFrame({"recent": series, "next": target})
+    spec = Spec.model_validate({"inputs": {"recent": {"type": "timeseries", "channels": 2, "length": 12}},
+                                "outputs": {"next": {"type": "number"}}})
+    pre, train, valid, test = split(spec, frame)
+    result = fit_baselines(spec, pre, train, valid, test)
+    assert result["inputs"]["recent"]["features"] == 6 * 2 + 1  # six statistics per channel, the missing flag
+    assert result["outputs"]["next"]["all"]["valid"]["r2"] > 0.9
+
+
 def test_without_held_out_rows_nothing_is_fitted_and_nothing_is_shown():
     spec = Spec.model_validate({"inputs": {"note": {"type": "text"}}, "outputs": {"label": {"type": "category"}}})
     pre, train, _, _ = split(spec, keyword_table(30))

@@ -2,6 +2,7 @@
 dtypes and cardinality, the target's classes; bad input gets a clear message. Tables are generated."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
@@ -223,6 +224,23 @@ def test_group_column_and_sibling_test_table(tmp_path):
     spec, _ = init(path)
     assert spec["data"]["split"]["group_by"] == "speaker" and "speaker" not in spec["inputs"]
     assert spec["data"]["test"] == str(tmp_path / "test.csv")
+    assert "valid" not in spec["data"] and spec["data"]["split"]["valid"] == 0.1
+    write(tmp_path, frame.tail(10), "val.csv")  # a validation table beside it replaces the random share
+    spec, text = init(path)
+    assert spec["data"]["valid"] == str(tmp_path / "val.csv") and "valid" not in spec["data"]["split"]
+    assert "found beside the training table" in line_of(text, "valid", after="data:")
+
+
+def test_timestamps_are_dropped_and_json_arrays_are_time_series(tmp_path):
+    times = pd.date_range("2021-03-01", periods=60, freq="h").astype(str)
+    series = [json.dumps([[i + k, None if k == 1 else 0.5 * k] for k in range(12 + i % 3)]) for i in range(60)]
+    frame = pd.DataFrame({"when": times, "recent": series, "body": sentences("en", 60), "label": labels(60)})
+    spec, text = init(write(tmp_path, frame))
+    assert "when" not in spec["inputs"] and "'when' dropped: dates/times such as '2021-03-01 00:00:00'" in text
+    recent = spec["inputs"]["recent"]
+    assert recent["type"] == "timeseries" and recent["channels"] == 2 and recent["length"] == 16
+    frame["recent"] = ["[not json" if i % 2 else s for i, s in enumerate(series)]  # half broken: text, not series
+    assert init(write(tmp_path, frame))[0]["inputs"]["recent"]["type"] == "text"
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -29,7 +29,7 @@ from polyfuse.autospec.profile import (
     scripts,
 )
 from polyfuse.autospec import pretrained
-from polyfuse.autospec.target import level, pick_target, sibling_test, target_entry
+from polyfuse.autospec.target import level, pick_target, sibling_table, target_entry
 from polyfuse.data.io import Table, is_missing, read_table
 from polyfuse.errors import SpecError
 
@@ -312,7 +312,7 @@ def _inputs(table: Table, out_col: str, group: str | None, seed: int, inferred: 
         if col == group:
             lines.append(f"{col}: {info}; grouping column for the split")
             continue
-        if kind.kind in ("empty", "constant", "id", "unsupported"):
+        if kind.kind in ("empty", "constant", "id", "timestamp", "unsupported"):
             lines.append(f"{col}: {info}; dropped: {kind.reason}")
             inferred.notes.setdefault(("inputs",), []).append(f"{col!r} dropped: {kind.reason}")
             continue
@@ -365,13 +365,16 @@ def _input_entry(col: str, kind: Kind, folder: Path, seed: int, per_class: float
 
 
 def _data(table_path: str | Path, table: Table, group: str | None, inferred: Inferred) -> dict[str, Any]:
-    """The data section: the table, a test table found beside it, and a split grouped when it can be."""
+    """The data section: the table, validation and test tables found beside it, and a split grouped when it can be."""
     split: dict[str, Any] = {"valid": 0.1, "seed": 0}
     data: dict[str, Any] = {"train": str(table_path)}
-    test = sibling_test(table_path)
-    if test:
-        data["test"] = test
-        inferred.comments[("data", "test")] = "found beside the training table"
+    for split_name in ("valid", "test"):
+        found = sibling_table(table_path, split_name)
+        if found:
+            data[split_name] = found
+            inferred.comments[("data", split_name)] = "found beside the training table"
+    if "valid" in data:
+        del split["valid"]  # the given validation table replaces the random share of train
     if group:
         groups = len({level(v) for v in table.columns[group] if not is_missing(v)})
         if groups >= 2:

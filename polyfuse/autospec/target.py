@@ -89,14 +89,19 @@ def target_entry(name: str, values: list, how: str, requested: bool,
     return entry, why, f"{len(counts)} classes, largest {100 * share:.0f}%"
 
 
-def sibling_test(table_path: str | Path) -> str | None:
-    """'test.csv' beside 'train.csv' (or x_test.* beside x_train.*), as a path like the one given."""
+SPLIT_NAMES = {"valid": ("valid", "val", "validation", "dev"), "test": ("test",)}
+
+
+def sibling_table(table_path: str | Path, split: str) -> str | None:
+    """'valid.csv' or 'test.csv' beside 'train.csv' (or x_val.* beside x_train.*; ``SPLIT_NAMES``), as a path
+    like the one given."""
     path = Path(table_path)
     if "train" not in path.stem.lower():
         return None
     i = path.stem.lower().rindex("train")
-    stem = path.stem[:i] + ("TEST" if path.stem[i:i + 5].isupper() else "test") + path.stem[i + 5:]
-    for suffix in [path.suffix] + sorted(TABLE_SUFFIXES - {path.suffix}):
-        if path.with_name(stem + suffix).is_file():
-            return str(path.with_name(stem + suffix))
+    for name in SPLIT_NAMES[split]:
+        stem = path.stem[:i] + (name.upper() if path.stem[i:i + 5].isupper() else name) + path.stem[i + 5:]
+        for suffix in [path.suffix] + sorted(TABLE_SUFFIXES - {path.suffix}):
+            if path.with_name(stem + suffix).is_file():
+                return str(path.with_name(stem + suffix))
     return None
