@@ -72,6 +72,33 @@ def test_search_resumes_without_repeating_a_trial_and_the_leaderboard_ranks_it(t
         assert len(list(csv.DictReader(f))) == len(rows) + 1  # and the refit model
 
 
+def tracked_runs(store: str) -> tuple[object, list]:
+    """The search's parent run and its trials' runs in the MLflow store (experiment 'search')."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])
+    parents = [r for r in runs if "polyfuse.tune.engine" in r.data.tags]
+    assert len(parents) == 1, [r.data.tags for r in runs]
+    return parents[0], [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+
+
+def test_tracked_trials_nest_under_the_search_run_with_the_best_settings(toy_csv, tmp_path):
+    spec, space = searchable(toy_csv, tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec["train"].update(epochs=2, tracking={"mlflow": store, "experiment": "search"})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = tune.tune(tmp_path / "spec.yaml", space, trials=2, out=tmp_path / "tune")
+    parent, trials = tracked_runs(store)
+    assert parent.info.status == "FINISHED" and parent.data.params["space.train.lr"] == "loguniform(1e-3, 3e-2)"
+    assert parent.data.metrics["best.value"] == pytest.approx(result["best"]["value"])
+    assert parent.data.params["best.fusion.method"] == result["best"]["params"]["fusion.method"]
+    assert len(trials) == 2 and {t.info.status for t in trials} <= {"FINISHED", "KILLED"}  # a pruned trial: KILLED
+    assert {float(t.data.params["train.lr"]) for t in trials} == {
+        t.params["train.lr"] for t in optuna.load_study(study_name="polyfuse",
+                                                         storage=f"sqlite:///{tmp_path / 'tune' / 'study.db'}").trials}
+
+
 def test_suggest_writes_a_space_tune_accepts(toy_csv, tmp_path):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(toy_spec(toy_csv)))
     done = subprocess.run([sys.executable, "-m", "polyfuse", "tune", str(tmp_path / "spec.yaml"), "--suggest"],
@@ -100,11 +127,21 @@ def test_ray_engine_searches_with_asha_and_resumes_without_rerunning(toy_csv, tm
     from polyfuse.scale.ray_tune import tune_ray
 
     spec, space = searchable(toy_csv, tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec["train"]["tracking"] = {"mlflow": store, "experiment": "search"}  # trials in Ray's workers nest too
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     first = tune_ray(tmp_path / "spec.yaml", space, 3, tmp_path / "ray-tune")
     assert first["engine"] == "ray" and first["trials"] == 3 and first["complete"] >= 1
     assert first["complete"] + first["pruned"] + first["failed"] == 3
     assert (tmp_path / "ray-tune" / "best.yaml").exists() and Path(first["best"]["model"]).is_dir()
     again = tune_ray(tmp_path / "spec.yaml", space, 3, tmp_path / "ray-tune")  # restored: nothing left to run
     assert again["trials"] == 3 and again["best"] == first["best"]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])
+    parents = {r.info.run_id for r in runs if r.data.tags.get("polyfuse.tune.engine") == "ray"}
+    assert len(parents) == 2  # one per call; the first call's trials nest under the first
+    assert sum(r.data.tags.get("mlflow.parentRunId") in parents for r in runs) == 3
     rows = leaderboard.leaderboard(tmp_path / "ray-tune")
     assert rows[0]["best"] == "*" and rows[0]["run"].startswith("trial-") and len(rows) == first["complete"]

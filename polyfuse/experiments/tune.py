@@ -30,6 +30,7 @@ import yaml
 
 from polyfuse.errors import SpecError
 from polyfuse.spec.schema import Spec
+from polyfuse.training.tracking import SearchRun
 
 # anchored, no nested quantifiers: linear time on whatever a space file holds
 _RANGE = re.compile(r"^\s*(uniform|loguniform|int)\(\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*\)\s*$")
@@ -181,10 +182,13 @@ def tune(spec_path: str | Path, space: dict[str, Any], trials: int, out: str | P
         _log(f"trial {trial.number}: {value:.4f} {params}")
         return value
 
-    if remaining:
-        # a combination the spec cannot train (a bad value for this table) fails its trial, not the search
-        study.optimize(objective, n_trials=remaining, timeout=time_limit, catch=(PolyfuseError,))
-    return _summarise(study, spec_path, base_dir, out, refit)
+    with SearchRun(base_spec, space, "optuna") as parent:  # trials tracked to MLflow nest under it
+        if remaining:
+            # a combination the spec cannot train (a bad value for this table) fails its trial, not the search
+            study.optimize(objective, n_trials=remaining, timeout=time_limit, catch=(PolyfuseError,))
+        result = _summarise(study, spec_path, base_dir, out, refit)
+        parent.finish(result, out)
+    return result
 
 
 def _as_written(spec_path: str | Path, base_dir: Path) -> dict[str, Any]:

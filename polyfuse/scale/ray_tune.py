@@ -9,6 +9,7 @@ written as with Optuna alone, so `polyfuse leaderboard DIR` reads both engines' 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from polyfuse.experiments.tune import (
 )
 from polyfuse.scale import init_ray
 from polyfuse.spec.schema import Spec, load_spec
+from polyfuse.training.tracking import PARENT_ENV, SearchRun
 
 
 def _ray_dim(dim: Dimension) -> Any:
@@ -53,9 +55,15 @@ def tune_ray(spec_path: str | Path, space: dict[str, Any], trials: int, out: str
     for field, dim in dims.items():  # every field must land in a valid spec before a trial starts
         Spec.model_validate(apply(raw, {field: example_value(dim)}))
 
+    search = SearchRun(base_spec, space, "ray")
+    search.start()  # its id goes to the trials; the `with` below closes it once they end
+    parent_run = search.run_id
+
     def trainable(config: dict) -> None:
         from polyfuse.estimator import train
 
+        if parent_run:  # this worker's trial is tracked under the search's MLflow run
+            os.environ[PARENT_ENV] = parent_run
         params = {f: config[f] for f in dims}
         spec = Spec.model_validate(apply(raw, params))
         folder = out / f"trial-{rt.get_context().get_trial_id()}"
@@ -81,13 +89,16 @@ def tune_ray(spec_path: str | Path, space: dict[str, Any], trials: int, out: str
                                       search_alg=OptunaSearch(seed=seed),
                                       scheduler=ASHAScheduler(grace_period=1, max_t=max(2, base_spec.train.epochs + 1))),
             run_config=rt.RunConfig(name="ray", storage_path=str(out), verbose=0))
-    results = tuner.fit()
-    finished = [r for r in results if r.error is None and r.metrics and r.metrics.get("final")]
-    if not finished:
-        raise SpecError(f"tune: no trial finished in {out} (Ray Tune's log: {place})")
-    best = max(finished, key=lambda r: r.metrics["score"])
-    stopped = sum(1 for r in results if r.error is None and r.metrics and not r.metrics.get("final"))
-    return summary(spec_path, base_dir, out, {f: best.config[f] for f in dims}, best.metrics["score"],
-                   str(out / f"trial-{best.metrics['trial_id']}"),
-                   {"engine": "ray", "trials": len(results), "complete": len(finished), "pruned": stopped,
-                    "failed": sum(1 for r in results if r.error is not None)}, refit)
+    with search:
+        results = tuner.fit()
+        finished = [r for r in results if r.error is None and r.metrics and r.metrics.get("final")]
+        if not finished:
+            raise SpecError(f"tune: no trial finished in {out} (Ray Tune's log: {place})")
+        best = max(finished, key=lambda r: r.metrics["score"])
+        stopped = sum(1 for r in results if r.error is None and r.metrics and not r.metrics.get("final"))
+        result = summary(spec_path, base_dir, out, {f: best.config[f] for f in dims}, best.metrics["score"],
+                         str(out / f"trial-{best.metrics['trial_id']}"),
+                         {"engine": "ray", "trials": len(results), "complete": len(finished), "pruned": stopped,
+                          "failed": sum(1 for r in results if r.error is not None)}, refit)
+        search.finish(result, out)
+    return result

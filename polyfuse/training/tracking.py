@@ -62,6 +62,19 @@ def reachable(uri: str) -> str | None:
         return str(getattr(e, "reason", e))[:200]
 
 
+def use_experiment(mlflow: Any, uri: str, name: str) -> None:
+    """Point MLflow at ``uri`` and experiment ``name``, created if new: for a SQLite store with its artifacts
+    beside the database, not in whatever folder the run happens to start from."""
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        db = Path(uri[len("sqlite:///"):])
+        mlflow.create_experiment(name, artifact_location=(db.parent / "mlruns").resolve().as_uri())
+    mlflow.set_experiment(name)
+
+
+PARENT_ENV = "POLYFUSE_MLFLOW_PARENT_RUN"  # the run id a trial in another process nests under
+
+
 class Tracker:
     """One run's tracking; every call is safe: the first failure is reported and tracking stops."""
 
@@ -118,13 +131,12 @@ class Tracker:
         try:
             import mlflow
 
-            mlflow.set_tracking_uri(self.mlflow_uri)
-            if self.mlflow_uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(self.experiment) is None:
-                # artifacts beside the database, not in whatever folder the run happens to start from
-                db = Path(self.mlflow_uri[len("sqlite:///"):])
-                mlflow.create_experiment(self.experiment, artifact_location=(db.parent / "mlruns").resolve().as_uri())
-            mlflow.set_experiment(self.experiment)
-            run = mlflow.start_run()
+            use_experiment(mlflow, self.mlflow_uri, self.experiment)
+            # a search's trial nests under the search's run: in its process (Optuna), or named by PARENT_ENV
+            # in a worker of its own (Ray Tune)
+            parent = os.environ.get(PARENT_ENV)
+            run = mlflow.start_run(nested=mlflow.active_run() is not None,
+                                   tags={"mlflow.parentRunId": parent} if parent and mlflow.active_run() is None else None)
             self.mlflow, self.run_id = mlflow, run.info.run_id
             params = {k: str(v)[:MAX_PARAM] for k, v in flatten(self.spec.to_dict()).items()}
             for start in range(0, len(params), 100):  # MLflow takes at most 100 params per call
@@ -186,3 +198,66 @@ def tracker_for(spec: Spec, base: Path) -> Tracker | None:
     tracker = Tracker(spec, base)
     tracker.start()
     return tracker
+
+
+class SearchRun:
+    """The MLflow run a search's trials nest under (`polyfuse tune` with tracking on): the space as params,
+    the best trial's value and settings, best.yaml and tune.json. Like a Tracker, a store that fails is
+    reported once and the search goes on."""
+
+    def __init__(self, spec: Spec, space: dict[str, Any], engine: str):
+        cfg = spec.train.tracking
+        self.uri = cfg.mlflow if cfg else None
+        self.experiment = cfg.experiment if cfg else "polyfuse"
+        self.space, self.engine = space, engine
+        self.mlflow: Any = None
+        self.run_id: str | None = None  # a trial in another process passes it on as PARENT_ENV
+        self.started = False
+
+    def __enter__(self) -> "SearchRun":
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Open the run (once: a second call does nothing), so its id can go to trials before the `with`."""
+        if not self.uri or self.started:
+            return
+        self.started = True
+        why = reachable(self.uri)
+        if why is not None:
+            _say(f"tracking: MLflow at {self.uri} cannot be reached ({why}); the search goes on untracked")
+            return
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        try:
+            import mlflow
+
+            use_experiment(mlflow, self.uri, self.experiment)
+            self.run_id = mlflow.start_run(run_name=f"tune ({self.engine})",
+                                           tags={"polyfuse.tune.engine": self.engine}).info.run_id
+            mlflow.log_params({f"space.{k}": str(v)[:MAX_PARAM] for k, v in list(self.space.items())[:100]})
+            self.mlflow = mlflow
+        except Exception as e:  # noqa: BLE001 - an unreachable or refusing store
+            _say(f"tracking: MLflow search run failed ({str(e)[:200]}); the search goes on untracked")
+
+    def finish(self, result: dict[str, Any], out: Path) -> None:
+        if self.mlflow is None:
+            return
+        try:
+            best = result["best"]
+            self.mlflow.log_metrics({"best.value": float(best["value"]), **_numbers(
+                {k: result.get(k) for k in ("trials", "complete", "pruned", "failed")})})
+            self.mlflow.log_params({f"best.{k}": str(v)[:MAX_PARAM] for k, v in list(best["params"].items())[:100]})
+            for name in ("best.yaml", "tune.json"):
+                if (out / name).is_file():
+                    self.mlflow.log_artifact(str(out / name))
+        except Exception as e:  # noqa: BLE001
+            _say(f"tracking: MLflow search run logging failed ({str(e)[:200]})")
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        if self.mlflow is not None:
+            try:
+                self.mlflow.end_run(status="FINISHED" if error is None else
+                                    "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            except Exception:  # noqa: BLE001 - closing a run on a store that is gone
+                pass
