@@ -99,6 +99,27 @@ def test_tracked_trials_nest_under_the_search_run_with_the_best_settings(toy_csv
                                                          storage=f"sqlite:///{tmp_path / 'tune' / 'study.db'}").trials}
 
 
+def test_a_trial_in_another_process_nests_under_the_run_its_environment_names(toy_csv, tmp_path, monkeypatch):
+    """Ray Tune's trials run in workers of their own: the search hands them its run id in PARENT_ENV
+    (scale/ray_tune.py), and a tracked training there files its run under it."""
+    import mlflow
+
+    import polyfuse
+    from polyfuse.spec.schema import Spec
+    from polyfuse.training.tracking import PARENT_ENV, SearchRun
+
+    spec, space = searchable(toy_csv, tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec["train"].update(epochs=1, tracking={"mlflow": store, "experiment": "search"})
+    with SearchRun(Spec.model_validate(spec), space, "ray") as search:
+        parent = search.run_id
+    monkeypatch.setenv(PARENT_ENV, parent)
+    polyfuse.train(spec, out=tmp_path / "m", show_progress=False)  # no run is active in this process now
+    found, trials = tracked_runs(store)
+    assert found.info.run_id == parent and len(trials) == 1 and trials[0].info.status == "FINISHED"
+    assert mlflow.active_run() is None
+
+
 def test_suggest_writes_a_space_tune_accepts(toy_csv, tmp_path):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(toy_spec(toy_csv)))
     done = subprocess.run([sys.executable, "-m", "polyfuse", "tune", str(tmp_path / "spec.yaml"), "--suggest"],
@@ -127,21 +148,11 @@ def test_ray_engine_searches_with_asha_and_resumes_without_rerunning(toy_csv, tm
     from polyfuse.scale.ray_tune import tune_ray
 
     spec, space = searchable(toy_csv, tmp_path)
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec["train"]["tracking"] = {"mlflow": store, "experiment": "search"}  # trials in Ray's workers nest too
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     first = tune_ray(tmp_path / "spec.yaml", space, 3, tmp_path / "ray-tune")
     assert first["engine"] == "ray" and first["trials"] == 3 and first["complete"] >= 1
     assert first["complete"] + first["pruned"] + first["failed"] == 3
     assert (tmp_path / "ray-tune" / "best.yaml").exists() and Path(first["best"]["model"]).is_dir()
     again = tune_ray(tmp_path / "spec.yaml", space, 3, tmp_path / "ray-tune")  # restored: nothing left to run
     assert again["trials"] == 3 and again["best"] == first["best"]
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=store)
-    runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])
-    parents = {r.info.run_id for r in runs if r.data.tags.get("polyfuse.tune.engine") == "ray"}
-    assert len(parents) == 2  # one per call; the first call's trials nest under the first
-    assert sum(r.data.tags.get("mlflow.parentRunId") in parents for r in runs) == 3
     rows = leaderboard.leaderboard(tmp_path / "ray-tune")
     assert rows[0]["best"] == "*" and rows[0]["run"].startswith("trial-") and len(rows) == first["complete"]

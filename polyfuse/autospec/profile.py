@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from polyfuse.autospec.cells import json_series, timestamps
 from polyfuse.data.io import is_missing, resolve_media
 from polyfuse.errors import BadInputError
 
@@ -33,9 +34,6 @@ ID_NAMES = ("id", "uid", "uuid", "row_id", "index", "key")
 UNSEGMENTED = {"CJK", "HIRAGANA", "KATAKANA", "HALFWIDTH", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN",
                "JAVANESE", "BALINESE", "YI", "SUNDANESE", "BUGINESE", "TAI", "NEW"}
 SCRIPT_NAMES = {"CJK": "Han", "HIRAGANA": "kana", "KATAKANA": "kana", "HALFWIDTH": "kana"}
-# ISO 8601 dates and times ("2012-10-02", "2012-10-02 09:00:00", "2012-10-02T09:00:00.5+02:00"); no nested
-# quantifiers, so it runs in linear time on any cell
-TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?")
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _MAGIC = {b"\x89PNG": "image", b"\xff\xd8": "image", b"GIF8": "image", b"BM": "image", b"fLaC": "audio",
           b"OggS": "audio", b"ID3": "audio"}
@@ -205,11 +203,10 @@ def _classify_strings(name: str, kind: Kind, cells: list[str], folder: Path) -> 
             f"; {len(odd)} of {len(cells)} sampled cells are not (e.g. {odd[0][:40]!r}): they will be bad rows "
             "(empty them to make them missing values)" if odd else "")
         return kind
-    if _json_series(cells):
+    if json_series(cells) >= MAJORITY * len(cells):
         kind.kind, kind.reason = "timeseries", "JSON arrays of readings in the cells"
         return kind
-    stamps = sum(bool(TIMESTAMP.fullmatch(v.strip())) for v in cells)
-    if stamps >= MAJORITY * len(cells):
+    if timestamps(cells) >= MAJORITY * len(cells):
         kind.kind = "timestamp"
         kind.reason = (f"dates/times such as {cells[0][:25]!r}: a point in time names a row, it does not describe it; "
                        "add what repeats (hour, weekday, month, holiday) as columns, and when rows are ordered in "
@@ -220,24 +217,6 @@ def _classify_strings(name: str, kind: Kind, cells: list[str], folder: Path) -> 
         kind.reason += (f"; {len(odd)} of {len(cells)} sampled cells look like file names (e.g. {odd[0][:40]!r}) "
                         "and are read as text")
     return kind
-
-
-def _json_series(cells: list[str]) -> bool:
-    """Nearly every cell a JSON array of numbers ([steps] or [steps][channels]; null for a gap) of > 1 step."""
-    import json
-
-    def series(text: str) -> bool:
-        if not text.lstrip().startswith("["):
-            return False
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return False
-        steps = [v if isinstance(v, list) else [v] for v in value] if isinstance(value, list) else []
-        return len(steps) > 1 and all(
-            all(x is None or isinstance(x, (int, float)) and not isinstance(x, bool) for x in step) for step in steps)
-
-    return sum(series(v) for v in cells) >= MAJORITY * len(cells)
 
 
 def _classify_text(name: str, kind: Kind, cells: list[str]) -> Kind:
