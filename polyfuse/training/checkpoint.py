@@ -50,7 +50,8 @@ def save(folder: Path, *, model: torch.nn.Module, best: dict[str, torch.Tensor],
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}  # a frozen backbone: rebuilt, not saved
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items() if k not in frozen}
     tensors.update({f"best.{k}": v.contiguous() for k, v in best.items()})
     tensors.update(opt_tensors)
     if average is not None:
