@@ -53,6 +53,18 @@ def make_toy(folder: Path, n: int = 90, seed: int = 0) -> Path:
     return path
 
 
+def train_interrupted(spec: dict, out: Path, after_epoch: int = 1) -> None:
+    """`polyfuse.train` stopped by Ctrl-C once epoch ``after_epoch`` (0-based) is done: its checkpoint stays."""
+    import polyfuse
+
+    def interrupt(epoch: int, record: dict) -> None:
+        if epoch == after_epoch:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        polyfuse.train(spec, out=out, show_progress=False, callback=interrupt)
+
+
 def toy_spec(csv: Path, **train) -> dict:
     return {
         "data": {"train": str(csv), "split": {"valid": 0.2, "test": 0.2, "seed": 0}},

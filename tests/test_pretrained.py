@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_toy, toy_spec
+from conftest import make_toy, toy_spec, train_interrupted
 from hf_models import tiny_bert
 
 import polyfuse
@@ -158,12 +158,7 @@ def test_checkpoints_leave_the_frozen_backbone_out_and_resume_exactly(toy, tmp_p
     spec["train"].update(epochs=3, early_stopping=None)
     whole = polyfuse.train(spec, out=tmp_path / "whole", show_progress=False)
 
-    def interrupt(epoch, record):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        polyfuse.train(spec, out=tmp_path / "cut", show_progress=False, callback=interrupt)
+    train_interrupted(spec, tmp_path / "cut")
     with safe_open(str(tmp_path / "cut.checkpoint" / "state.safetensors"), "pt") as f:
         saved = set(f.keys())
     backbone = {k for k in saved if ".backbone." in k}

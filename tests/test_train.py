@@ -8,7 +8,7 @@ import torch
 
 import polyfuse
 from polyfuse.errors import ArtifactError, SpecError
-from tests.conftest import toy_spec
+from tests.conftest import toy_spec, train_interrupted
 
 
 def test_toy_model_learns_and_reports(toy_model):
@@ -81,12 +81,7 @@ def test_resume_matches_uninterrupted_run(toy_csv, tmp_path, ema):
     spec["inputs"]["sound"]["augment"] = {"speed": [0.9, 1.1], "random_crop": True}  # exercises per-epoch rng
     whole = polyfuse.train(spec, out=tmp_path / "whole", show_progress=False)
 
-    def interrupt(epoch, record):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        polyfuse.train(spec, out=tmp_path / "cut", show_progress=False, callback=interrupt)
+    train_interrupted(spec, tmp_path / "cut")
     ckpt = tmp_path / "cut.checkpoint"
     assert (ckpt / "state.safetensors").exists() and json.loads((ckpt / "state.json").read_text())["epoch"] == 1
     assert not (tmp_path / "cut").exists()
