@@ -38,7 +38,12 @@ def main() -> None:
     start = {"hop": 1, **({"context": {"command": args.command}} if args.command else {})}
     answers: dict[int, str | None] = {}
     began = time.perf_counter()
-    with connect(args.url, max_size=1 << 22) as ws:
+    try:
+        ws_conn = connect(args.url, max_size=1 << 22)
+    except OSError as e:
+        raise SystemExit(f"cannot reach {args.url} ({e.strerror or e}): start `polyfuse serve runs/smarthome` first, "
+                         "or pass its address with --url") from None
+    with ws_conn as ws:
         ws.send(json.dumps({"start": start}))
         for i, minute in enumerate(readings):
             ws.send(json.dumps({"samples": {"sensors": [minute.round(6).tolist()]}}))
