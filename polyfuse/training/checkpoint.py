@@ -42,6 +42,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def frozen_parameters(net: torch.nn.Module) -> set[str]:
+    """Parameters training never changes: a frozen pretrained backbone's (hundreds of MB for e5)."""
+    return {n for n, p in net.named_parameters() if not p.requires_grad}
+
+
 def save(folder: Path, *, model: torch.nn.Module, best: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
          scheduler: Any, info: dict, average: Any = None) -> None:
     """Write the checkpoint into ``folder`` atomically (temp dir + rename); ``average``: train.ema's
@@ -50,7 +55,7 @@ def save(folder: Path, *, model: torch.nn.Module, best: dict[str, torch.Tensor],
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}  # a frozen backbone: rebuilt, not saved
+    frozen = frozen_parameters(model)  # a frozen backbone is rebuilt from its folder, not saved
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items() if k not in frozen}
     tensors.update({f"best.{k}": v.contiguous() for k, v in best.items()})
     tensors.update(opt_tensors)

@@ -117,22 +117,17 @@ class Loop:
     start: int = 0
 
 
-def frozen_parameters(net: torch.nn.Module) -> set[str]:
-    """Parameters training never changes: a frozen pretrained backbone's (hundreds of MB for e5)."""
-    return {n for n, p in net.named_parameters() if not p.requires_grad}
-
-
 def learnt_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A copy of what training changes (every buffer and trainable parameter), for the best-so-far weights
     and the checkpoints: copying a frozen e5 twice an epoch wrote 1.9 GB checkpoints for two text inputs."""
-    frozen = frozen_parameters(net)
+    frozen = checkpoint.frozen_parameters(net)
     return {k: v.detach().clone() for k, v in net.state_dict().items() if k not in frozen}
 
 
 def load_learnt(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a ``learnt_state``: every key but the frozen parameters must be there, and nothing else."""
     missing, unexpected = net.load_state_dict(state, strict=False)
-    wrong = sorted(set(missing) - frozen_parameters(net)) + sorted(unexpected)
+    wrong = sorted(set(missing) - checkpoint.frozen_parameters(net)) + sorted(unexpected)
     if wrong:
         raise ArtifactError(f"saved training state does not fit the network (e.g. {wrong[:3]}); train again "
                             "without --resume")

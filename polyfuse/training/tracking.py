@@ -65,6 +65,9 @@ def reachable(uri: str) -> str | None:
 def use_experiment(mlflow: Any, uri: str, name: str) -> None:
     """Point MLflow at ``uri`` and experiment ``name``, created if new: for a SQLite store with its artifacts
     beside the database, not in whatever folder the run happens to start from."""
+    # a server that dies mid-run must not hold training in MLflow's retries (minutes by default)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
         db = Path(uri[len("sqlite:///"):])
@@ -125,9 +128,6 @@ class Tracker:
                 self._off("TensorBoard", e)
 
     def _start_mlflow(self) -> None:
-        # a server that dies mid-run must not hold training in MLflow's retries (minutes by default)
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         try:
             import mlflow
 
@@ -227,8 +227,6 @@ class SearchRun:
         if why is not None:
             _say(f"tracking: MLflow at {self.uri} cannot be reached ({why}); the search goes on untracked")
             return
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         try:
             import mlflow
 
