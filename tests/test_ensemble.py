@@ -142,3 +142,70 @@ def test_members_past_the_deadline_are_left_out_and_named(toy_csv, tmp_path):
     weights = report["outputs"]["label"]["members"]
     assert weights[0]["member"] == "network" and weights[0]["weight"] == 1.0
     assert not net.members.active
+
+
+def test_a_multilabel_output_mixes_members_per_label_and_exports(tmp_path):
+    """Labels named by words in the text, a network barely trained: one logistic regression per label
+    carries them, the selection mixes each label's probability, and ONNX answers as torch does."""
+    import pandas as pd
+
+    import polyfuse
+    from polyfuse.deploy.exporter import export
+    from polyfuse.runtime import Runtime
+
+    rng = np.random.default_rng(3)
+    words = {"cough": "lung", "fracture": "bone", "murmur": "heart"}
+    rows = []
+    for i in range(240):
+        on = [w for w in words if rng.random() < 0.4]
+        filler = " ".join(rng.choice(["seen", "today", "patient", "with", "no", "history"], 4))
+        rows.append({"note": " ".join([filler, *on]), "age": float(rng.integers(20, 90)),
+                     "tags": "|".join(words[w] for w in on) or "none"})
+    csv = tmp_path / "tags.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    spec = {"data": {"train": str(csv), "split": {"valid": 0.25, "test": 0.25, "seed": 0}},
+            "inputs": {"note": {"type": "text", "tokenizer": "word", "max_length": 12, "buckets": 2048, "dim": 16},
+                       "age": {"type": "number", "dim": 4}},
+            "fusion": {"method": "concat", "dim": 16}, "outputs": {"tags": {"type": "multilabel"}},
+            "train": {"epochs": 1, "batch_size": 16, "lr": 1e-5, "seed": 0, "threads": 1, "baseline": False}}
+    model = polyfuse.train(spec, out=tmp_path / "m", show_progress=False)
+    report = model.metrics["ensemble"]["outputs"]["tags"]
+    weights = {r["member"]: r["weight"] for r in report["members"]}
+    network = next(r for r in report["members"] if r["member"] == "network")
+    assert report["metric"] == "f1_micro" and weights["network"] < 1.0
+    assert report["ensemble"]["valid"] >= network["valid"] and report["ensemble"]["test"] > 0.9
+    assert model.metrics["test"]["outputs"]["tags"]["f1_micro"] > 0.9  # what the saved graph answers
+    export(tmp_path / "m", data=csv)
+    records = [{"note": r["note"], "age": r["age"]} for r in rows[:16]]
+    onnx_p = Runtime(tmp_path / "m").predict_proba(records)["tags"]
+    torch_p = model.predict_proba(records).to_numpy()
+    np.testing.assert_allclose(onnx_p, torch_p, atol=1e-4)
+    assert onnx_p.shape == (16, 4) and ((onnx_p > 0.5) == np.array(
+        [[lab in r["tags"].split("|") for lab in ("bone", "heart", "lung", "none")] for r in rows[:16]])).mean() > 0.9
+
+
+def test_members_fitted_side_by_side_equal_those_fitted_one_at_a_time(toy_csv):
+    """Two fits at once (torch given two threads) install exactly what one at a time installs."""
+    import torch
+
+    import polyfuse
+    from polyfuse.spec.schema import load_spec
+    from polyfuse.training.ensemble import fit_members
+    from polyfuse.training.trainset import read_splits
+
+    model = polyfuse.train(toy_spec(toy_csv, epochs=1, baseline=False, ensemble="auto"), show_progress=False)
+    spec, base = load_spec(toy_spec(toy_csv, epochs=1, baseline=False))
+    splits = read_splits(spec, base, None, False)
+    installed = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            report = fit_members(spec, model.preprocessor, model.net, splits.train, splits.valid)
+            installed.append((report["C"], {k: v.clone() for k, v in model.net.members.state_dict().items()}))
+    finally:
+        torch.set_num_threads(threads)
+    (c1, one), (c2, two) = installed
+    assert c1 == c2 and len(c1["label"]) == len(model.net.members.members)
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=0, atol=0)

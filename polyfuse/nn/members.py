@@ -13,7 +13,8 @@ drops out of its mix and the other weights renormalise, so a model answers with 
 (and with only a pretrained input, the network answers alone).
 
 The mix averages probabilities (Caruana et al., 2004); the output is its log (category) or logit
-(binary), so temperature scaling and every runtime read it as they read the network's logits.
+(binary, and each label of a multilabel output), so temperature scaling and every runtime read it as
+they read the network's logits.
 """
 from __future__ import annotations
 
@@ -45,9 +46,11 @@ def member_inputs(spec: object) -> list[str]:
 
 
 def member_outputs(spec: object, state: dict) -> list[tuple[str, int]]:
-    """(output, logits) of the outputs an ensemble mixes: category (one per class) and binary (one)."""
-    return [(n, len(state[n]["classes"]) if c.type == "category" else 1)
-            for n, c in spec.outputs.items() if c.type in ("category", "binary")]
+    """(output, logits) of the outputs an ensemble mixes: category and multilabel (one per class or
+    label) and binary (one). Multilabel joined after the medical example's findings, where the network
+    alone lost 8 points of micro-F1 to a logistic regression per label."""
+    return [(n, 1 if c.type == "binary" else len(state[n]["classes"]))
+            for n, c in spec.outputs.items() if c.type in ("category", "binary", "multilabel")]
 
 
 def dense_width(cfg: object, state: dict) -> int:
@@ -137,6 +140,8 @@ class LinearMembers(nn.Module):
 
         self.inputs = member_inputs(spec)
         self.slices: dict[str, tuple[int, int]] = {}
+        # binary and multilabel outputs mix per-logit probabilities (sigmoid), category ones a softmax
+        self.sigmoid = {n: spec.outputs[n].type != "category" for n, _ in member_outputs(spec, state)}
         start = 0
         for name, k in member_outputs(spec, state):
             self.slices[name] = (start, start + k)
@@ -196,7 +201,7 @@ class LinearMembers(nn.Module):
             names: list[str]) -> torch.Tensor:
         """Output ``i``'s ensemble: the weighted mean of the members' probabilities, as logits."""
         a, b = self.slices[name]
-        binary = b - a == 1
+        binary = self.sigmoid[name]
         prob = (lambda z: torch.sigmoid(z)) if binary else (lambda z: torch.softmax(z, -1))
         ones = torch.ones_like(logits[:, 0])
         probs = [prob(logits)] + [prob(out[name]) for out in side.extra]

@@ -95,25 +95,70 @@ def _install_part(part: Any, kind: str, fit: dict, coef: np.ndarray, columns: li
             part.weight[:, columns] = w
 
 
-def _fit(x: Any, y: np.ndarray, xv: Any, yv: np.ndarray) -> tuple[Any, float]:
-    """The logistic regression with the best validation accuracy over ``STRENGTHS``, and its C."""
+def _fit(x: Any, y: np.ndarray, xv: Any, yv: np.ndarray, by_loss: bool = False) -> tuple[Any, ...]:
+    """The logistic regression with the best validation score over ``STRENGTHS`` (accuracy, or log-loss
+    where ``by_loss``): (coef, intercept, score, C, classes)."""
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(solver="saga", max_iter=100, tol=1e-3, random_state=0, warm_start=True)
     best = None
     for c in STRENGTHS:
         model.set_params(C=c).fit(x, y)
-        score = float((model.predict(xv) == yv).mean())
+        if by_loss:
+            p = np.clip(model.predict_proba(xv)[:, -1], 1e-7, 1 - 1e-7)
+            score = float(np.mean(yv * np.log(p) + (1 - yv) * np.log1p(-p)))
+        else:
+            score = float((model.predict(xv) == yv).mean())
         if best is None or score > best[2]:
             best = (model.coef_.copy(), model.intercept_.copy(), score, c, model.classes_.copy())
     return best
 
 
+def _fit_labels(x: Any, y: np.ndarray, xv: Any, yv: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    """A multilabel output's member: one binary logistic regression per label, its C chosen by validation
+    log-loss (accuracy barely moves on a rare label); a label constant in the training rows answers its
+    rate. (coef [K, F], intercept [K], each label's C or None)."""
+    coef, intercept, strengths = np.zeros((y.shape[1], x.shape[1])), np.zeros(y.shape[1]), []
+    for j in range(y.shape[1]):
+        if y[:, j].min() == y[:, j].max():
+            intercept[j] = 9.0 if y[0, j] else -9.0  # probability 1 - 1e-4 or 1e-4
+            strengths.append(None)
+            continue
+        w, b, _, c, _ = _fit(x, y[:, j], xv, yv[:, j], by_loss=True)
+        coef[j], intercept[j] = w[0], b[0]
+        strengths.append(c)
+    return coef, intercept, strengths
+
+
+def _unfittable(y: np.ndarray) -> str | None:
+    """Why no member can be fitted on these training targets (class ids, or multi-hot rows), or None."""
+    if y.ndim == 2:
+        return None if ((y == 1).any(0) & (y == 0).any(0)).any() else "no label both present and absent in the training rows"
+    return None if len(np.unique(y)) > 1 else "one class in the training rows"
+
+
+def _fit_member(y: np.ndarray, yv: np.ndarray, x: Any, xv: Any, a: int, b: int) -> tuple[Any, ...]:
+    """One member for one output's logits [a, b): (coef [columns, F], intercept, C, columns)."""
+    if y.ndim == 2:
+        coef, intercept, c = _fit_labels(x, y, xv, yv)
+        return coef, intercept, c, list(range(a, b))
+    coef, intercept, _, c, classes = _fit(x, y, xv, yv)
+    columns = [a] if b - a == 1 else [a + int(i) for i in classes]
+    if len(columns) == 2:  # two classes of several seen: scikit-learn gives one row, the second's logit
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.array([0.0, intercept[0]])
+    return coef, intercept, c, columns
+
+
 def fit_members(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded, valid: Decoded,
                 deadline: float | None = None) -> dict[str, Any]:
     """Fit every linear member on the training rows (its strength chosen on ``valid``) and install it;
-    returns each member's C and any skips. A member whose fit would end past ``deadline`` (a
-    time.perf_counter() value; the last fit's time is the estimate) is left unfitted and listed."""
+    returns each member's C and any skips. A member whose fit would start too late to end before
+    ``deadline`` (a time.perf_counter() value; the last fit's time is the estimate) is left unfitted and listed.
+
+    Fits run side by side on as many threads as torch was given (the ThreadGovernor's count: the cores
+    other processes leave free); scikit-learn's saga releases the GIL. Each is installed by this thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from threadpoolctl import threadpool_limits
 
     m = net.members
@@ -124,36 +169,45 @@ def fit_members(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded,
     for n in m.inputs:
         design[n], fits[n] = _matrix(m.kinds[n], raw[n], present[n], sizes[n], None)
         design_v[n], _ = _matrix(m.kinds[n], raw_v[n], present_v[n], sizes[n], fits[n])
-    targets, targets_v = pre.targets(train), pre.targets(valid)
+    targets = {out: (t.astype(int), pre.targets(valid)[out].astype(int)) for out, t in pre.targets(train).items()
+               if out in m.slices}
     report: dict[str, Any] = {"C": {}}
-    last = 0.0  # seconds the last member's fit took
-    with warnings.catch_warnings(), threadpool_limits(1):
+    jobs = []
+    for out in m.slices:
+        why = _unfittable(targets[out][0])
+        if why:
+            report.setdefault("skipped", {})[out] = why
+        else:
+            jobs += [(out, k, member) for k, member in enumerate(m.members)]
+    last = [0.0]  # seconds the last finished fit took
+
+    def run(job: tuple[str, int, str]) -> tuple[Any, ...] | None:
+        out, _, member = job
+        if deadline is not None and time.perf_counter() + last[0] > deadline:
+            return None
+        began = time.perf_counter()
+        names = m.inputs if member == "all" else [member]
+        stack = lambda d: sparse.hstack([d[n] for n in names], format="csr")  # noqa: E731
+        fitted = _fit_member(*targets[out], stack(design), stack(design_v), *m.slices[out])
+        last[0] = time.perf_counter() - began
+        return fitted
+
+    with warnings.catch_warnings(), threadpool_limits(1), ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         warnings.simplefilter("ignore")  # convergence notes: the validation scores say how each did
-        for out, (a, b) in m.slices.items():
-            y = targets[out].astype(int)
-            if len(np.unique(y)) < 2:
-                report.setdefault("skipped", {})[out] = "one class in the training rows"
+        for (out, k, member), fitted in zip(jobs, pool.map(run, jobs)):
+            if fitted is None:
+                report.setdefault("unfitted", {}).setdefault(out, []).append(member)
                 continue
-            for k, member in enumerate(m.members):
-                if deadline is not None and time.perf_counter() + last > deadline:
-                    report.setdefault("unfitted", {}).setdefault(out, []).append(member)
-                    continue
-                began = time.perf_counter()
-                names = m.inputs if member == "all" else [member]
-                stack = lambda d: sparse.hstack([d[n] for n in names], format="csr")  # noqa: E731
-                coef, intercept, _, c, classes = _fit(stack(design), y, stack(design_v), targets_v[out].astype(int))
-                report["C"].setdefault(out, {})[member] = c
-                columns = [a] if b - a == 1 else [a + int(i) for i in classes]
-                if len(columns) == 2:  # two classes of several seen: scikit-learn gives one row, the second's logit
-                    coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.array([0.0, intercept[0]])
-                with torch.no_grad():
-                    m.bias[k, a:b] = -30.0  # classes the training rows lack: never predicted
-                    m.bias[k, columns] = torch.from_numpy(intercept.astype(np.float32))
-                offsets = np.cumsum([0] + [design[n].shape[1] for n in names])
-                own = [c + (m.width if member != "all" else 0) for c in columns]  # the part's half for this member
-                for j, n in enumerate(names):
-                    _install_part(m.parts[n], m.kinds[n], fits[n], coef[:, offsets[j]:offsets[j + 1]], own)
-                last = time.perf_counter() - began
+            coef, intercept, report["C"].setdefault(out, {})[member], columns = fitted
+            a, b = m.slices[out]
+            with torch.no_grad():
+                m.bias[k, a:b] = -30.0  # classes the training rows lack: never predicted
+                m.bias[k, columns] = torch.from_numpy(intercept.astype(np.float32))
+            names = m.inputs if member == "all" else [member]
+            offsets = np.cumsum([0] + [design[n].shape[1] for n in names])
+            own = [col + (m.width if member != "all" else 0) for col in columns]  # the part's half for this member
+            for j, n in enumerate(names):
+                _install_part(m.parts[n], m.kinds[n], fits[n], coef[:, offsets[j]:offsets[j + 1]], own)
     return report
 
 
@@ -205,6 +259,11 @@ def _mix(probs: list[np.ndarray], counts: np.ndarray, avail: np.ndarray) -> np.n
 
 
 def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    """Mean log-loss of class ids ``y`` (rows of ``p`` a distribution), or of multi-hot ``y`` (each column
+    of ``p`` a label's probability)."""
+    if y.ndim == 2:
+        p = np.clip(p, 1e-7, 1 - 1e-7)
+        return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
     return float(-np.log(p[np.arange(len(y)), y] / p.sum(1)).mean())
 
 

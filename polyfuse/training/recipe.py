@@ -92,7 +92,7 @@ def ensemble(spec: Spec, pre: Preprocessor, net: FusionModel, splits: Splits, va
         return {"off": "under train.privacy: the linear members would be fitted without noise, outside DP-SGD's "
                        "guarantee, so the network is the model"}
     if net.members is None:
-        return {"off": "no category or binary output, or no input a linear member can read"}
+        return {"off": "no category, binary or multilabel output, or no input a linear member can read"}
     if valid_batch is None or splits.valid is None or not len(splits.valid):
         return {"off": "no validation rows to choose the weights on"}
     from polyfuse.training.ensemble import fit_and_select
