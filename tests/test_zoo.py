@@ -179,28 +179,34 @@ def test_the_pretrained_vector_is_a_linear_member_and_exports(tiny_e5, toy_csv, 
                                atol=1e-4)
 
 
-def test_evaluation_runs_each_frozen_backbone_once_for_all_its_ablations(tiny_e5, toy_csv, tmp_path):
-    """The ablation masks inputs 1 + 2 x inputs times: with the pooled vectors computed once up front the
-    scores are the same as running the backbone every time."""
-    from polyfuse.evaluate.scores import output_metrics
-    from polyfuse.nn.model import with_frozen_features
-    from polyfuse.preprocess.pipeline import decode_table
+def test_ablations_run_the_frozen_backbone_once_and_score_as_masked_inputs(tiny_e5, toy_csv, tmp_path):
+    """The ablation masks inputs 1 + 2 x inputs times: computed from one encoder pass (the backbone's
+    pooled vectors shared with the ensemble's member), each mask answers as a batch with those inputs
+    marked missing does."""
     from polyfuse.data.io import read_table
+    from polyfuse.nn.model import predict_arrays, predict_masked
+    from polyfuse.preprocess.pipeline import decode_table
 
-    spec = toy_spec(toy_csv, epochs=1, baseline=False, ensemble="off")
+    spec = toy_spec(toy_csv, epochs=1, baseline=False)
     spec["inputs"] = {"note": {"type": "text", "max_length": 16, "encoder": {"pretrained": "tiny-e5"}},
                       "color": spec["inputs"]["color"], "weight": spec["inputs"]["weight"]}
     model = polyfuse.train(spec, show_progress=False)
+    assert model.net.members.active and "note" in model.net.members.inputs  # the pooled-vector member mixes
     decoded = decode_table(model.spec, read_table(toy_csv), with_targets=True)
     batch = model.preprocessor.collate(decoded)
-    ready = with_frozen_features(model.net, batch)
-    assert ready["note__features"].shape == (len(decoded), zoo_files.H) and "note__features" not in batch
-    target = model.preprocessor.targets(decoded)
-    for masked in ({}, {"note__present": np.zeros(len(decoded), bool)}):
-        plain = output_metrics(model.net, model.preprocessor, {**batch, **masked}, target, full=False)
-        fast = output_metrics(model.net, model.preprocessor, {**ready, **masked}, target, full=False)
-        assert plain["label"]["accuracy"] == fast["label"]["accuracy"]
-        assert all(abs(plain["label"][k] - fast["label"][k]) < 1e-5 for k in plain["label"])
+    names = model.net.names
+    keeps = [np.ones(3, bool), np.array([False, True, True]), np.array([True, False, False])]
+    calls = []
+    hook = model.net.encoders["note"].backbone.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        together = predict_masked(model.net, batch, keeps, chunk=1024)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # one backbone pass over the rows (one chunk), for three masks and the member
+    for keep, got in zip(keeps, together):
+        masked = {**batch, **{f"{n}__present": np.zeros(len(decoded), bool) for n, k in zip(names, keep) if not k}}
+        want = predict_arrays(model.net, masked, chunk=1024)
+        np.testing.assert_allclose(got["label"].numpy(), want["label"].numpy(), atol=1e-5)
 
 
 def test_a_long_embedding_pass_says_how_far_it_is(capfd):

@@ -88,15 +88,38 @@ class FusionModel(nn.Module):
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, Side]:
         """Each input's vector, the [B, n_inputs] presence mask (before any modality dropout) and
         what else the inputs give (:class:`Side`)."""
-        present = torch.stack([batch[f"{n}__present"].bool() for n in self.names], dim=1)
-        mixing = self.members is not None and self.members.active
-        pooled: dict[str, torch.Tensor] = {}  # pretrained members' pooled vectors: one backbone run serves both
-        want = {n for n, k in self.members.kinds.items() if k == "pretrained"} if mixing else set()
-        vectors = [self.encode_input(n, batch, pooled if n in want else None) for n in self.names]
-        wide = [self.wide[n](batch[n]) if n in self.wide else None for n in self.names]
+        vectors, present, wide, pooled = self._encode_inputs(batch)
+        mixing = self._mixing()
         linear = self.members(batch, present, self.names, pooled) if mixing else None
         extra = [e(batch) for e in self.extra] if mixing else []
         return vectors, present, Side(wide, linear, extra)
+
+    def masked(self, batch: dict[str, torch.Tensor], keeps: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """The outputs with only the inputs each ``keeps[j]`` ([n_inputs] bool) marks left present, as if the
+        others were missing: the encoders (and further networks' encoders) run once for all of them."""
+        vectors, present, wide, pooled = self._encode_inputs(batch)
+        mixing = self._mixing()
+        extras = [e.encode(batch) for e in self.extra] if mixing else []
+        outs = []
+        for keep in keeps:
+            p = present & keep
+            linear = self.members(batch, p, self.names, pooled) if mixing else None
+            extra = [e.decide(v, p, side) for e, (v, _, side) in zip(self.extra, extras)]
+            outs.append(self.decide(vectors, p, Side(wide, linear, extra)))
+        return outs
+
+    def _mixing(self) -> bool:
+        return self.members is not None and self.members.active
+
+    def _encode_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[list, torch.Tensor, list, dict]:
+        """(vectors, presence [B, n_inputs], wide logits, pretrained members' pooled vectors): what the
+        inputs give before any mask; one backbone run serves a pretrained input's vector and its member."""
+        present = torch.stack([batch[f"{n}__present"].bool() for n in self.names], dim=1)
+        pooled: dict[str, torch.Tensor] = {}
+        want = {n for n, k in self.members.kinds.items() if k == "pretrained"} if self._mixing() else set()
+        vectors = [self.encode_input(n, batch, pooled if n in want else None) for n in self.names]
+        wide = [self.wide[n](batch[n]) if n in self.wide else None for n in self.names]
+        return vectors, present, wide, pooled
 
     def encode_input(self, name: str, batch: dict[str, torch.Tensor],
                      pooled: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -220,26 +243,20 @@ def embed_arrays(net: FusionModel, batch: dict, chunk: int = 256) -> tuple[np.nd
     return fused, vectors, torch.cat([p[2] for p in parts]).numpy()
 
 
-def with_frozen_features(net: FusionModel, batch: dict, chunk: int = 64) -> dict:
-    """``batch`` with each frozen pretrained input's pooled backbone vectors (``name__features``, what the
-    embedding cache holds) computed once, so that evaluating the same rows again with inputs masked (the
-    ablation: 9 passes with 4 inputs) does not run the backbones each time."""
-    from polyfuse.nn.hf import PretrainedEncoder
-
-    out = dict(batch)
+@torch.inference_mode()
+def predict_masked(net: FusionModel, batch: dict, keeps: list[np.ndarray], chunk: int = 256) -> list[dict[str, torch.Tensor]]:
+    """Logits with only the inputs each ``keeps[j]`` marks present (FusionModel.masked), in chunks, in eval mode."""
+    net.eval()
     n = len(next(iter(batch.values())))
-    for name, enc in net.encoders.items():
-        if (not isinstance(enc, PretrainedEncoder) or not enc.frozen or enc.caches_sequence
-                or f"{name}__features" in batch or name not in batch):
-            continue
-        enc.eval()
-        lengths, parts = batch.get(f"{name}__length"), []
-        with torch.no_grad():
-            for s in range(0, n, chunk):
-                length = None if lengths is None else torch.from_numpy(lengths[s : s + chunk])
-                parts.append(enc.features(torch.from_numpy(batch[name][s : s + chunk]), length)[0])
-        out[f"{name}__features"] = torch.cat(parts).numpy()
-    return out
+    device = next(net.parameters()).device
+    masks = [torch.as_tensor(k, dtype=torch.bool, device=device) for k in keeps]
+    parts: list[dict[str, list[torch.Tensor]]] = [{} for _ in keeps]
+    for start in range(0, n, chunk):
+        outs = net.masked(to_tensors({k: v[start : start + chunk] for k, v in batch.items()}, device), masks)
+        for part, out in zip(parts, outs):
+            for name, logits in out.items():
+                part.setdefault(name, []).append(logits.float().cpu())
+    return [{name: torch.cat(p) for name, p in part.items()} for part in parts]
 
 
 @torch.inference_mode()
