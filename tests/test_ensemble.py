@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from polyfuse.training.ensemble import _log_loss, _mix, select
+from polyfuse.training.ensemble import _from_logits, _log_loss, _logits, _mix, select, temperature
 from tests.conftest import toy_spec
 
 
@@ -24,6 +24,30 @@ def test_selection_keeps_complementary_members_and_drops_a_useless_one():
     assert counts[2] == 0 and counts[0] > 0 and counts[1] > 0
     mixed = _log_loss(_mix([a, b, useless], counts, avail), y)
     assert mixed < min(_log_loss(a, y), _log_loss(b, y))
+
+
+def test_a_member_that_knows_more_but_says_it_timidly_wins_once_calibrated():
+    """Log-loss selection on raw probabilities prefers a confident member that is right 85 % of the time
+    to a timid one right 95 % of the time; with each member's temperature fitted first, the timid one wins."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 600)
+
+    def member(right: float, top: float) -> np.ndarray:
+        pick = np.where(rng.random(600) < right, y, (y + rng.integers(1, 3, 600)) % 3)
+        p = np.full((600, 3), (1 - top) / 2)
+        p[np.arange(600), pick] = top
+        return p
+
+    confident, timid = member(0.85, 0.9), member(0.95, 0.6)
+    avail, accuracy = np.ones((600, 2)), lambda p: float((p.argmax(1) == y).mean())  # noqa: E731
+    raw = select([confident, timid], y, avail)
+    assert raw[0] > raw[1]  # the confident one carries the raw mix
+    t = temperature(timid, y)
+    scaled = _from_logits(_logits(timid, False) / t, False)
+    assert t < 0.5 and _log_loss(scaled, y) < _log_loss(confident, y) < _log_loss(timid, y)
+    calibrated = select([confident, scaled], y, avail)
+    assert calibrated[1] > calibrated[0]
+    assert accuracy(_mix([confident, scaled], calibrated, avail)) > accuracy(_mix([confident, timid], raw, avail)) + 0.05
 
 
 def test_selection_is_never_worse_than_the_best_member_on_its_rows():
@@ -207,7 +231,7 @@ def test_members_fitted_side_by_side_equal_those_fitted_one_at_a_time(toy_csv):
 
     import polyfuse
     from polyfuse.spec.schema import load_spec
-    from polyfuse.training.ensemble import fit_members
+    from polyfuse.training.linear_members import fit_members
     from polyfuse.training.trainset import read_splits
 
     model = polyfuse.train(toy_spec(toy_csv, epochs=1, baseline=False, ensemble="auto"), show_progress=False)
