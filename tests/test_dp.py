@@ -231,6 +231,27 @@ def test_settings_chosen_from_rows_and_epsilon():
     assert mid["lr"] > 1e-3 and mid["max_grad_norm"] < 1.0
 
 
+def test_ngram_tables_are_sized_for_per_row_gradients():
+    """20,000 rows at epsilon 8: a batch of ~1,150 rows; two default 65,536-bucket n-gram tables (dim 128)
+    would need 38 GB of per-row gradients each. Unset buckets shrink to fit half of TABLE_BYTES each; a
+    spec's own buckets are kept (and refused later, naming the size, if they do not fit)."""
+    from polyfuse.spec.dp_defaults import TABLE_BYTES, apply, poisson_batch
+    from polyfuse.spec.schema import Spec
+
+    spec = Spec.model_validate({"inputs": {"a": {"type": "text"}, "b": {"type": "text"},
+                                           "c": {"type": "text", "buckets": 1 << 15}, "n": {"type": "number"}},
+                                "outputs": {"y": {"type": "category"}}, "train": {"privacy": {"epsilon": 8}}})
+    chosen, lines = apply(spec, 20_000)
+    batch = poisson_batch(chosen.train.batch_size, 20_000)
+    for name in ("a", "b"):
+        buckets = chosen.inputs[name].buckets
+        assert buckets < 1 << 16 and batch * buckets * 128 * 4 <= TABLE_BYTES / 3 < batch * 2 * buckets * 128 * 4
+        assert any(f"inputs.{name}.buckets {buckets} (was 65536" in line for line in lines)
+    assert chosen.inputs["c"].buckets == 1 << 15 and spec.inputs["a"].buckets == 1 << 16  # the user's; the original
+    assert apply(spec.model_copy(update={"train": spec.train.model_copy(update={"privacy": None})}), 20_000)[0] \
+        .inputs["a"].buckets == 1 << 16  # without privacy nothing changes
+
+
 def test_private_run_uses_chosen_settings(toy_csv, tmp_path):
     """Adding only privacy to a spec tuned without it: the run's batch, rate and clipping are DP-SGD's,
     the epochs the privacy section sets are kept, and the saved spec says what was trained."""

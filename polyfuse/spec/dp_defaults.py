@@ -16,6 +16,10 @@ table:
 - learning rate 5e-3 (Adam; 3e-3 and 8e-3 were both worse here) and clipping 0.3 (a norm most rows'
   gradients exceed, so each row counts alike: the "How to DP-fy ML" advice).
 - early stopping waits a quarter of the epochs: a noisy validation curve is not a plateau.
+- hashed n-gram tables small enough for their per-row gradients: Opacus holds a trained embedding
+  table's gradient once per row of a batch, so a 65,536 x 128 n-gram table at a batch of ~320 needs
+  10.7 GB; each ngram text input's ``buckets`` becomes the largest power of two whose per-row gradients
+  fit TABLE_BYTES shared among those inputs (the medical example's reports: 65,536 -> 4,096 each).
 
 Anything the privacy section sets itself (batch_size, epochs, lr, max_grad_norm) is kept;
 ``settings: train`` keeps the train section's values instead.
@@ -33,6 +37,13 @@ STEPS_RANGE = (150, 1500)
 EPOCH_RANGE = (5, 200)
 LR = 5e-3
 CLIP = 0.3
+TABLE_BYTES = 2 << 30  # per-row gradients of the embedding tables, for the largest likely batch
+
+
+def poisson_batch(expected: int, rows: int | None = None) -> int:
+    """The batch a Poisson sample of ``expected`` rows rarely exceeds (4 standard deviations), at most ``rows``."""
+    expected = min(expected, rows or expected)  # a sample rate of 1 takes every row, no more
+    return min(int(expected + 4 * expected ** 0.5), rows or 1 << 62)
 
 
 def choose(rows: int, epsilon: float | None) -> dict[str, tuple[float, str]]:
@@ -66,11 +77,31 @@ def apply(spec: Spec, rows: int) -> tuple[Spec, list[str]]:
     if spec.train.early_stopping is not None:
         train["early_stopping"] = max(spec.train.early_stopping, math.ceil(values["epochs"][0] / 4))
     privacy = cfg.model_copy(update={"max_grad_norm": values["max_grad_norm"][0]})
-    new = spec.model_copy(update={"train": spec.train.model_copy(update={**train, "privacy": privacy})})
-    lines = [f"privacy: {k} {v:g} ({why})" for k, (v, why) in values.items()]
+    inputs, buckets = _table_sizes(spec, poisson_batch(int(values["batch_size"][0]), rows))
+    new = spec.model_copy(update={"train": spec.train.model_copy(update={**train, "privacy": privacy}),
+                                  "inputs": inputs})
+    lines = [f"privacy: {k} {v:g} ({why})" for k, (v, why) in values.items()] + buckets
     if "early_stopping" in train:
         lines.append(f"privacy: early_stopping {train['early_stopping']} (a quarter of the epochs: DP-SGD's "
                      "validation curve is noisy)")
     lines.append("privacy: settings chosen for DP-SGD; set them in train.privacy, or `settings: train` to use "
                  "the train section's")
     return new, lines
+
+
+def _table_sizes(spec: Spec, batch: int) -> tuple[dict, list[str]]:
+    """The inputs with each ngram text input's ``buckets`` (where the spec does not set it) cut to the
+    largest power of two whose per-row gradients at ``batch`` fit its share of TABLE_BYTES; a line each."""
+    ngram = [n for n, c in spec.inputs.items() if c.type == "text" and c.encoder == "ngram"]
+    share = TABLE_BYTES / max(1, len(ngram))
+    inputs, lines = dict(spec.inputs), []
+    for name in ngram:
+        cfg = spec.inputs[name]
+        fits = max(1024, 1 << int(math.log2(max(1.0, share / (batch * cfg.dim * 4)))))
+        if "buckets" in cfg.model_fields_set or fits >= cfg.buckets:
+            continue
+        inputs[name] = cfg.model_copy(update={"buckets": fits})
+        lines.append(f"privacy: inputs.{name}.buckets {fits} (was {cfg.buckets}: per-row gradients of a {fits} x "
+                     f"{cfg.dim} table for a batch of ~{batch} take {batch * fits * cfg.dim * 4 / 2**30:.2f} GB; "
+                     "set buckets to keep yours)")
+    return inputs, lines

@@ -33,11 +33,11 @@ from torch import nn
 
 from polyfuse.errors import SpecError
 from polyfuse.extras import require
+from polyfuse.spec.dp_defaults import TABLE_BYTES, poisson_batch
 from polyfuse.spec.schema import PrivacySpec, Spec
 from polyfuse.training.epochs import Stepper
 from polyfuse.training.trainset import log
 
-TABLE_BYTES = 2 << 30  # per-row gradients of the embedding tables, for the largest likely batch
 RECURRENT = (nn.GRU, nn.LSTM, nn.RNN)
 HINTS = {  # what to do about a layer Opacus has no per-row gradient for
     "AttentionFusion": "use fusion.method concat, mean, max or gated",
@@ -273,8 +273,7 @@ def refuse_unsupported(net: nn.Module) -> None:
 def check_tables(spec: Spec, net: nn.Module, batch_size: int, rows: int | None = None) -> None:
     """Opacus holds each embedding table's gradient once per row of a batch: refuse tables that would
     need more than TABLE_BYTES, naming the input and a size that fits."""
-    expected = min(batch_size, rows or batch_size)  # a sample rate of 1 takes every row, no more
-    batch = min(int(expected + 4 * expected ** 0.5), rows or 1 << 62)  # a Poisson batch is rarely larger
+    batch = poisson_batch(batch_size, rows)
     field = "train.privacy.batch_size" if spec.train.privacy and spec.train.privacy.settings == "auto" else \
         "train.batch_size"
     for name, m in net.named_modules():
