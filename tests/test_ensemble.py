@@ -205,7 +205,8 @@ def test_a_multilabel_output_mixes_members_per_label_and_exports(tmp_path):
     csv = tmp_path / "tags.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     spec = {"data": {"train": str(csv), "split": {"valid": 0.25, "test": 0.25, "seed": 0}},
-            "inputs": {"note": {"type": "text", "tokenizer": "word", "max_length": 12, "buckets": 2048, "dim": 16},
+            "inputs": {"note": {"type": "text", "tokenizer": "word", "max_length": 12, "buckets": 2048, "dim": 16,
+                                "wide": False},  # the network alone weak: the members carry the labels
                        "age": {"type": "number", "dim": 4}},
             "fusion": {"method": "concat", "dim": 16}, "outputs": {"tags": {"type": "multilabel"}},
             "train": {"epochs": 1, "batch_size": 16, "lr": 1e-5, "seed": 0, "threads": 1, "baseline": False}}

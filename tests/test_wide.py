@@ -76,3 +76,31 @@ def test_wide_can_be_turned_off():
     decoded = decode_table(spec, read_table(_table(30)), with_targets=True)
     net = FusionModel(spec, Preprocessor.fit(spec, decoded).state)
     assert len(net.wide) == 0 and not net.wide_slices
+
+
+def test_a_multilabel_output_gets_a_wide_half_per_label(tmp_path):
+    """Labels named by words: the network barely trained (one epoch at a tiny rate, no ensemble) still
+    answers them through its per-label wide half, blended on validation."""
+    rng = np.random.default_rng(5)
+    words = {"cough": "lung", "fracture": "bone", "murmur": "heart"}
+    rows = []
+    for _ in range(200):
+        on = [w for w in words if rng.random() < 0.4]
+        rows.append({"note": " ".join([*rng.choice(["seen", "today", "patient", "with"], 3), *on]),
+                     "tags": "|".join(words[w] for w in on) or "none"})
+    spec = {"inputs": {"note": {"type": "text", "tokenizer": "word", "buckets": 2048, "max_ngrams": 64, "dim": 16}},
+            "fusion": {"dim": 16}, "outputs": {"tags": {"type": "multilabel"}},
+            "data": {"split": {"valid": 0.25, "test": 0.25, "seed": 0}},
+            "train": {"epochs": 1, "batch_size": 16, "lr": 1e-5, "threads": 1, "ensemble": "off", "baseline": False}}
+    table = tmp_path / "tags.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    spec["data"]["train"] = str(table)
+    model = polyfuse.train(spec, show_progress=False)
+    fitted = model.metrics["wide"]
+    assert len(fitted["tags"]["C"]) == 4 and fitted["tags"]["valid_accuracy"] > 0.95  # bone, heart, lung, none
+    assert fitted["blend"]["tags"]["weight"] > 0.5
+    assert fitted["blend"]["tags"]["valid_accuracy_blend"] > fitted["blend"]["tags"]["valid_accuracy_deep"]
+    assert model.metrics["test"]["outputs"]["tags"]["f1_micro"] > 0.9
+    spec["inputs"]["note"]["wide"] = False
+    alone = polyfuse.train(spec, show_progress=False)
+    assert alone.metrics["test"]["outputs"]["tags"]["f1_micro"] < 0.6  # the deep half alone, as trained here

@@ -14,7 +14,7 @@ from torch import nn
 
 
 class WideText(nn.Module):
-    """ids [B, N] -> logits [B, K] (K: every category/binary output's logits, concatenated)."""
+    """ids [B, N] -> logits [B, K] (K: every class output's logits, concatenated)."""
 
     def __init__(self, buckets: int, width: int, idf: torch.Tensor):
         super().__init__()
@@ -28,9 +28,10 @@ class WideText(nn.Module):
 
 
 def wide_outputs(spec: object, state: dict) -> list[tuple[str, int]]:
-    """(output, logits) of the outputs a wide path feeds: category (one per class) and binary (one)."""
-    return [(n, len(state[n]["classes"]) if c.type == "category" else 1)
-            for n, c in spec.outputs.items() if c.type in ("category", "binary")]
+    """(output, logits) of the outputs a wide path feeds: category and multilabel (one per class or
+    label) and binary (one)."""
+    return [(n, 1 if c.type == "binary" else len(state[n]["classes"]))
+            for n, c in spec.outputs.items() if c.type in ("category", "binary", "multilabel")]
 
 
 def wide_inputs(spec: object) -> list[str]:

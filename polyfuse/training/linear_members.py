@@ -86,16 +86,18 @@ def _install_part(part: Any, kind: str, fit: dict, coef: np.ndarray, columns: li
             part.weight[:, columns] = w
 
 
-def _fit(x: Any, y: np.ndarray, xv: Any, yv: np.ndarray, by_loss: bool = False) -> tuple[Any, ...]:
+def _fit(x: Any, y: np.ndarray, xv: Any, yv: np.ndarray | None, by_loss: bool = False) -> tuple[Any, ...]:
     """The logistic regression with the best validation score over ``STRENGTHS`` (accuracy, or log-loss
-    where ``by_loss``): (coef, intercept, score, C, classes)."""
+    where ``by_loss``; the weakest regularisation without validation rows): (coef, intercept, score, C, classes)."""
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(solver="saga", max_iter=100, tol=1e-3, random_state=0, warm_start=True)
     best = None
-    for c in STRENGTHS:
+    for c in STRENGTHS if yv is not None else STRENGTHS[-1:]:
         model.set_params(C=c).fit(x, y)
-        if by_loss:
+        if yv is None:
+            score = 0.0
+        elif by_loss:
             p = np.clip(model.predict_proba(xv)[:, -1], 1e-7, 1 - 1e-7)
             score = float(np.mean(yv * np.log(p) + (1 - yv) * np.log1p(-p)))
         else:
@@ -105,23 +107,23 @@ def _fit(x: Any, y: np.ndarray, xv: Any, yv: np.ndarray, by_loss: bool = False) 
     return best
 
 
-def _fit_labels(x: Any, y: np.ndarray, xv: Any, yv: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
-    """A multilabel output's member: one binary logistic regression per label, its C chosen by validation
-    log-loss (accuracy barely moves on a rare label); a label constant in the training rows answers its
-    rate. (coef [K, F], intercept [K], each label's C or None)."""
+def fit_labels(x: Any, y: np.ndarray, xv: Any, yv: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list]:
+    """A multilabel output's linear model: one binary logistic regression per label, its C chosen by
+    validation log-loss (accuracy barely moves on a rare label); a label constant in the training rows
+    answers its rate. (coef [K, F], intercept [K], each label's C or None)."""
     coef, intercept, strengths = np.zeros((y.shape[1], x.shape[1])), np.zeros(y.shape[1]), []
     for j in range(y.shape[1]):
         if y[:, j].min() == y[:, j].max():
             intercept[j] = 9.0 if y[0, j] else -9.0  # probability 1 - 1e-4 or 1e-4
             strengths.append(None)
             continue
-        w, b, _, c, _ = _fit(x, y[:, j], xv, yv[:, j], by_loss=True)
+        w, b, _, c, _ = _fit(x, y[:, j], xv, None if yv is None else yv[:, j], by_loss=True)
         coef[j], intercept[j] = w[0], b[0]
         strengths.append(c)
     return coef, intercept, strengths
 
 
-def _unfittable(y: np.ndarray) -> str | None:
+def unfittable(y: np.ndarray) -> str | None:
     """Why no member can be fitted on these training targets (class ids, or multi-hot rows), or None."""
     if y.ndim == 2:
         return None if ((y == 1).any(0) & (y == 0).any(0)).any() else "no label both present and absent in the training rows"
@@ -131,7 +133,7 @@ def _unfittable(y: np.ndarray) -> str | None:
 def _fit_member(y: np.ndarray, yv: np.ndarray, x: Any, xv: Any, a: int, b: int) -> tuple[Any, ...]:
     """One member for one output's logits [a, b): (coef [columns, F], intercept, C, columns)."""
     if y.ndim == 2:
-        coef, intercept, c = _fit_labels(x, y, xv, yv)
+        coef, intercept, c = fit_labels(x, y, xv, yv)
         return coef, intercept, c, list(range(a, b))
     coef, intercept, _, c, classes = _fit(x, y, xv, yv)
     columns = [a] if b - a == 1 else [a + int(i) for i in classes]
@@ -165,7 +167,7 @@ def fit_members(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded,
     report: dict[str, Any] = {"C": {}}
     jobs = []
     for out in m.slices:
-        why = _unfittable(targets[out][0])
+        why = unfittable(targets[out][0])
         if why:
             report.setdefault("skipped", {})[out] = why
         else:

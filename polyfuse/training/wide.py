@@ -1,6 +1,7 @@
 """Fitting the wide half of wide-and-deep text inputs (see :mod:`polyfuse.nn.wide`) before training:
-one logistic regression per class output over the hashed n-grams of every ``wide`` text input,
-its strength C chosen on the validation rows, installed into the network's frozen wide tables."""
+one logistic regression per class output (one per label of a multilabel output) over the hashed
+n-grams of every ``wide`` text input, its strength C chosen on the validation rows, installed into the
+network's frozen wide tables."""
 from __future__ import annotations
 
 import sys
@@ -16,6 +17,7 @@ from polyfuse.nn.model import FusionModel
 from polyfuse.nn.wide import wide_inputs
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor
 from polyfuse.spec.schema import Spec
+from polyfuse.training.linear_members import fit_labels, unfittable
 
 STRENGTHS = (1.0, 10.0)  # inverse L2 strengths tried, weaker regularisation second (warm-started)
 
@@ -80,20 +82,30 @@ def fit_wide(spec: Spec, pre: Preprocessor, net: FusionModel, train: Decoded, va
         warnings.simplefilter("ignore")  # lbfgs convergence notes: the validation score says how it did
         for out, (a, b) in net.wide_slices.items():
             y = y_all[out].astype(int)
-            if len(np.unique(y)) < 2:
-                report[out] = {"skipped": "one class in the training rows"}
+            if unfittable(y):
+                report[out] = {"skipped": unfittable(y)}
                 continue
             yv = yv_all[out].astype(int) if out in yv_all else None
-            fitted, c, score = _fit(spec.outputs[out], pre.classes(out), x, y, xv, yv)
+            if y.ndim == 2:  # multilabel: a regression per label, each label's logit its own column
+                coef, intercept, c = fit_labels(x, y, xv, yv)
+                fitted = {"coef": coef, "intercept": intercept, "classes": np.arange(b - a)}
+                score = None if yv is None else round(float(((_linear_logits(xv, coef, intercept) > 0) == yv).mean()), 5)
+            else:
+                fitted, c, score = _fit(spec.outputs[out], pre.classes(out), x, y, xv, yv)
             _install(net, names, buckets, fitted, a, b)
             report[out] = {"C": c, "valid_accuracy": score}
     report["seconds"] = round(time.perf_counter() - started, 3)
-    shown = ", ".join(f"{o} C={r['C']:g} valid accuracy {r['valid_accuracy']}" for o, r in report.items()
-                      if isinstance(r, dict) and "C" in r)
+    shown = ", ".join(f"{o} C={r['C'] if isinstance(r['C'], list) else format(r['C'], 'g')} valid accuracy "
+                      f"{r['valid_accuracy']}" for o, r in report.items() if isinstance(r, dict) and "C" in r)
     from polyfuse.training.trainset import log
 
     log(f"wide path over {', '.join(names)}: {shown} ({report['seconds']:.1f} s)")
     return report
+
+
+def _linear_logits(x: Any, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """Logits [N, K] of a fitted linear model on sparse rows."""
+    return np.asarray(x @ coef.T) + intercept
 
 
 def _install(net: FusionModel, names: list[str], buckets: list[int], fitted: dict, a: int, b: int) -> None:
@@ -111,12 +123,14 @@ def _install(net: FusionModel, names: list[str], buckets: list[int], fitted: dic
 def _nll(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if kind == "category":
         return torch.nn.functional.cross_entropy(logits, y.long())
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(-1), y.float())
+    z = logits if kind == "multilabel" else logits.squeeze(-1)
+    return torch.nn.functional.binary_cross_entropy_with_logits(z, y.float())
 
 
 def _accuracy(kind: str, logits: torch.Tensor, y: torch.Tensor) -> float:
-    pred = logits.argmax(-1) if kind == "category" else (logits.squeeze(-1) > 0).long()
-    return round(float((pred == y.long()).float().mean()), 5)
+    """Accuracy (for a multilabel output: over every row's every label)."""
+    pred = logits.argmax(-1) if kind == "category" else (logits if kind == "multilabel" else logits.squeeze(-1)) > 0
+    return round(float((pred.long() == y.long()).float().mean()), 5)
 
 
 def blend(spec: Spec, net: FusionModel, batch: dict | None, target: dict | None) -> dict[str, Any]:
