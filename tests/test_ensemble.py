@@ -251,3 +251,18 @@ def test_members_fitted_side_by_side_equal_those_fitted_one_at_a_time(toy_csv):
     assert c1 == c2 and len(c1["label"]) == len(model.net.members.members)
     for key in one:
         torch.testing.assert_close(one[key], two[key], rtol=0, atol=0)
+
+
+def test_a_label_constant_in_training_answers_its_rate():
+    """One regression per label; a label on every training row (or on none) gets no weights and a bias
+    of +-9 (probability 1 - 1e-4 or 1e-4), without validation rows too."""
+    from polyfuse.training.linear_members import fit_labels, unfittable
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(200, 5))
+    y = np.stack([np.ones(200), (x[:, 0] > 0), np.zeros(200)], 1).astype(int)
+    for xv, yv in ((x[:50], y[:50]), (None, None)):
+        coef, intercept, strengths = fit_labels(x, y, xv, yv)
+        assert intercept[0] == 9.0 and intercept[2] == -9.0 and not coef[[0, 2]].any()
+        assert strengths[0] is None and strengths[1] is not None and coef[1, 0] > 1.0
+    assert unfittable(y) is None and "no label" in unfittable(y[:, [0, 2]])
