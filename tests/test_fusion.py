@@ -83,7 +83,7 @@ def test_calibration_is_stored_and_exported(toy_model):
 
 
 def test_abstain_below_threshold(toy_csv, tmp_path):
-    spec = toy_spec(toy_csv, epochs=1)
+    spec = toy_spec(toy_csv, epochs=1, ensemble="off")  # the toy's calibrated linear members are all but certain
     spec["outputs"]["label"]["abstain_below"] = 0.99
     out = tmp_path / "m"
     model = polyfuse.train(spec, out=out, show_progress=False)
@@ -136,19 +136,23 @@ def test_alone_is_the_answer_with_every_other_input_missing(toy_model, toy_csv):
     model, _ = toy_model
     net, pre = model.net.eval(), model.preprocessor
     batch = pre.collate(decode_table(model.spec, read_table(toy_csv), with_targets=False))
-    with torch.no_grad():
-        vectors, present, wide = net.encode(to_tensors(batch))
-        for name, rows, out in net.alone(vectors, present, wide):
-            only = {k: v[rows.numpy()] for k, v in batch.items()}
-            for other in net.names:
-                if other != name:
-                    only[f"{other}__present"] = np.zeros_like(only[f"{other}__present"])
-            ref = net(to_tensors(only))
-            torch.testing.assert_close(out["label"], ref["label"])
+    mixing, net.members.active = net.members.active, False  # alone() is the network's (training's) answer
+    try:
+        with torch.no_grad():
+            vectors, present, wide = net.encode(to_tensors(batch))
+            for name, rows, out in net.alone(vectors, present, wide):
+                only = {k: v[rows.numpy()] for k, v in batch.items()}
+                for other in net.names:
+                    if other != name:
+                        only[f"{other}__present"] = np.zeros_like(only[f"{other}__present"])
+                ref = net(to_tensors(only))
+                torch.testing.assert_close(out["label"], ref["label"])
+    finally:
+        net.members.active = mixing
 
 
 def test_alone_loss_teaches_each_input_to_answer_alone(toy_csv, tmp_path):
-    spec = toy_spec(toy_csv, epochs=6)
+    spec = toy_spec(toy_csv, epochs=6, ensemble="off")  # what the network learned, not the linear members
     spec["fusion"] = {"method": "gated", "dim": 32, "modality_dropout": 0.0}
     spec["train"]["calibrate"] = False  # compare what training learned, not two fitted temperatures
     plain = polyfuse.train(spec, show_progress=False)

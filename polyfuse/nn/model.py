@@ -188,7 +188,8 @@ class FusionModel(nn.Module):
     def alone(self, vectors: list[torch.Tensor], present: torch.Tensor, side: Side | None = None
               ) -> list[tuple[str, torch.Tensor, dict[str, torch.Tensor]]]:
         """For each input, (its name, rows where it is present, outputs with only it present) --
-        what the model answers when every other input is missing."""
+        what the network answers when every other input is missing (in training, before any linear
+        member mixes in: ``side``'s member logits are the full rows'; :meth:`masked` recomputes them)."""
         result = []
         for i in range(len(self.names)):
             rows = present[:, i]
