@@ -169,7 +169,7 @@ def predict_ray(model_dir: str | Path, data: str | Path, out: str | Path, *, add
         raise BadInputError(f"--out {out}: exists and is not an empty folder; remove it or choose another")
     model_dir = Path(model_dir).resolve()
     ray = init_ray(address)
-    import ray.data
+    from ray import data as ray_data  # the submodule, loaded after init_ray has checked Ray is installed
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     predictor = (str(model_dir), variant, id_column, chunk_rows, key_env, verify_key)
@@ -184,7 +184,7 @@ def predict_ray(model_dir: str | Path, data: str | Path, out: str | Path, *, add
     # units live in Ray's object store and travel by index (Arrow cannot hold them as values)
     refs = [ray.put(u) for u in units]
     ray.get(warming)  # a model that fails to load fails here, once, with its own message
-    ds = ray.data.from_items([{"unit": i} for i in range(len(units))], override_num_blocks=len(units))
+    ds = ray_data.from_items([{"unit": i} for i in range(len(units))], override_num_blocks=len(units))
     tmp.mkdir(parents=True)
     ds = ds.map_batches(predict_units, batch_size=1, num_cpus=1, concurrency=n, batch_format="numpy",
                         fn_kwargs={"predictor": predictor, "units": refs, "out": str(tmp.resolve())})
