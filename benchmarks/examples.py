@@ -5,7 +5,8 @@
 Per example: the data step, `polyfuse train` of the example's spec (unedited), the test figures of each
 output from metrics.json against the same run's linear baseline on all inputs (logistic or ridge
 regression, polyfuse's own floor), and the wall time of the whole example (target <= 15 minutes). The
-chatbot also chooses its out-of-scope threshold (abstain.py); the smart home streams 600 minutes to the
+chatbot also chooses its out-of-scope threshold (abstain.py) and answers a spoken sample of its test queries
+(speak.py: eSpeak NG, then Whisper tiny.en); the smart home streams 600 minutes to the
 served model over /v2/stream; the medical example also trains its DP-SGD variant. Prints a table and
 writes examples.json under --out.
 """
@@ -66,6 +67,8 @@ def chatbot(work: Path) -> dict:
     result = trained("chatbot", "spec.yaml", work / "data", work / "m")
     script(here / "abstain.py", work / "m", work / "data", "--min-oos-recall", 0.5, "--spec", work / "m.yaml")
     result["abstain"] = json.loads((work / "m.abstain.json").read_text())
+    script(here / "speak.py", work / "m", work / "data", "--abstain-below", result["abstain"]["abstain_below"])
+    result["spoken"] = json.loads((work / "m.spoken.json").read_text())
     return result
 
 

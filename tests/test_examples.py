@@ -28,6 +28,15 @@ def test_chatbot_trains_chooses_its_out_of_scope_threshold_and_serves_with_it(tm
     assert chosen["min recall"]["validation"]["oos_recall"] > chosen["min recall"]["validation"]["oos_recall_lower_bound"]
     assert set(chosen["balanced"]["test"]) == {"in_scope_accuracy", "oos_recall"}
     assert chosen["test_without_threshold"]["oos_recall"] == 0.0  # without a threshold nothing is refused
+    run(example / "speak.py", tmp_path / "m", tmp_path / "data", "--per-intent", 2, "--oos", 6,
+        "--abstain-below", chosen["abstain_below"])
+    heard = json.loads((tmp_path / "m.spoken.json").read_text())
+    assert (heard["queries"], heard["oos_queries"]) == (16, 6)  # 2 of each of the 8 intents
+    spoken = pd.read_csv(tmp_path / "data" / "spoken_test.csv", keep_default_na=False)
+    assert all((tmp_path / "data" / a).stat().st_size > 8000 for a in spoken["audio"])  # half a second or more
+    assert heard["word_error_rate"] < 0.6  # Whisper hears most of eSpeak's words (unrelated text: ~1.0)
+    assert set(spoken["typed"]) <= set(pd.read_csv(tmp_path / "data" / "test.csv", keep_default_na=False)["text"])
+    assert 0 <= heard["spoken"]["in_scope_accuracy"] <= 1 and 0 <= heard["spoken"]["oos_recall"] <= 1
     served = yaml.safe_load((tmp_path / "spec.abstain.yaml").read_text())
     assert served["outputs"]["intent"]["abstain_below"] == chosen["abstain_below"]
     assert "domain" not in served["inputs"]  # the leak the README explains stays out

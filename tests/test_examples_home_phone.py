@@ -34,7 +34,7 @@ def test_smarthome_trains_and_answers_a_live_sensor_stream(tmp_path):
 @pytest.mark.skipif(not (SCENARIOS.parent / "avdigits" / "train.csv").is_file(),
                     reason="avdigits is not in ../shared/data")
 def test_telephone_transcribes_noisy_calls_with_whisper_and_reads_both(tmp_path):
-    pytest.importorskip("ctranslate2", reason="Whisper runs on CTranslate2 (polyfuse[zoo])")
+    pytest.importorskip("ctranslate2", reason="Whisper runs on CTranslate2 (polyfuse[examples])")
     example = EXAMPLES / "telephone"
     done = run(example / "build_data.py", "--out", tmp_path / "data", "--rows", 30)
     train = pd.read_csv(tmp_path / "data" / "train.csv")

@@ -28,8 +28,9 @@ import yaml
 import polyfuse
 
 
-def top(model, table: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    frame = pd.read_csv(table, keep_default_na=False)
+def top(model, table: Path | pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Each query's top probability, its intent, and the true intent (a CSV path or a frame)."""
+    frame = table if isinstance(table, pd.DataFrame) else pd.read_csv(table, keep_default_na=False)
     probs = model.predict_proba(frame[["text"]].to_dict("records"))
     return probs.to_numpy().max(1), np.asarray(probs.columns)[probs.to_numpy().argmax(1)], frame["intent"].tolist()
 

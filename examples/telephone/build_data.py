@@ -26,9 +26,6 @@ import pandas as pd
 SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "avdigits"
 SNR_DB = (10.0, 30.0)  # a poor to a fair phone line
 LINE_RATE = 8000
-WHISPER_RATE = 16000
-BATCH = 16
-WINDOW_S = 10
 
 
 def noisy(wave: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
@@ -38,35 +35,9 @@ def noisy(wave: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float
     return np.clip(wave + noise, -1.0, 1.0).astype(np.float32), round(snr, 1)
 
 
-def transcribe(waves: list[np.ndarray]) -> list[str]:
-    """Whisper tiny.en's greedy transcript of each 8 kHz clip (resampled to its 16 kHz)."""
-    import ctranslate2
-    from scipy.signal import resample_poly
-    from tokenizers import Tokenizer
-    from transformers import WhisperFeatureExtractor
-
-    from polyfuse.zoo.catalog import model_file
-
-    folder = model_file("whisper-tiny.en").parent
-    model = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="int8", intra_threads=2)
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    # whisper-tiny.en's 80 log-mel bands at 16 kHz, over 10 s windows rather than its 30 s: every clip here is
-    # under 2.5 s, and the shorter window ran 6x faster with as many digits recognised (its 5 s window
-    # made the decoder repeat itself)
-    extract = WhisperFeatureExtractor(chunk_length=WINDOW_S)
-    prompt = ["<|startoftranscript|>", "<|notimestamps|>"]
-    texts: list[str] = []
-    for start in range(0, len(waves), BATCH):
-        batch = [resample_poly(w, WHISPER_RATE, LINE_RATE).astype(np.float32) for w in waves[start:start + BATCH]]
-        mel = extract(batch, sampling_rate=WHISPER_RATE, return_tensors="np").input_features
-        results = model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)),
-                                 [prompt] * len(batch), beam_size=1, max_length=24)
-        texts += [tokenizer.decode(r.sequences_ids[0]).strip() for r in results]
-    return texts
-
-
 def build(table: pd.DataFrame, out: Path, seed: int) -> pd.DataFrame:
     from polyfuse.preprocess.audio_file import decode_audio, write_wav
+    from polyfuse.zoo.asr import transcribe
 
     rng = np.random.default_rng(seed)
     (out / "audio").mkdir(parents=True, exist_ok=True)
@@ -78,7 +49,7 @@ def build(table: pd.DataFrame, out: Path, seed: int) -> pd.DataFrame:
         waves.append(wave)
         rows.append({"audio": name, "speaker": row.speaker, "snr_db": snr, "digit": row.label})
     frame = pd.DataFrame(rows)
-    frame.insert(1, "transcript", transcribe(waves))
+    frame.insert(1, "transcript", transcribe(waves, LINE_RATE, max_tokens=24))
     return frame
 
 

@@ -8,7 +8,6 @@ single modality is reliable but together they almost always agree: fusion visibl
 from __future__ import annotations
 
 import csv
-import ctypes
 import io
 import json
 import os
@@ -20,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from polyfuse.data.speech import VOICES  # several rates and pitches each
+
 VERSION = 1  # bump whenever the content changes, so cached builds are redone
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SAMPLE_RATE = 16_000
 IMAGE_SIZE = 16
 TEST_FRACTION = 0.17
-# English accents and voice variants shipped in the wheel's espeak-ng-data; several rates and pitches each.
-VOICES = ("en", "en-us", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us-nyc", "en+f3", "en-us+m3")
 RATES = (200, 260, 320)  # words per minute: even the slowest keeps a word well under 0.5 s
 PITCHES = (30, 50, 70)
 HARD_IMAGE, HARD_AUDIO = 0.35, 0.35  # share of rows whose image / audio is made (nearly) unusable
@@ -58,53 +57,11 @@ def _combos() -> list[tuple[str, str, int, int]]:
 
 
 def _synthesise_bank() -> list[np.ndarray]:
-    """Speak every combo once with eSpeak NG via ctypes; float32 clips at 16 kHz, trimmed, peak 1.
+    """Speak every combo once (polyfuse.data.speech); ``_speech_bank`` runs this in a fresh process, where
+    eSpeak's output is byte-identical from run to run."""
+    from polyfuse.data.speech import synthesise
 
-    eSpeak keeps generator state (random breath noise, pitch flutter) across calls that neither
-    re-seeding nor re-initialising resets, so repeated calls in one process differ slightly. A fresh
-    process replaying the same call sequence is byte-identical, hence ``_speech_bank`` runs this
-    in a subprocess.
-    """
-    import espeakng_loader
-    import soxr
-
-    lib = ctypes.CDLL(espeakng_loader.get_library_path())
-    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-    lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                 ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-    synchronous, pos_character, chars_utf8, rate_param, pitch_param = 2, 1, 1, 1, 3
-    in_rate = lib.espeak_Initialize(synchronous, 0, espeakng_loader.get_data_path().encode(), 0)
-    if in_rate <= 0:
-        raise RuntimeError(f"espeak_Initialize failed ({in_rate})")
-    chunks: list[np.ndarray] = []
-
-    @ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-    def collect(wav, n, _events):  # called synchronously from espeak_Synth with 16-bit samples
-        if n > 0:
-            chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        return 0
-
-    lib.espeak_SetSynthCallback(collect)
-    bank = []
-    for word, voice, wpm, pitch in _combos():
-        if lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise RuntimeError(f"eSpeak voice {voice!r} is missing from the bundled data")
-        lib.espeak_SetParameter(rate_param, wpm, 0)
-        lib.espeak_SetParameter(pitch_param, pitch, 0)
-        lib.espeak_ng_SetRandSeed(1)
-        chunks.clear()
-        text = word.encode() + b"\0"
-        if lib.espeak_Synth(text, len(text), 0, pos_character, 0, chars_utf8, None, None) != 0:
-            raise RuntimeError(f"espeak_Synth failed for {word!r} / {voice!r}")
-        lib.espeak_Synchronize()
-        pcm = soxr.resample(np.concatenate(chunks).astype(np.float32) / 32768, in_rate, SAMPLE_RATE)
-        loud = np.flatnonzero(np.abs(pcm) > 0.02 * np.abs(pcm).max())  # we add our own silence later
-        pcm = pcm[loud[0]:loud[-1] + 1]
-        bank.append((pcm / np.abs(pcm).max()).astype(np.float32))
-    lib.espeak_Terminate()
-    return bank
+    return synthesise(_combos(), SAMPLE_RATE)
 
 
 def _speech_bank() -> list[np.ndarray]:
