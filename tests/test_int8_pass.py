@@ -59,6 +59,21 @@ def test_image_backbone_without_lengths_exports_too(toy, tmp_path):
     assert report["engine"] == "onnx-int8" and report["int8_parity"]["min_cos"] >= int8_pass.MIN_COS
 
 
+def test_fp32_graph_gives_torchs_vectors_into_torchs_cache(toy, tmp_path, capfd):
+    csv, folder = toy
+    vit = tiny_vit(folder / "vit32")
+    photo = lambda mode: {"photo": {"type": "image", "dim": 16, "encoder": {"hf": str(vit), "embed_with": mode}}}  # noqa: E731
+    model = polyfuse.train(spec_for(csv, tmp_path / "cache", photo("onnx")))
+    report = model.metrics["pretrained_cache"]["photo"]
+    assert report["engine"] == "onnx" and report["computed"] > 0 and "int8_parity" not in report
+    assert report["onnx_parity"]["min_cos"] >= int8_pass.FP32_COS
+    assert len(list((tmp_path / "cache").rglob("fp32/*.onnx"))) == 1
+    assert "exported to ONNX (fp32)" in render(model)
+    # its rows are torch's to rounding, so they fill torch's own cache: a torch run computes nothing
+    again = polyfuse.train(spec_for(csv, tmp_path / "cache", photo("torch")))
+    assert again.metrics["pretrained_cache"]["photo"]["computed"] == 0
+
+
 def test_a_gate_that_fails_keeps_fp32_and_says_why(toy, tmp_path, monkeypatch, capfd):
     csv, folder = toy
     bert = tiny_bert(folder / "bert2")
@@ -68,14 +83,18 @@ def test_a_gate_that_fails_keeps_fp32_and_says_why(toy, tmp_path, monkeypatch, c
     assert "int8 embedding pass rejected" in capfd.readouterr().err
 
 
-def test_auto_uses_int8_only_when_enough_rows_are_to_be_computed():
+def test_auto_uses_the_fp32_graph_from_a_thousand_images_and_int8_only_from_many_more_rows():
     class Pooled:
         caches_sequence = False
 
     class Sequence:
         caches_sequence = True
 
-    assert not int8_pass.wanted("auto", Pooled(), int8_pass.MIN_ROWS - 1)
-    assert int8_pass.wanted("auto", Pooled(), int8_pass.MIN_ROWS)
-    assert int8_pass.wanted("onnx-int8", Pooled(), 10) and not int8_pass.wanted("torch", Pooled(), 10**6)
-    assert not int8_pass.wanted("onnx-int8", Sequence(), 10**6)
+    assert int8_pass.engine("auto", Pooled(), int8_pass.MIN_ROWS_FP32 - 1, image=True) is None
+    assert int8_pass.engine("auto", Pooled(), int8_pass.MIN_ROWS_FP32, image=True) == "onnx"
+    assert int8_pass.engine("auto", Pooled(), int8_pass.MIN_ROWS - 1, image=True) == "onnx"
+    assert int8_pass.engine("auto", Pooled(), int8_pass.MIN_ROWS - 1) is None  # text: torch until int8 pays
+    assert int8_pass.engine("auto", Pooled(), int8_pass.MIN_ROWS) == "onnx-int8"
+    assert int8_pass.engine("onnx-int8", Pooled(), 10) == "onnx-int8" and int8_pass.engine("onnx", Pooled(), 10) == "onnx"
+    assert int8_pass.engine("torch", Pooled(), 10**6) is None
+    assert int8_pass.engine("onnx-int8", Sequence(), 10**6) is None

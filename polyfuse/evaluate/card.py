@@ -97,10 +97,11 @@ def _pretrained(model: Any) -> str:
         if cache:
             lines.append(f"  - embedding cache: {cache['computed']} rows computed, {cache['reused']} reused "
                          f"({cache['cache_mb']} MB)")
-            gate = cache.get("int8_parity")
+            gate = cache.get("int8_parity") or cache.get("onnx_parity")
             if gate:
-                lines.append(f"  - its outputs were computed by the backbone with int8 weights (ONNX Runtime): cosine "
-                             f"to fp32 {gate['mean_cos']} on average, {gate['min_cos']} at least, on {gate['rows']} "
+                how = "with int8 weights" if "int8_parity" in cache else "exported to ONNX (fp32)"
+                lines.append(f"  - its outputs were computed by the backbone {how} (ONNX Runtime): cosine "
+                             f"to torch's {gate['mean_cos']} on average, {gate['min_cos']} at least, on {gate['rows']} "
                              "rows; the saved model runs the fp32 backbone")
     return ("Pretrained backbones (their licences and training data apply):\n" + "\n".join(lines) + "\n") if lines else ""
 

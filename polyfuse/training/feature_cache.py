@@ -183,14 +183,15 @@ def _int8(encoder: Any, cfg: Any, pre: Preprocessor, name: str, parts: list[Deco
     table's first rows; None: the torch backbone computes them."""
     from polyfuse.training import int8_pass
 
-    if not int8_pass.wanted(cfg.encoder.embed_with, encoder, to_compute):
+    engine = int8_pass.engine(cfg.encoder.embed_with, encoder, to_compute, image=cfg.type == "image")
+    if engine is None:
         return None
     present = (v for d in parts for v in d.inputs[name] if v is not None)
     rows = list(itertools.islice(present, int8_pass.SAMPLE_ROWS))
     if len(rows) < 2:
         return None
     sample = modality_of(cfg).collate(rows, cfg, pre.state[name], False, None)
-    return int8_pass.build(encoder, weights, sample, root, torch.get_num_threads())
+    return int8_pass.build(encoder, weights, sample, root, torch.get_num_threads(), engine)
 
 
 def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], root: Path, show: bool,
@@ -220,7 +221,7 @@ def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], ro
         store = store_for(encoder, weights, root)
         total, computed, started = sum(len(d) for d in parts), 0, time.perf_counter()
         int8 = _int8(encoder, cfg, pre, name, parts, total - len(store.entries), weights, root)
-        if int8 is not None:
+        if int8 is not None and int8.engine == "onnx-int8":  # the fp32 graph's rows are torch's, to rounding
             store = store_for(encoder, weights, root, engine="onnx-int8")
         features = int8 or encoder.features
         with tqdm(total=total, desc=f"{name} backbone", unit="row", disable=not show, leave=False) as shown:
@@ -237,9 +238,9 @@ def precompute(spec: Spec, pre: Preprocessor, net: Any, parts: list[Decoded], ro
         pre.state[name]["_feature_shape"] = [-1, sample.shape[-1]] if store.meta["sequence"] else list(sample.shape)
         report[name] = {"rows": total, "computed": computed, "reused": total - computed,
                         "seconds": round(time.perf_counter() - started, 2), "cache": str(store.folder),
-                        "cache_mb": round(store.size_bytes() / 2**20, 2), "engine": store.meta.get("engine", "torch")}
+                        "cache_mb": round(store.size_bytes() / 2**20, 2), "engine": int8.engine if int8 else "torch"}
         if int8 is not None:
-            report[name]["int8_parity"] = int8.parity
+            report[name]["int8_parity" if int8.engine == "onnx-int8" else "onnx_parity"] = int8.parity
         log(f"{name}: backbone outputs for {total} rows: {computed} computed, {total - computed} read from the "
             f"cache in {report[name]['seconds']} s ({store.folder}, {report[name]['cache_mb']} MB)")
     return report

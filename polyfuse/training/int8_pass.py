@@ -1,12 +1,15 @@
-"""The embedding pass in int8: a frozen backbone exported once to ONNX with its weights quantized to
-int8 (ONNX Runtime's dynamic quantization), used to fill the embedding cache when its outputs stay
-close to the fp32 backbone's on the table's own rows.
+"""The embedding pass in ONNX Runtime: a frozen backbone exported once to ONNX (fp32, or with its weights
+quantized to int8 by ONNX Runtime's dynamic quantization), used to fill the embedding cache when its
+outputs stay close to the torch backbone's on the table's own rows.
 
 Why: a frozen backbone's pass over the table is most of a pretrained run's time (e5-small: 35-60
-short texts/s here); int8 weights make it ~1.4x faster on this CPU (benchmarks/zoo_presets.py). The
-export and quantization cost ~35 s once per backbone (the file is kept beside the cache); `auto`
-uses it only when a pass has very many rows to compute (see MIN_ROWS). The gate compares pooled vectors, not logits:
-the head is trained on these vectors, so what matters is that they keep their direction.
+short texts/s here). The fp32 graph gives the same vectors (cosine 1.0000) faster than torch eager:
+EfficientNet-Lite0 over 595 mvsa photos took 15.5 s against 34.9 s, export and decoding included. int8
+weights make it ~1.4x faster again on matrix products (benchmarks/zoo_presets.py) at a small cost in
+accuracy, so `auto` asks for int8 only when a pass has very many rows to compute (MIN_ROWS) and for the
+fp32 graph from MIN_ROWS_FP32 images (the export, ~5-35 s once per backbone, is kept beside the cache). The
+gate compares pooled vectors, not logits: the head is trained on these vectors, so what matters is that
+they keep their direction.
 """
 from __future__ import annotations
 
@@ -27,7 +30,12 @@ from polyfuse.training.trainset import log
 # spec) int8 made training 1.43x faster and cost 0.7 points of test accuracy in one run (benchmarks/int8_pass.py),
 # a price worth asking for only where the pass dominates; below it `embed_with: onnx-int8` asks explicitly
 MIN_ROWS = 20000
-MEAN_COS, MIN_COS = 0.995, 0.98  # the gate: every sample row's vector within ~11 degrees, on average ~6
+# auto takes the fp32 graph for image backbones from this many rows: it pays for its export within a few hundred
+# photos (EfficientNet-Lite0, above). Not for text: e5-small over 1,469 mvsa tweets took 33.6 s with its export
+# against torch's 28.5 s (transformers' eager attention is already one matrix product per head)
+MIN_ROWS_FP32 = 1000
+MEAN_COS, MIN_COS = 0.995, 0.98  # the int8 gate: every sample row's vector within ~11 degrees, on average ~6
+FP32_COS = 0.9999  # the fp32 graph's gate, mean and each row: the same vectors up to rounding (its rows share torch's cache)
 SAMPLE_ROWS = 64
 
 
@@ -49,6 +57,7 @@ class Int8Pass:
     session: Any
     takes_length: bool
     parity: dict[str, float]
+    engine: str = "onnx-int8"
 
     def __call__(self, x: torch.Tensor, length: torch.Tensor | None) -> tuple[torch.Tensor, None]:
         feeds = {"x": x.numpy()}
@@ -57,15 +66,20 @@ class Int8Pass:
         return torch.from_numpy(self.session.run(None, feeds)[0]), None
 
 
-def wanted(mode: str, encoder: Any, to_compute: int) -> bool:
-    """Whether to try the int8 pass: asked for, or (auto) enough rows to pay for the export."""
+def engine(mode: str, encoder: Any, to_compute: int, image: bool = False) -> str | None:
+    """Which ONNX Runtime pass to try ('onnx-int8', 'onnx': the fp32 graph), or None (torch): the one asked
+    for, or (auto) by how many rows are to be computed and, for the fp32 graph, whether they are images."""
     if mode == "torch" or encoder.caches_sequence:  # attention pooling caches whole sequences: not gated here
-        return False
-    return mode == "onnx-int8" or to_compute >= MIN_ROWS
+        return None
+    if mode != "auto":
+        return mode
+    if to_compute >= MIN_ROWS:
+        return "onnx-int8"
+    return "onnx" if image and to_compute >= MIN_ROWS_FP32 else None
 
 
-def _export(encoder: Any, x: torch.Tensor, length: torch.Tensor | None, path: Path) -> None:
-    """fp32 ONNX of the pooled features (dynamic batch, and steps for token ids and waveforms), then int8."""
+def _export(encoder: Any, x: torch.Tensor, length: torch.Tensor | None, path: Path, int8: bool) -> None:
+    """fp32 ONNX of the pooled features (dynamic batch, and steps for token ids and waveforms), then int8 if asked."""
     from polyfuse.nn.onnx_int8 import quantize_dynamic
 
     takes_length = length is not None
@@ -84,8 +98,9 @@ def _export(encoder: Any, x: torch.Tensor, length: torch.Tensor | None, path: Pa
                                         dynamic_shapes=tuple(shapes), input_names=["x", "length"][: len(args)],
                                         output_names=["features"], external_data=False, optimize=True, verbose=False)
             program.save(str(fp32))
-            quantize_dynamic(fp32, tmp)
-        os.replace(tmp, path)
+            if int8:
+                quantize_dynamic(fp32, tmp)
+        os.replace(tmp if int8 else fp32, path)
     finally:
         fp32.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
@@ -95,34 +110,40 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
-def build(encoder: Any, digest: str, sample: dict[str, np.ndarray], root: Path, threads: int) -> Int8Pass | None:
-    """The int8 pass for ``encoder`` if it exports and passes the gate on ``sample`` (collated rows); else None
-    (and why, in the log). The int8 file is kept under ``root`` by the backbone's digest and pooling."""
+def build(encoder: Any, digest: str, sample: dict[str, np.ndarray], root: Path, threads: int,
+          engine: str = "onnx-int8") -> Int8Pass | None:
+    """The ONNX Runtime pass (``engine``: 'onnx-int8' or 'onnx') for ``encoder`` if it exports and passes the gate
+    on ``sample`` (collated rows); else None (and why, in the log). The file is kept under ``root`` by the
+    backbone's digest, pooling and engine."""
     import onnxruntime as ort
 
+    int8 = engine == "onnx-int8"
+    what = "int8 embedding pass" if int8 else "ONNX Runtime embedding pass (fp32)"
     x = torch.from_numpy(sample[""][:SAMPLE_ROWS])
     length = torch.from_numpy(sample["length"][:SAMPLE_ROWS]) if "length" in sample else None
     key = hashlib.sha256(f"{digest}|{encoder.pooling}|{x.dim()}|{length is not None}".encode()).hexdigest()[:24]
-    path = root / "embeddings" / "int8" / f"{key}.onnx"
+    path = root / "embeddings" / ("int8" if int8 else "fp32") / f"{key}.onnx"
     try:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            log("int8 embedding pass: exporting the backbone to ONNX and quantizing it (once per backbone)")
-            _export(encoder, x, length, path)
+            log(f"{what}: exporting the backbone to ONNX{' and quantizing it' if int8 else ''} (once per backbone)")
+            _export(encoder, x, length, path, int8)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = max(1, threads), 1
-        run = Int8Pass(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), length is not None, {})
+        run = Int8Pass(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), length is not None,
+                       {}, engine)
         with torch.inference_mode():
             ref = encoder.features(x, length)[0].float().numpy()
         got = run(x, length)[0].numpy()
-    except Exception as e:  # an architecture the exporter or quantizer cannot take: the fp32 pass still works
-        log(f"int8 embedding pass unavailable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); using torch fp32")
+    except Exception as e:  # an architecture the exporter or quantizer cannot take: the torch pass still works
+        log(f"{what} unavailable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); using torch fp32")
         return None
     cos = _cosines(ref, got)
     run.parity = {"rows": len(cos), "mean_cos": round(float(cos.mean()), 5), "min_cos": round(float(cos.min()), 5)}
-    if cos.mean() < MEAN_COS or cos.min() < MIN_COS:
-        log(f"int8 embedding pass rejected: its vectors' cosine to fp32 on {len(cos)} rows is mean "
-            f"{cos.mean():.4f}, min {cos.min():.4f} (needs {MEAN_COS}, {MIN_COS}); using torch fp32")
+    mean_needed, min_needed = (MEAN_COS, MIN_COS) if int8 else (FP32_COS, FP32_COS)
+    if cos.mean() < mean_needed or cos.min() < min_needed:
+        log(f"{what} rejected: its vectors' cosine to torch's on {len(cos)} rows is mean "
+            f"{cos.mean():.5f}, min {cos.min():.5f} (needs {mean_needed}, {min_needed}); using torch fp32")
         return None
-    log(f"int8 embedding pass: cosine to fp32 on {len(cos)} rows mean {cos.mean():.4f}, min {cos.min():.4f}")
+    log(f"{what}: cosine to torch's on {len(cos)} rows mean {cos.mean():.5f}, min {cos.min():.5f}")
     return run
