@@ -62,6 +62,8 @@ def main() -> None:
                         help="how sure the out-of-scope recall's lower bound must be (0.5: the validation share itself)")
     parser.add_argument("--spec", type=Path, default=None)
     args = parser.parse_args()
+    if not 0.0 < args.confidence < 1.0:
+        parser.error(f"--confidence must be between 0 and 1 (exclusive), got {args.confidence:g}")
     model = polyfuse.load(args.model)
     valid, oos_valid = top(model, args.data / "valid.csv"), top(model, args.data / "oos_valid.csv")
     test, oos_test = top(model, args.data / "test.csv"), top(model, args.data / "oos_test.csv")

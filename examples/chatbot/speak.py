@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from abstain import figures, top  # abstain.py, beside this script
 
 import polyfuse
-from abstain import figures, top
 from polyfuse.data.speech import VOICES, synthesise
+from polyfuse.errors import PolyfuseError
 from polyfuse.preprocess.audio_file import write_wav
 from polyfuse.zoo.asr import transcribe
 
@@ -72,6 +73,10 @@ def main() -> None:
     parser.add_argument("--abstain-below", type=float, default=None, help="default: the model's own threshold")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    try:  # first: a wrong path should not cost the speaking and the listening
+        model = polyfuse.load(args.model)
+    except PolyfuseError as e:
+        raise SystemExit(f"speak.py: {e}") from None
     rng = np.random.default_rng(args.seed)
     test = pd.read_csv(args.data / "test.csv", keep_default_na=False)
     oos = pd.read_csv(args.data / "oos_test.csv", keep_default_na=False)
@@ -79,7 +84,6 @@ def main() -> None:
                                             random_state=args.seed).reset_index(drop=True)
     oos_sample = oos.sample(n=min(args.oos, len(oos)), random_state=args.seed).reset_index(drop=True)
     heard, heard_oos = spoken(sample, args.data, "test", rng), spoken(oos_sample, args.data, "oos_test", rng)
-    model = polyfuse.load(args.model)
     threshold = args.abstain_below
     if threshold is None:
         threshold = model.spec.outputs["intent"].abstain_below or 0.0
