@@ -497,10 +497,19 @@ def test_an_image_column_gets_the_zoo_backbone_beside_its_cnn_as_the_preset_allo
     assert "photo_pretrained" not in yaml.safe_load(init_yaml(photos, target="label", preset="fast"))["inputs"]
     # medium's allowance is for all columns together: the text column before the photos spent it
     text_s = pretrained.embed_seconds(40, 10)
-    monkeypatch.setattr(pretrained, "MEDIUM_EMBED_S", text_s + 40 * pretrained.IMAGE_S / 2)
+    monkeypatch.setattr(pretrained, "MEDIUM_EMBED_S", text_s + pretrained.image_embed_seconds(40) / 2)
     shared = init_yaml(photos, target="label")
     assert "note_pretrained" in yaml.safe_load(shared)["inputs"]
     assert "photo_pretrained" not in yaml.safe_load(shared)["inputs"] and "for the columns before" in shared
+
+
+def test_the_image_estimate_counts_on_the_onnx_pass_from_its_threshold():
+    from polyfuse.autospec import pretrained
+    from polyfuse.spec.inputs import ONNX_FP32_MIN_IMAGES as n
+
+    below, at = pretrained.image_embed_seconds(n - 1), pretrained.image_embed_seconds(n)
+    assert below == (n - 1) * pretrained.IMAGE_S  # torch's pass
+    assert at < below and abs(below / at - pretrained.ONNX_IMAGE_SPEEDUP) < 0.01  # the fp32 graph's
 
 
 def test_tiny_images_keep_the_cnn_alone_unless_the_preset_is_best(tmp_path, image_zoo_installed):

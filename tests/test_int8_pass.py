@@ -9,6 +9,7 @@ from hf_models import tiny_bert, tiny_vit
 
 import polyfuse
 from polyfuse.evaluate.card import render
+from polyfuse.spec.inputs import ONNX_FP32_MIN_IMAGES
 from polyfuse.training import int8_pass
 
 
@@ -90,8 +91,8 @@ def test_auto_uses_the_fp32_graph_from_a_thousand_images_and_int8_only_from_many
     class Sequence:
         caches_sequence = True
 
-    assert int8_pass.engine("auto", Pooled(), int8_pass.MIN_ROWS_FP32 - 1, image=True) is None
-    assert int8_pass.engine("auto", Pooled(), int8_pass.MIN_ROWS_FP32, image=True) == "onnx"
+    assert int8_pass.engine("auto", Pooled(), ONNX_FP32_MIN_IMAGES - 1, image=True) is None
+    assert int8_pass.engine("auto", Pooled(), ONNX_FP32_MIN_IMAGES, image=True) == "onnx"
     assert int8_pass.engine("auto", Pooled(), int8_pass.MIN_ROWS - 1, image=True) == "onnx"
     assert int8_pass.engine("auto", Pooled(), int8_pass.MIN_ROWS - 1) is None  # text: torch until int8 pays
     assert int8_pass.engine("auto", Pooled(), int8_pass.MIN_ROWS) == "onnx-int8"

@@ -14,14 +14,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from polyfuse.spec.inputs import ONNX_FP32_MIN_IMAGES
 from polyfuse.zoo.catalog import ENTRIES, installed_source
 
 # seconds per text of multilingual-e5-small on one busy core of this kind of CPU: 35-60 short texts/s,
 # 9/s at 500 tokens (the zoo issue's measurements), as fixed + per-token cost
 E5_FIXED_S, E5_PER_TOKEN_S = 0.0127, 0.000197
 MEDIUM_EMBED_S = 300  # the default preset's allowance for the one embedding pass (cached afterwards)
-# EfficientNet-Lite0: 30 images/s on one busy core with JPEG decoding and resizing (the zoo issue)
+# EfficientNet-Lite0: 30 images/s on one busy core with JPEG decoding and resizing (the zoo issue) in torch;
+# its fp32 graph in ONNX Runtime, which the pass uses from ONNX_FP32_MIN_IMAGES, took 15.5 s against torch's
+# 34.9 s over 595 mvsa photos, export included
 IMAGE_S = 1 / 30
+ONNX_IMAGE_SPEEDUP = 2.25
 # ImageNet features transfer to photos down to CIFAR's 32 px; smaller images (glyphs, icons) are
 # upscaled past 7x to 224 px, so `medium` leaves them to the from-scratch CNN (`best` still tries)
 MIN_PHOTO_SIDE = 32
@@ -36,6 +40,11 @@ def choose(language_is_english: bool) -> str | None:
     if language_is_english and installed_source(ENTRIES["all-minilm-l6-v2"]):
         return "all-minilm-l6-v2"
     return None
+
+
+def image_embed_seconds(rows: int) -> float:
+    """Estimated seconds to embed ``rows`` images once (the pass `embed_with: auto` will run)."""
+    return rows * IMAGE_S / (ONNX_IMAGE_SPEEDUP if rows >= ONNX_FP32_MIN_IMAGES else 1.0)
 
 
 def embed_seconds(rows: int, p50_tokens: float) -> float:
@@ -79,7 +88,7 @@ def image_proposal(column: str, rows: int, side: float, preset: str, spent_s: fl
     if preset == "medium" and side < MIN_PHOTO_SIDE:
         return None, (f"images of ~{side:.0f} px are far smaller than the photos {name} was trained on (224 px): the "
                       "from-scratch CNN alone reads this column (--preset best adds it)"), 0.0
-    seconds = rows * IMAGE_S
+    seconds = image_embed_seconds(rows)
     refused = _over_budget(name, seconds, spent_s, rows, "images", "the from-scratch CNN", preset)
     if refused:
         return None, refused, 0.0

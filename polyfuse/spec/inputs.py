@@ -14,6 +14,10 @@ from pydantic import (
     model_validator,
 )
 
+# `embed_with: auto` runs an image backbone's pass as its fp32 graph in ONNX Runtime from this many images to
+# compute (polyfuse.training.int8_pass says why); init's time estimate (polyfuse.autospec.pretrained) counts on it
+ONNX_FP32_MIN_IMAGES = 1000
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())

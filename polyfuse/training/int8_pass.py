@@ -7,7 +7,7 @@ short texts/s here). The fp32 graph gives the same vectors (cosine 1.0000) faste
 EfficientNet-Lite0 over 595 mvsa photos took 15.5 s against 34.9 s, export and decoding included. int8
 weights make it ~1.4x faster again on matrix products (benchmarks/zoo_presets.py) at a small cost in
 accuracy, so `auto` asks for int8 only when a pass has very many rows to compute (MIN_ROWS) and for the
-fp32 graph from MIN_ROWS_FP32 images (the export, ~5-35 s once per backbone, is kept beside the cache). The
+fp32 graph from ONNX_FP32_MIN_IMAGES images (the export, ~5-35 s once per backbone, is kept beside the cache). The
 gate compares pooled vectors, not logits: the head is trained on these vectors, so what matters is that
 they keep their direction.
 """
@@ -24,16 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from polyfuse.spec.inputs import ONNX_FP32_MIN_IMAGES
 from polyfuse.training.trainset import log
 
 # `auto` takes int8 only for passes this long (~8 min of e5-small here): on zhtext (10,000 rows, init's medium
 # spec) int8 made training 1.43x faster and cost 0.7 points of test accuracy in one run (benchmarks/int8_pass.py),
 # a price worth asking for only where the pass dominates; below it `embed_with: onnx-int8` asks explicitly
 MIN_ROWS = 20000
-# auto takes the fp32 graph for image backbones from this many rows: it pays for its export within a few hundred
-# photos (EfficientNet-Lite0, above). Not for text: e5-small over 1,469 mvsa tweets took 33.6 s with its export
-# against torch's 28.5 s (transformers' eager attention is already one matrix product per head)
-MIN_ROWS_FP32 = 1000
+# auto takes the fp32 graph for image backbones from ONNX_FP32_MIN_IMAGES rows (polyfuse.spec.inputs): it pays for
+# its export within a few hundred photos (EfficientNet-Lite0, above). Not for text: e5-small over 1,469 mvsa tweets
+# took 33.6 s with its export against torch's 28.5 s
 MEAN_COS, MIN_COS = 0.995, 0.98  # the int8 gate: every sample row's vector within ~11 degrees, on average ~6
 FP32_COS = 0.9999  # the fp32 graph's gate, mean and each row: the same vectors up to rounding (its rows share torch's cache)
 SAMPLE_ROWS = 64
@@ -75,7 +75,7 @@ def engine(mode: str, encoder: Any, to_compute: int, image: bool = False) -> str
         return mode
     if to_compute >= MIN_ROWS:
         return "onnx-int8"
-    return "onnx" if image and to_compute >= MIN_ROWS_FP32 else None
+    return "onnx" if image and to_compute >= ONNX_FP32_MIN_IMAGES else None
 
 
 def _export(encoder: Any, x: torch.Tensor, length: torch.Tensor | None, path: Path, int8: bool) -> None:
