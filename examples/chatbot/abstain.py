@@ -41,16 +41,11 @@ def figures(threshold: float, conf_in, pred_in, truth_in, conf_oos) -> dict[str,
             "oos_recall": float(np.mean(conf_oos < threshold)) if len(conf_oos) else 0.0}
 
 
-def wilson_lower(share: float, n: int, confidence: float) -> float:
-    """The one-sided Wilson score lower bound of a proportion observed as ``share`` of ``n``."""
-    from statistics import NormalDist
+def wilson_lower(hits: int, n: int, confidence: float) -> float:
+    """The one-sided Wilson score lower bound of ``hits`` of ``n`` (SciPy's two-sided interval at 2c - 1)."""
+    from scipy.stats import binomtest
 
-    if n == 0:
-        return 0.0
-    z = NormalDist().inv_cdf(confidence)
-    centre = share + z * z / (2 * n)
-    spread = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
-    return float((centre - spread) / (1 + z * z / n))
+    return float(binomtest(hits, n).proportion_ci(2 * confidence - 1, method="wilson").low) if n else 0.0
 
 
 def main() -> None:
@@ -73,15 +68,15 @@ def main() -> None:
     if args.min_oos_recall is not None:
         n = len(oos_valid[0])
         allowed = [i for i, f in enumerate(on_valid)
-                   if wilson_lower(f["oos_recall"], n, args.confidence) >= args.min_oos_recall]
+                   if wilson_lower(round(f["oos_recall"] * n), n, args.confidence) >= args.min_oos_recall]
         if allowed:
             points["min recall"] = float(grid[max(allowed, key=lambda i: on_valid[i]["in_scope_accuracy"])])
     result = {name: {"abstain_below": t, "validation": figures(t, *valid, oos_valid[0]),
                      "test": figures(t, *test, oos_test[0])} for name, t in points.items()}
     if "min recall" in result:
-        share = result["min recall"]["validation"]["oos_recall"]
-        result["min recall"]["validation"]["oos_recall_lower_bound"] = wilson_lower(share, len(oos_valid[0]),
-                                                                                     args.confidence)
+        n = len(oos_valid[0])
+        hits = round(result["min recall"]["validation"]["oos_recall"] * n)
+        result["min recall"]["validation"]["oos_recall_lower_bound"] = wilson_lower(hits, n, args.confidence)
     result["test_without_threshold"] = figures(0.0, *test, oos_test[0])
     best = points["min recall" if "min recall" in points else "balanced"]
     result["abstain_below"] = best
