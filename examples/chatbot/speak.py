@@ -73,6 +73,10 @@ def main() -> None:
     parser.add_argument("--abstain-below", type=float, default=None, help="default: the model's own threshold")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    missing = [n for n in ("test.csv", "oos_test.csv") if not (args.data / n).is_file()]
+    if missing:
+        raise SystemExit(f"speak.py: {args.data} has no {' or '.join(missing)}: build it with "
+                         f"python examples/chatbot/build_data.py --out {args.data}")
     try:  # first: a wrong path should not cost the speaking and the listening
         model = polyfuse.load(args.model)
     except PolyfuseError as e:
