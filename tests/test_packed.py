@@ -60,3 +60,34 @@ def test_collated_once_only_within_the_budget_and_training_is_the_same(toy, capf
     # the same batches in the same order; padded to each batch's longest value instead of the split's,
     # sums run in another order: float32 rounding after 2 epochs, no more
     assert max(float((nets[4096][k].float() - nets[1][k].float()).abs().max()) for k in nets[1]) <= 1e-4
+
+
+HEAP_PROBE = """
+import ctypes, sys
+from polyfuse.training import memory
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype, libc.malloc.restype = Info, ctypes.c_void_p
+libc.malloc.argtypes, libc.free.argtypes = [ctypes.c_size_t], [ctypes.c_void_p]
+if sys.argv[1] == "pad":
+    memory.keep_freed_heap_top()
+blocks = [libc.malloc(64 << 10) for _ in range(320)]  # 20 MB below the mmap threshold: from the heap's top
+for b in reversed(blocks):
+    libc.free(b)
+print(libc.mallinfo2().arena >> 20)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "mallinfo2"), reason="glibc >= 2.33 only (mallinfo2)")
+def test_training_heap_keeps_freed_top_instead_of_returning_it_every_step():
+    import subprocess
+    import sys
+
+    def heap_mb(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True, check=True)
+        return int(done.stdout)
+
+    # without the pad, freeing 20 MB at the top trims the heap back; with it, the pad stays mapped for the next step
+    assert heap_mb("none") < 64
+    assert heap_mb("pad") >= 256

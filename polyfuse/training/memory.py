@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 from typing import Any
 
@@ -20,7 +21,8 @@ def _glibc() -> Any:
 
 
 _LIBC = _glibc()
-M_MMAP_THRESHOLD = -3
+M_MMAP_THRESHOLD, M_TOP_PAD = -3, -2
+TOP_PAD_BYTES = 256 << 20
 
 
 def release_memory() -> None:
@@ -38,6 +40,17 @@ def map_large_allocations() -> None:
     and 3 epochs of 112 px images from disk shards peaked at 1.21 GB against 0.81 GB with it."""
     if _LIBC is not None:
         _LIBC.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+
+def keep_freed_heap_top() -> None:
+    """The heap keeps 256 MB past its top when it grows or trims, instead of handing each step's freed
+    blocks back to the kernel and faulting them in again on the next step. Measured on mvsa's fast preset
+    (a 52x64 CNN + n-grams, 2 cores, one run each, identical losses): 380 rows/s and 51 s of system time
+    without it, 510 rows/s with a 64 MB pad, 760-930 rows/s and 14 s with 256 MB (network 49 s -> 26 s).
+    It costs up to the pad in resident memory after a step's peak. Training only: the server bounds its
+    RSS instead (``release_memory``). A ``MALLOC_TOP_PAD_`` in the environment is the user's and is kept."""
+    if _LIBC is not None and "MALLOC_TOP_PAD_" not in os.environ:
+        _LIBC.mallopt(M_TOP_PAD, TOP_PAD_BYTES)
 
 
 def reset_peak() -> bool:

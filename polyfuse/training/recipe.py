@@ -26,7 +26,7 @@ from polyfuse.training import distributed, dp
 from polyfuse.training.budget import ENSEMBLE_TRAIN_SHARE, TRAIN_SHARE, TimeBudget
 from polyfuse.training.device import resolve as resolve_device
 from polyfuse.training.epochs import fit_network
-from polyfuse.training.memory import map_large_allocations
+from polyfuse.training.memory import keep_freed_heap_top, map_large_allocations
 from polyfuse.training.soft_targets import SoftTargets
 from polyfuse.training.trainset import Splits, check_rows, log, read_splits
 from polyfuse.training.wide import fit_wide
@@ -165,6 +165,7 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     torch.set_num_threads(governor.threads())
     single_threaded_blas()  # augmentation recomputes audio features beside torch's threads
     map_large_allocations()  # batches come and go every step: fragmented heap blocks would stay resident
+    keep_freed_heap_top()  # ... and the smaller blocks of each step are not faulted in afresh
     show = show and dist.main
 
     pretrained = any(hf_encoder(c) for c in spec.inputs.values())
