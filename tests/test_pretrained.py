@@ -455,3 +455,25 @@ def test_the_servers_batching_check_times_text_at_a_requests_length(trained):
     row = sized_like_requests(model.spec, empty)
     assert row["note"].shape == (1, 16) and row["note__length"].tolist() == [16]  # max_length 16 in this spec
     assert model.run_arrays(row)["label"].shape == (1, 3)
+
+
+def test_two_inputs_on_one_frozen_backbone_hold_save_and_export_it_once(toy, tmp_path):
+    from safetensors import safe_open
+
+    from polyfuse.deploy.exporter import export
+
+    csv, bert = toy
+    spec = text_spec(csv, bert, tmp_path / "cache")
+    spec["inputs"]["again"] = {**spec["inputs"]["note"], "column": "note"}
+    model = polyfuse.train(spec, out=tmp_path / "m", show_progress=False)
+    with safe_open(str(tmp_path / "m" / "weights.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    assert any(k.startswith("encoders.note.backbone.") for k in saved)
+    assert not any(k.startswith("encoders.again.backbone.") for k in saved)
+    assert any(k.startswith("encoders.again.proj.") for k in saved)  # each input's own head is still its own
+
+    loaded = polyfuse.load(tmp_path / "m")
+    assert loaded.net.encoders["again"].backbone is loaded.net.encoders["note"].backbone
+    records = [{"note": "a big dog", "weight": 2.0}, {"note": "the small cat is a very good cat", "weight": 0.1}]
+    assert np.allclose(model.predict_proba(records).to_numpy(), loaded.predict_proba(records).to_numpy(), atol=1e-6)
+    assert export(tmp_path / "m")["verification"]["passed"]

@@ -10,6 +10,7 @@ from torch import nn
 from polyfuse.nn.build import build_encoder
 from polyfuse.nn.fusion import build_fusion
 from polyfuse.nn.heads import build_head
+from polyfuse.nn.hf import share_frozen_backbones
 from polyfuse.nn.members import LinearMembers, member_inputs, member_outputs
 from polyfuse.nn.wide import WideText, wide_inputs, wide_outputs
 from polyfuse.preprocess.targets import MODALITY_WEIGHTS
@@ -50,6 +51,7 @@ class FusionModel(nn.Module):
         self.names = list(spec.inputs)
         private = spec.train.privacy is not None  # DP-SGD-trainable layers (polyfuse.nn.encoders)
         self.encoders = nn.ModuleDict({n: build_encoder(c, state[n], private) for n, c in spec.inputs.items()})
+        share_frozen_backbones(self, spec, state)
         self.drop_p = [c.modality_dropout if c.modality_dropout is not None else spec.fusion.modality_dropout
                        for c in spec.inputs.values()]
         dims = [c.dim for c in spec.inputs.values()]
