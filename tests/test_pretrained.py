@@ -477,3 +477,29 @@ def test_two_inputs_on_one_frozen_backbone_hold_save_and_export_it_once(toy, tmp
     records = [{"note": "a big dog", "weight": 2.0}, {"note": "the small cat is a very good cat", "weight": 0.1}]
     assert np.allclose(model.predict_proba(records).to_numpy(), loaded.predict_proba(records).to_numpy(), atol=1e-6)
     assert export(tmp_path / "m")["verification"]["passed"]
+
+
+def test_further_networks_share_the_first_networks_frozen_backbone_and_run_it_once(toy, tmp_path):
+    from safetensors import safe_open
+
+    from polyfuse.deploy.exporter import export
+
+    csv, bert = toy
+    spec = text_spec(csv, bert, tmp_path / "cache")
+    spec["train"].update(ensemble="auto", networks=2)
+    model = polyfuse.train(spec, out=tmp_path / "m", show_progress=False)
+    assert len(model.net.extra) == 1 and model.net.extra[0].encoders["note"].backbone is model.net.encoders["note"].backbone
+    history = json.loads((tmp_path / "m" / "metrics.json").read_text())["ensemble"]["networks"]
+    assert not any("skipped" in n for n in history), history
+    with safe_open(str(tmp_path / "m" / "weights.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    assert not any(k.startswith("extra.0.encoders.note.backbone.") for k in saved)
+    assert any(k.startswith("extra.0.encoders.note.proj.") for k in saved)  # its own head, trained from its own seed
+
+    loaded = polyfuse.load(tmp_path / "m")
+    runs = []
+    loaded.net.encoders["note"].backbone.register_forward_hook(lambda *a: runs.append(1))
+    records = [{"note": "a big dog", "weight": 2.0}, {"note": "the small cat is a very good cat", "weight": 0.1}]
+    assert np.allclose(model.predict_proba(records).to_numpy(), loaded.predict_proba(records).to_numpy(), atol=1e-6)
+    assert len(runs) == 1  # one pass of the backbone serves both networks (and the linear member on its vectors)
+    assert export(tmp_path / "m")["verification"]["passed"]

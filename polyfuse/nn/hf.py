@@ -238,36 +238,47 @@ class PretrainedEncoder(nn.Module):
         return self.head(*self.features(x, length))
 
 
+def shares_backbone(cfg: Any) -> bool:
+    """Whether further networks of the ensemble can read this input through the first network's backbone:
+    frozen whole, and what it gives a network is one pooled vector per row (attention pooling and video
+    keep sequences, which each network would run again)."""
+    enc = hf_encoder(cfg)
+    return enc is not None and enc.cached and cfg.type != "video" and enc.pooling != "attention"
+
+
 def share_frozen_backbones(net: nn.Module, spec: Spec, state: dict[str, dict]) -> list[str]:
-    """Inputs that read the same frozen backbone (one model for a report and a history column) use one
-    module: it is loaded, held and exported once, and saved once. The medical example's two e5 inputs
-    made a 1,010 MB artifact for ~470 MB of distinct weights. The later inputs' copies are left out of
-    the network's state dicts and not missed when one loads, since the first input's keys fill them.
-    Returns the key prefixes left out (relative to the network)."""
-    first: dict[str, str] = {}
+    """Inputs and networks that read the same frozen backbone use one module: it is loaded, held, exported
+    and saved once. The medical example's two e5 inputs (one model for the indication and the report) made
+    a 927 MB artifact for ~470 MB of distinct weights, and the ensemble's further networks each needed a
+    backbone of their own, so `train.networks` was refused with pretrained inputs. The copies after the
+    first are left out of the network's state dicts and not missed when one loads, since the first's keys
+    fill them. Call again after replacing a further network. Returns the key prefixes left out."""
+    first: dict[str, nn.Module] = {}
     aliases: list[str] = []
-    for name, cfg in spec.inputs.items():
-        enc, encoder = hf_encoder(cfg), net.encoders[name]
-        if enc is None or not enc.cached or not hasattr(encoder, "backbone"):
-            continue
-        key = json.dumps([enc.hf, enc.pretrained, cfg.type, type(encoder).__name__, state[name].get("backbone")],
-                         sort_keys=True, default=str)
-        if key in first:
-            encoder.backbone = net.encoders[first[key]].backbone
-            aliases.append(f"encoders.{name}.backbone.")
-        else:
-            first[key] = name
-    if aliases:
+    for at, model in [("", net), *((f"extra.{i}.", m) for i, m in enumerate(getattr(net, "extra", [])))]:
+        for name, cfg in spec.inputs.items():
+            enc, encoder = hf_encoder(cfg), model.encoders[name]
+            if enc is None or not enc.cached or not hasattr(encoder, "backbone"):
+                continue
+            key = json.dumps([enc.hf, enc.pretrained, cfg.type, type(encoder).__name__,
+                              state[name].get("backbone")], sort_keys=True, default=str)
+            if key in first:
+                encoder.backbone = first[key]
+                aliases.append(f"{at}encoders.{name}.backbone.")
+            else:
+                first[key] = encoder.backbone
+    if aliases and not hasattr(net, "shared_backbones"):
         def leave_out(module: nn.Module, sd: dict, prefix: str, _meta: Any) -> None:
-            for key in [k for k in sd if k[len(prefix):].startswith(tuple(aliases))]:
+            for key in [k for k in sd if k[len(prefix):].startswith(tuple(module.shared_backbones))]:
                 del sd[key]
 
         def not_missing(module: nn.Module, incompatible: Any) -> None:
             incompatible.missing_keys[:] = [k for k in incompatible.missing_keys  # k may carry a wrapper's prefix
-                                            if not any(f".{a}" in f".{k}" for a in aliases)]
+                                            if not any(f".{a}" in f".{k}" for a in module.shared_backbones)]
 
         net._register_state_dict_hook(leave_out)
         net.register_load_state_dict_post_hook(not_missing)
+    net.shared_backbones = aliases
     return aliases
 
 

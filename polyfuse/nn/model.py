@@ -10,7 +10,7 @@ from torch import nn
 from polyfuse.nn.build import build_encoder
 from polyfuse.nn.fusion import build_fusion
 from polyfuse.nn.heads import build_head
-from polyfuse.nn.hf import share_frozen_backbones
+from polyfuse.nn.hf import share_frozen_backbones, shares_backbone
 from polyfuse.nn.members import LinearMembers, member_inputs, member_outputs
 from polyfuse.nn.wide import WideText, wide_inputs, wide_outputs
 from polyfuse.preprocess.targets import MODALITY_WEIGHTS
@@ -51,7 +51,6 @@ class FusionModel(nn.Module):
         self.names = list(spec.inputs)
         private = spec.train.privacy is not None  # DP-SGD-trainable layers (polyfuse.nn.encoders)
         self.encoders = nn.ModuleDict({n: build_encoder(c, state[n], private) for n, c in spec.inputs.items()})
-        share_frozen_backbones(self, spec, state)
         self.drop_p = [c.modality_dropout if c.modality_dropout is not None else spec.fusion.modality_dropout
                        for c in spec.inputs.values()]
         dims = [c.dim for c in spec.inputs.values()]
@@ -86,6 +85,8 @@ class FusionModel(nn.Module):
         self.extra = nn.ModuleList([FusionModel(spec, state, member=True) for _ in range(extra_networks(spec))
                                     ] if on else [])
         self.members = LinearMembers(spec, state, len(self.extra)) if on else None
+        if not member:  # a further network's backbones become the first's, here and in train_further
+            share_frozen_backbones(self, spec, state)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, Side]:
         """Each input's vector, the [B, n_inputs] presence mask (before any modality dropout) and
@@ -93,7 +94,7 @@ class FusionModel(nn.Module):
         vectors, present, wide, pooled = self._encode_inputs(batch)
         mixing = self._mixing()
         linear = self.members(batch, present, self.names, pooled) if mixing else None
-        extra = [e(batch) for e in self.extra] if mixing else []
+        extra = [e(with_features(batch, pooled)) for e in self.extra] if mixing else []
         return vectors, present, Side(wide, linear, extra)
 
     def masked(self, batch: dict[str, torch.Tensor], keeps: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -101,7 +102,7 @@ class FusionModel(nn.Module):
         others were missing: the encoders (and further networks' encoders) run once for all of them."""
         vectors, present, wide, pooled = self._encode_inputs(batch)
         mixing = self._mixing()
-        extras = [e.encode(batch) for e in self.extra] if mixing else []
+        extras = [e.encode(with_features(batch, pooled)) for e in self.extra] if mixing else []
         outs = []
         for keep in keeps:
             p = present & keep
@@ -204,10 +205,18 @@ class FusionModel(nn.Module):
 
 
 def extra_networks(spec: Spec) -> int:
-    """Further networks of the ensemble: ``train.networks - 1``, none with a pretrained encoder."""
+    """Further networks of the ensemble: ``train.networks - 1``; none where a pretrained input's backbone
+    would have to be one per network (trained in part, or giving sequences: :func:`shares_backbone`)."""
     from polyfuse.spec.inputs import hf_encoder
 
-    return 0 if any(hf_encoder(c) for c in spec.inputs.values()) else getattr(spec.train, "networks", 1) - 1
+    alone = any(hf_encoder(c) and not shares_backbone(c) for c in spec.inputs.values())
+    return 0 if alone else getattr(spec.train, "networks", 1) - 1
+
+
+def with_features(batch: dict[str, torch.Tensor], pooled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch with the first network's pooled backbone vectors as cached features, so the further
+    networks (which share its frozen backbones) do not run them again."""
+    return {**batch, **{f"{n}__features": h for n, h in pooled.items() if f"{n}__features" not in batch}}
 
 
 def ensemble_enabled(spec: Spec, state: dict[str, dict]) -> bool:

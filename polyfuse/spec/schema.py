@@ -184,7 +184,8 @@ class TrainSpec(Strict):
                                              "replacement); the mix is part of the exported model. Off under privacy")
     networks: int = Field(1, ge=1, le=8, description="networks in the ensemble: the first, and networks - 1 more "
                           "trained with other seeds after it (each within time_limit); they are members beside the "
-                          "linear ones. Needs ensemble auto; not with pretrained encoders (one backbone per network)")
+                          "linear ones. Needs ensemble auto; frozen pretrained backbones are shared by all networks "
+                          "(not ones trained in part or pooled by attention: those would need one per network)")
     privacy: PrivacySpec | None = Field(None, description="differential privacy (DP-SGD with Opacus); default off")
     tracking: TrackingSpec | None = Field(None, description="log the run to MLflow and/or TensorBoard: the spec as "
                                           "params, per-epoch and final metrics, the card and plots; a tracking server "

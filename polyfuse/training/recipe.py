@@ -110,8 +110,8 @@ def train_further(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionMode
     one that does not fit is left out of the mix (its weight stays 0) and recorded."""
     done = []
     if spec.train.networks > 1 and not len(net.extra):
-        reason = ("a pretrained encoder would need a backbone per network" if net.members is not None
-                  else "the ensemble is off")
+        reason = ("a pretrained encoder trained in part, or pooled by attention, would need a backbone per network"
+                  if net.members is not None else "the ensemble is off")
         done.append({"networks": spec.train.networks, "skipped": f"one network trained: {reason}"})
         log(f"train.networks {spec.train.networks}: one network trained ({reason})")
     for k, extra in enumerate(net.extra):
@@ -121,6 +121,7 @@ def train_further(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionMode
             continue
         torch.manual_seed(seed)
         net.extra[k] = extra = FusionModel(spec, pre.state, member=True)  # its own initial weights, from its seed
+        hf.share_frozen_backbones(net, spec, pre.state)  # ... and the first's pretrained backbones
         seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
         history, seconds = fit_network(seeded, pre, splits, extra, valid_batch, out=None, resume=False, show=False,
                                        callback=None, place=place, governor=governor, budget=budget)
