@@ -19,6 +19,7 @@ from polyfuse.data.io import read_table
 from polyfuse.errors import ArtifactError
 from polyfuse.evaluate.scores import evaluate as _evaluate
 from polyfuse.nn import heads, pruned
+from polyfuse.nn.members import LinearMembers
 from polyfuse.nn.model import FusionModel, predict_arrays
 from polyfuse.preprocess import targets
 from polyfuse.preprocess.pipeline import Decoded, Preprocessor, decode_table
@@ -202,6 +203,10 @@ def load(path: str | Path, *, key_env: str | None = None, verify_key: str | Path
         weights.setdefault("temperature", torch.ones(len(spec.outputs)))  # saved before calibration existed
         if net.members is not None and not any(k.startswith("members.") for k in weights):
             net.members = None  # saved before ensembles existed: the network alone, as it was selected
+        if len(net.extra) and not any(k.startswith("extra.") for k in weights):
+            # saved when pretrained inputs kept train.networks to one network: its mix had no further networks
+            net.extra = torch.nn.ModuleList()
+            net.members = LinearMembers(spec, pre.state, 0) if net.members is not None else None
         if opened.has("structure.json"):  # a pruned network: its layers narrowed as they were saved
             net.pruned_layers = json.loads(opened.read("structure.json"))
             pruned.reshape(net, net.pruned_layers, weights)
