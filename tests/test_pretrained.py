@@ -503,3 +503,25 @@ def test_further_networks_share_the_first_networks_frozen_backbone_and_run_it_on
     assert np.allclose(model.predict_proba(records).to_numpy(), loaded.predict_proba(records).to_numpy(), atol=1e-6)
     assert len(runs) == 1  # one pass of the backbone serves both networks (and the linear member on its vectors)
     assert export(tmp_path / "m")["verification"]["passed"]
+
+
+def test_an_artifact_trained_when_pretrained_inputs_meant_one_network_still_loads(trained, tmp_path):
+    """Before further networks could share a frozen backbone, `networks: 3` with a pretrained input trained
+    one network and saved no further ones; such an artifact loads as it was trained."""
+    import shutil
+
+    import yaml
+
+    from polyfuse.artifact import refresh_manifest
+
+    out, _ = trained
+    folder = tmp_path / "old"
+    shutil.copytree(out, folder)
+    spec = yaml.safe_load((folder / "spec.yaml").read_text())
+    spec["train"].update(ensemble="auto", networks=3)
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+    refresh_manifest(folder)
+    old = polyfuse.load(folder)
+    assert len(old.net.extra) == 0
+    records = [{"note": "a big dog", "weight": 2.0}, {"note": "the small cat is a very good cat", "weight": 0.1}]
+    assert np.allclose(old.predict_proba(records).to_numpy(), polyfuse.load(out).predict_proba(records).to_numpy())
