@@ -20,17 +20,18 @@ from polyfuse.nn.encoders import (
     TextNgram,
     TextRNN,
 )
-from polyfuse.nn.hf import PretrainedEncoder, build_backbone
+from polyfuse.nn.hf import PretrainedEncoder, backbone_key, build_backbone
 from polyfuse.nn.video_hf import PretrainedFrames
 from polyfuse.preprocess.ngrams import idf_table
 from polyfuse.spec.inputs import hf_encoder
 
 
-def build_encoder(cfg: Any, state: dict, private: bool = False) -> nn.Module:
+def build_encoder(cfg: Any, state: dict, private: bool = False, backbones: dict | None = None) -> nn.Module:
     """The encoder a spec input asks for, sized from the fitted preprocessing state; ``private``: the
-    variant DP-SGD can train (see :mod:`polyfuse.nn.encoders`)."""
+    variant DP-SGD can train (see :mod:`polyfuse.nn.encoders`); ``backbones``: frozen pretrained
+    backbones already built for other inputs or networks, by :func:`polyfuse.nn.hf.backbone_key`."""
     if not isinstance(cfg.encoder, str):  # {hf: ...}: a pretrained backbone
-        return _pretrained(cfg, state)
+        return _pretrained(cfg, state, {} if backbones is None else backbones)
     if cfg.type == "image":
         if cfg.encoder == "resnet":
             return ImageResNet(cfg.channels, cfg.dim, private)
@@ -56,9 +57,16 @@ def build_encoder(cfg: Any, state: dict, private: bool = False) -> nn.Module:
     raise ValueError(f"no encoder for input type {cfg.type!r}")
 
 
-def _pretrained(cfg: Any, state: dict) -> nn.Module:
-    """The encoder of an ``encoder: {hf: ...}`` input, from the config stored in its state."""
+def _pretrained(cfg: Any, state: dict, backbones: dict) -> nn.Module:
+    """The encoder of an ``encoder: {hf: ...}`` input, from the config stored in its state; a frozen
+    backbone built before for the same model is used again (one module for every input and network)."""
     enc = hf_encoder(cfg)
+    key = backbone_key(cfg, state)
+    backbone = backbones.get(key) if key is not None else None
+    if backbone is None:
+        backbone = build_backbone(state["backbone"], cfg.type)
+        if key is not None:
+            backbones[key] = backbone
     if cfg.type == "video":
-        return PretrainedFrames(build_backbone(state["backbone"], "video"), enc, cfg.dim)
-    return PretrainedEncoder(build_backbone(state["backbone"], cfg.type), cfg.type, enc, cfg.dim)
+        return PretrainedFrames(backbone, enc, cfg.dim)
+    return PretrainedEncoder(backbone, cfg.type, enc, cfg.dim)

@@ -246,27 +246,30 @@ def shares_backbone(cfg: Any) -> bool:
     return enc is not None and enc.cached and cfg.type != "video" and enc.pooling != "attention"
 
 
-def share_frozen_backbones(net: nn.Module, spec: Spec, state: dict[str, dict]) -> list[str]:
-    """Inputs and networks that read the same frozen backbone use one module: it is loaded, held, exported
-    and saved once. The medical example's two e5 inputs (one model for the indication and the report) made
-    a 927 MB artifact for ~470 MB of distinct weights, and the ensemble's further networks each needed a
-    backbone of their own, so `train.networks` was refused with pretrained inputs. The copies after the
-    first are left out of the network's state dicts and not missed when one loads, since the first's keys
-    fill them. Call again after replacing a further network. Returns the key prefixes left out."""
-    first: dict[str, nn.Module] = {}
+def backbone_key(cfg: Any, state: dict) -> str | None:
+    """What makes inputs' frozen backbones one module (the same model, tower and config), or None where the
+    backbone is trained (in part or by LoRA) and so is the input's own."""
+    enc = hf_encoder(cfg)
+    if enc is None or not enc.cached:
+        return None
+    return json.dumps([enc.hf, enc.pretrained, cfg.type, state.get("backbone")], sort_keys=True, default=str)
+
+
+def leave_shared_out(net: nn.Module) -> None:
+    """Inputs and networks that read the same frozen backbone hold one module (``build_encoder``'s
+    ``backbones``): loaded, held, exported and saved once. The medical example's two e5 inputs made a
+    927 MB artifact for ~470 MB of distinct weights, and the ensemble's further networks each needed a
+    backbone of their own. Here: the copies after the first are left out of the network's state dicts and
+    not missed when one loads, since the first's keys fill them. Call again after replacing a network."""
+    seen: set[int] = set()
     aliases: list[str] = []
     for at, model in [("", net), *((f"extra.{i}.", m) for i, m in enumerate(getattr(net, "extra", [])))]:
-        for name, cfg in spec.inputs.items():
-            enc, encoder = hf_encoder(cfg), model.encoders[name]
-            if enc is None or not enc.cached or not hasattr(encoder, "backbone"):
-                continue
-            key = json.dumps([enc.hf, enc.pretrained, cfg.type, type(encoder).__name__,
-                              state[name].get("backbone")], sort_keys=True, default=str)
-            if key in first:
-                encoder.backbone = first[key]
+        for name, encoder in model.encoders.items():
+            backbone = getattr(encoder, "backbone", None)
+            if backbone is not None and id(backbone) in seen:
                 aliases.append(f"{at}encoders.{name}.backbone.")
-            else:
-                first[key] = encoder.backbone
+            elif backbone is not None:
+                seen.add(id(backbone))
     if aliases and not hasattr(net, "shared_backbones"):
         def leave_out(module: nn.Module, sd: dict, prefix: str, _meta: Any) -> None:
             for key in [k for k in sd if k[len(prefix):].startswith(tuple(module.shared_backbones))]:
@@ -279,7 +282,6 @@ def share_frozen_backbones(net: nn.Module, spec: Spec, state: dict[str, dict]) -
         net._register_state_dict_hook(leave_out)
         net.register_load_state_dict_post_hook(not_missing)
     net.shared_backbones = aliases
-    return aliases
 
 
 # ----------------------------------------------------------------------------- training set-up
@@ -292,6 +294,7 @@ def load_pretrained(net: nn.Module, spec: Spec, base: Path) -> None:
 
     hf_logging.disable_progress_bar()  # a bar per weight file in logs; our own lines say what loads
     loaded: dict[Path, nn.Module] = {}
+    filled: set[int] = set()
     for name, cfg in spec.inputs.items():
         enc = hf_encoder(cfg)
         if enc is None:
@@ -300,7 +303,9 @@ def load_pretrained(net: nn.Module, spec: Spec, base: Path) -> None:
         if folder not in loaded:
             loaded[folder] = AutoModel.from_pretrained(folder, local_files_only=True)
         encoder = net.encoders[name]
-        encoder.backbone.load_state_dict(tower(loaded[folder], cfg.type).state_dict())
+        if id(encoder.backbone) not in filled:  # an input sharing another's frozen backbone has it already
+            encoder.backbone.load_state_dict(tower(loaded[folder], cfg.type).state_dict())
+            filled.add(id(encoder.backbone))
         set_trainable(encoder, enc)
         if enc.lora is not None:
             add_lora(encoder, enc)

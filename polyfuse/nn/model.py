@@ -10,7 +10,7 @@ from torch import nn
 from polyfuse.nn.build import build_encoder
 from polyfuse.nn.fusion import build_fusion
 from polyfuse.nn.heads import build_head
-from polyfuse.nn.hf import share_frozen_backbones, shares_backbone
+from polyfuse.nn.hf import leave_shared_out, shares_backbone
 from polyfuse.nn.members import LinearMembers, member_inputs, member_outputs
 from polyfuse.nn.wide import WideText, wide_inputs, wide_outputs
 from polyfuse.preprocess.targets import MODALITY_WEIGHTS
@@ -45,12 +45,15 @@ class FusionModel(nn.Module):
     optional single-input loss (``fusion.alone_loss``).
     """
 
-    def __init__(self, spec: Spec, state: dict[str, dict], member: bool = False):
-        """``member``: one of the ensemble's further networks (no linear members, no networks of its own)."""
+    def __init__(self, spec: Spec, state: dict[str, dict], member: bool = False, backbones: dict | None = None):
+        """``member``: one of the ensemble's further networks (no linear members, no networks of its own);
+        ``backbones``: the first network's frozen pretrained backbones, which a further network reads too."""
         super().__init__()
         self.names = list(spec.inputs)
         private = spec.train.privacy is not None  # DP-SGD-trainable layers (polyfuse.nn.encoders)
-        self.encoders = nn.ModuleDict({n: build_encoder(c, state[n], private) for n, c in spec.inputs.items()})
+        self.backbones = {} if backbones is None else backbones  # a plain dict: not a second address of the modules
+        self.encoders = nn.ModuleDict({n: build_encoder(c, state[n], private, self.backbones)
+                                       for n, c in spec.inputs.items()})
         self.drop_p = [c.modality_dropout if c.modality_dropout is not None else spec.fusion.modality_dropout
                        for c in spec.inputs.values()]
         dims = [c.dim for c in spec.inputs.values()]
@@ -82,11 +85,11 @@ class FusionModel(nn.Module):
         # the validation-selected ensemble of linear members with the network (polyfuse.training.ensemble)
         on = ensemble_enabled(spec, state) and not member
         # further networks, trained with other seeds after the first (train.networks): members of the ensemble
-        self.extra = nn.ModuleList([FusionModel(spec, state, member=True) for _ in range(extra_networks(spec))
-                                    ] if on else [])
+        self.extra = nn.ModuleList([FusionModel(spec, state, member=True, backbones=self.backbones)
+                                    for _ in range(extra_networks(spec))] if on else [])
         self.members = LinearMembers(spec, state, len(self.extra)) if on else None
-        if not member:  # a further network's backbones become the first's, here and in train_further
-            share_frozen_backbones(self, spec, state)
+        if not member:
+            leave_shared_out(self)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, Side]:
         """Each input's vector, the [B, n_inputs] presence mask (before any modality dropout) and

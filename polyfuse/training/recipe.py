@@ -120,8 +120,9 @@ def train_further(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionMode
             done.append({"network": k + 2, "seed": seed, "skipped": "the time limit was spent"})
             continue
         torch.manual_seed(seed)
-        net.extra[k] = extra = FusionModel(spec, pre.state, member=True)  # its own initial weights, from its seed
-        hf.share_frozen_backbones(net, spec, pre.state)  # ... and the first's pretrained backbones
+        # its own initial weights, from its seed, around the first network's frozen pretrained backbones
+        net.extra[k] = extra = FusionModel(spec, pre.state, member=True, backbones=net.backbones)
+        hf.leave_shared_out(net)
         seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
         history, seconds = fit_network(seeded, pre, splits, extra, valid_batch, out=None, resume=False, show=False,
                                        callback=None, place=place, governor=governor, budget=budget)
