@@ -110,7 +110,9 @@ def train_further(spec: Spec, pre: Preprocessor, splits: Splits, net: FusionMode
     one that does not fit is left out of the mix (its weight stays 0) and recorded."""
     done = []
     if spec.train.networks > 1 and not len(net.extra):
-        reason = ("a pretrained encoder trained in part, or pooled by attention, would need a backbone per network"
+        own = [n for n, c in spec.inputs.items() if hf_encoder(c) and not hf.shares_backbone(c)]
+        reason = (f"{', '.join(map(repr, own))} would need a backbone per network: a pretrained encoder trained in "
+                  "part, pooled by attention or over video frames; a frozen one with cls or mean pooling is shared"
                   if net.members is not None else "the ensemble is off")
         done.append({"networks": spec.train.networks, "skipped": f"one network trained: {reason}"})
         log(f"train.networks {spec.train.networks}: one network trained ({reason})")
