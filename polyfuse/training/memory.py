@@ -48,8 +48,9 @@ def keep_freed_heap_top() -> None:
     (a 52x64 CNN + n-grams, 2 cores, one run each, identical losses): 380 rows/s and 51 s of system time
     without it, 510 rows/s with a 64 MB pad, 760-930 rows/s and 14 s with 256 MB (network 49 s -> 26 s).
     It costs up to the pad in resident memory after a step's peak. Training only: the server bounds its
-    RSS instead (``release_memory``). A ``MALLOC_TOP_PAD_`` in the environment is the user's and is kept."""
-    if _LIBC is not None and "MALLOC_TOP_PAD_" not in os.environ:
+    RSS instead (``release_memory``). A number in ``MALLOC_TOP_PAD_`` is the user's and is kept (glibc reads
+    anything else as 0, which would silently cost the speed)."""
+    if _LIBC is not None and not os.environ.get("MALLOC_TOP_PAD_", "").strip().isdigit():
         _LIBC.mallopt(M_TOP_PAD, TOP_PAD_BYTES)
 
 
