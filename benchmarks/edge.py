@@ -183,7 +183,7 @@ def print_prune(name: str, r: dict) -> None:
           f"{', '.join(r['left_whole']) or '-'} |", flush=True)
     e = r["executorch"]
     ratio = e["pte-int8"]["ms"] / e["onnx-int8"]["ms"]
-    print("\n| build | parity | size KB | batch-1 ms (model alone; ONNX Runtime 1 thread, ExecuTorch its default threadpool) |\n| --- | --- | --- | --- |")
+    print("\n| build | parity | size KB | batch-1 ms (model alone; every runtime on 1 thread) |\n| --- | --- | --- | --- |")
     for k, v in e.items():
         print(f"| {k} | {'pass' if v['passed'] else 'FAIL'} | {v['kb']:.0f} | {v['ms']:.3f} |")
     print(f"int8 .pte / int8 ONNX Runtime batch-1 = {ratio:.2f}x (target <= 1.5x: {'PASS' if ratio <= 1.5 else 'FAIL'})",

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import toy_spec
 
 import polyfuse
@@ -56,12 +57,16 @@ def test_bench_finds_loads_and_cold_starts_the_programs(exported, toy_csv):
     from polyfuse.deploy.bench import _cold_start
     from polyfuse.deploy.bench_backends import backends
 
+    from executorch.extension.pybindings import portable_lib
+
     found = {b.name: b for b in backends(exported, 1)}
     assert {"torch", "executorch-fp32", "executorch-int8-static"} <= set(found)
     records = pd.read_csv(toy_csv).drop(columns=["label"]).head(5).to_dict("records")
     want = polyfuse.load(exported).predict(records, folder=toy_csv.parent)["label"].tolist()
     for name in ("executorch-fp32", "executorch-int8-static"):
         assert found[name].load().predict(records, toy_csv.parent)["label"] == want
+        # the bench's thread count reaches ExecuTorch's pool (its default is every core of the machine)
+        assert portable_lib._threadpool_get_thread_count() == 1
     cold = _cold_start(found["executorch-int8-static"], records[0], toy_csv.parent)
     assert cold["cold_start_s"] > 0 and cold["cold_load_s"] > 0
 
@@ -77,3 +82,40 @@ def test_a_tampered_program_is_refused(exported, tmp_path):
     (folder / "model.pte").write_bytes(bytes(data))
     with pytest.raises(ArtifactError):
         load_pte_runtime(folder, "model.pte")
+
+
+class _Pools(torch.nn.Module):
+    """A 1-D pool over an odd length and a ceil-mode 2-D pool over 7x7, the two XNNPACK would leave out."""
+
+    def __init__(self):
+        super().__init__()
+        self.row = torch.nn.Sequential(torch.nn.Conv1d(3, 4, 3), torch.nn.MaxPool1d(2))
+        self.grid = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.MaxPool2d(3, ceil_mode=True))
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor]:
+        return (torch.cat([self.row(inputs["seq"]).flatten(1), self.grid(inputs["img"]).flatten(1)], 1),)
+
+
+def test_max_pools_are_lowered_into_the_xnnpack_delegate_with_the_same_results():
+    from executorch.runtime import Runtime
+
+    from polyfuse.deploy.pte import delegable_pools, delegated
+
+    torch.manual_seed(0)
+    net = _Pools().eval()
+    example = {"seq": torch.randn(3, 3, 13), "img": torch.randn(3, 1, 7, 7)}
+    batch = torch.export.Dim("batch", min=1, max=8)
+    with torch.no_grad():
+        want = net(example)[0]
+        with delegable_pools(net):
+            assert np.array_equal(net(example)[0].numpy(), want.numpy())  # the same windows, not a near copy
+    assert isinstance(net.row[1], torch.nn.MaxPool1d) and net.grid[1].ceil_mode  # put back afterwards
+    assert want.shape == (3, 4 * 5 + 4 * 3 * 3)
+    edge = delegated(net, example, {k: {0: batch} for k in example})
+    outside = [str(n.target) for n in edge.exported_program().graph_module.graph.nodes
+               if n.op == "call_function" and "pool" in str(n.target)]
+    assert outside == []  # each one left out would run on a portable kernel and split the delegate
+    data = edge.to_executorch().buffer  # the program points into these bytes: they outlive it
+    program = Runtime.get().load_program(data)
+    got = program.load_method("forward").execute([example["seq"], example["img"]])[0]
+    assert torch.allclose(got, want, atol=1e-5)

@@ -73,7 +73,7 @@ CHILD_PTE = _CHILD_HEAD + """\
 from pathlib import Path
 from polyfuse.deploy.bench_backends import load_pte_runtime
 t1 = time.perf_counter()
-loaded = load_pte_runtime(Path(a['folder']), a['file'])
+loaded = load_pte_runtime(Path(a['folder']), a['file'], a['threads'])
 t2 = time.perf_counter()
 loaded.predict([a['record']], Path(a['record_folder']))
 """ + _CHILD_TAIL
@@ -148,13 +148,16 @@ def load_pt2_runtime(folder: Path) -> Loaded:
     return _with_preprocessing(folder, PT2, run_on)
 
 
-def load_pte_runtime(folder: Path, name: str) -> Loaded:
-    """An ExecuTorch program (.pte) in ExecuTorch's runtime, batches cut to the largest it was planned for."""
+def load_pte_runtime(folder: Path, name: str, threads: int | None = None) -> Loaded:
+    """An ExecuTorch program (.pte) in ExecuTorch's runtime on ``threads`` threads, batches cut to the largest
+    it was planned for."""
     import json
 
     from executorch.runtime import Runtime
 
-    from polyfuse.deploy.pte import probabilities
+    from polyfuse.deploy.pte import probabilities, use_threads
+
+    use_threads(threads)
 
     def run_on(opened: Any, names: list[str]) -> Callable:
         data = opened.read(name)  # the checked bytes; the program points into them, so they live with it
@@ -170,12 +173,13 @@ def load_pte_runtime(folder: Path, name: str) -> Loaded:
     return _with_preprocessing(folder, name, run_on)
 
 
-def load_litert_runtime(folder: Path, name: str) -> Loaded:
-    """A LiteRT flatbuffer (.tflite) in LiteRT's interpreter, one row per call (its fixed batch)."""
+def load_litert_runtime(folder: Path, name: str, threads: int | None = None) -> Loaded:
+    """A LiteRT flatbuffer (.tflite) in LiteRT's interpreter on ``threads`` threads, one row per call (its fixed
+    batch)."""
     from polyfuse.deploy.litert import open_runner, probabilities
 
     def run_on(opened: Any, names: list[str]) -> Callable:
-        one = open_runner(opened.read(name), names)
+        one = open_runner(opened.read(name), names, threads)
         return lambda batch: probabilities(one, names, batch)
 
     return _with_preprocessing(folder, name, run_on)
@@ -197,10 +201,10 @@ def backends(folder: Path, threads: int) -> list[Backend]:
         found.append(Backend("torch-export", folder / PT2, lambda: load_pt2_runtime(folder), CHILD_PT2, common))
     for precision, name in PTE.items():
         if name in listed:
-            found.append(Backend(f"executorch-{precision}", folder / name, lambda n=name: load_pte_runtime(folder, n),
+            found.append(Backend(f"executorch-{precision}", folder / name, lambda n=name: load_pte_runtime(folder, n, threads),
                                  CHILD_PTE, {**common, "file": name}))
     for precision, name in LITERT.items():
         if name in listed:
-            found.append(Backend(f"litert-{precision}", folder / name, lambda n=name: load_litert_runtime(folder, n),
+            found.append(Backend(f"litert-{precision}", folder / name, lambda n=name: load_litert_runtime(folder, n, threads),
                                  CHILD_LITERT, {**common, "file": name}))
     return found

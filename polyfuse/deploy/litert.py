@@ -78,13 +78,15 @@ def quantize_dynamic(fp32: Path, out: Path) -> None:
     q.quantize().export_model(str(out), overwrite=True)
 
 
-def open_runner(data: bytes | Path, names: list[str]) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """One row's arrays -> each output's values, through LiteRT's interpreter (inputs cast to the file's dtypes:
-    the converter narrows int64 to int32)."""
+def open_runner(data: bytes | Path, names: list[str],
+                threads: int | None = None) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """One row's arrays -> each output's values, through LiteRT's interpreter on ``threads`` threads (default:
+    the interpreter's own choice); inputs cast to the file's dtypes (the converter narrows int64 to int32)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    source = {"model_content": data} if isinstance(data, bytes) else {"model_path": str(data)}
     try:
-        interp = Interpreter(model_content=data) if isinstance(data, bytes) else Interpreter(model_path=str(data))
+        interp = Interpreter(**source, num_threads=threads)
         runner = interp.get_signature_runner(SIGNATURE)
     except (RuntimeError, ValueError) as e:
         raise ExportError(f"LiteRT cannot load the model ({e})") from None
