@@ -1,6 +1,6 @@
 """`polyfuse export --to litert`: .tflite builds (fp32, dynamic int8) converted by litert-torch in its own
 environment, checked in LiteRT's interpreter, recorded in the manifest and run by `polyfuse bench`; the
-mobile bundle for inputs whose shapes are fixed."""
+mobile bundle for inputs whose shapes are fixed or padded to a fixed length (clips)."""
 from __future__ import annotations
 
 import importlib.util
@@ -67,9 +67,9 @@ def test_what_litert_cannot_take_is_refused_with_the_reason(exported, tmp_path):
     assert run.returncode != 0 and "make litert" in run.stderr
 
 
-def test_bundle_with_preprocessing_for_fixed_shape_inputs(toy_csv, tmp_path):
+def test_bundle_with_preprocessing_for_fixed_shape_inputs_and_padded_clips(toy_csv, tmp_path):
     spec = toy_spec(toy_csv, epochs=3)
-    spec["inputs"] = {k: v for k, v in spec["inputs"].items() if k in ("note", "weight", "color")}
+    spec["inputs"] = {k: v for k, v in spec["inputs"].items() if k in ("note", "weight", "color", "sound")}
     spec["train"]["ensemble"] = "off"
     polyfuse.train(spec, out=tmp_path / "m")
     run = export(tmp_path / "m", "--with-preprocessing")
@@ -77,5 +77,8 @@ def test_bundle_with_preprocessing_for_fixed_shape_inputs(toy_csv, tmp_path):
     entry = json.loads((tmp_path / "m" / "exports.json").read_text())["mobile/litert/model.tflite"]
     assert entry["verification"]["passed"] and entry["verification"]["top1_agreement"] == 1.0
     contract = json.loads((tmp_path / "m" / "mobile" / "litert" / "contract.json").read_text())
-    assert [i["name"] for i in contract["inputs"]] == ["note", "weight", "color"]
+    inputs = {i["name"]: i for i in contract["inputs"]}
+    assert set(inputs) == {"note", "weight", "color", "sound", "sound__length", "sound__present"}
     assert all(i["shape"][0] == 1 for i in contract["inputs"])
+    # the clip is one fixed-length row: 30 s at 8 kHz, zero-padded; its length says how much is sound
+    assert inputs["sound"]["shape"] == [1, 240000] and "zero-padded" in inputs["sound"]["meaning"]

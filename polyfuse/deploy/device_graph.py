@@ -146,16 +146,36 @@ def decode_pixels(model: Any, table: Any, row: int) -> dict[str, np.ndarray | No
     return out
 
 
-def example(model: Any, batch: int) -> dict[str, torch.Tensor]:
-    """Synthetic device inputs to trace with: sizes unlike any the model uses, so no axis is specialised."""
+def fixed_clip_samples(cfg: Any) -> int:
+    """Samples in a clip input of a fixed-shape build (LiteRT): ExecuTorch's bound, every clip zero-padded to it."""
+    return int(MAX_CLIP_SECONDS * cfg.sample_rate)
+
+
+def padded_clips(model: Any, row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A device row (batch of one) with each clip zero-padded, or cut, to :func:`fixed_clip_samples`; its
+    ``__length`` keeps the samples that are the clip, so the graph reads the same sound."""
+    out = dict(row)
+    for name, cfg in model.spec.inputs.items():
+        if cfg.type == "audio":
+            n = fixed_clip_samples(cfg)
+            wave = row[name][:, :n]
+            out[name] = np.pad(wave, ((0, 0), (0, n - wave.shape[1])))
+            out[f"{name}__length"] = np.minimum(row[f"{name}__length"], n)
+    return out
+
+
+def example(model: Any, batch: int, fixed_clips: bool = False) -> dict[str, torch.Tensor]:
+    """Synthetic device inputs to trace with: sizes unlike any the model uses, so no axis is specialised
+    (clips at :func:`fixed_clip_samples` with ``fixed_clips``)."""
     ex: dict[str, torch.Tensor] = {}
     for name, cfg in model.spec.inputs.items():
         if cfg.type == "image":
             ex[name] = torch.zeros(batch, 37, 53, 3, dtype=torch.uint8)
             ex[f"{name}__present"] = torch.ones(batch, dtype=torch.bool)
         elif cfg.type == "audio":
-            ex[name] = torch.zeros(batch, 3001)
-            ex[f"{name}__length"] = torch.full((batch,), 3001, dtype=torch.int64)
+            n = fixed_clip_samples(cfg) if fixed_clips else 3001
+            ex[name] = torch.zeros(batch, n)
+            ex[f"{name}__length"] = torch.full((batch,), n, dtype=torch.int64)
             ex[f"{name}__present"] = torch.ones(batch, dtype=torch.bool)
         elif cfg.type == "text":
             ex[name] = torch.ones(batch, cfg.max_ngrams if cfg.encoder == "ngram" else cfg.max_length, dtype=torch.int64)

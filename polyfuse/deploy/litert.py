@@ -9,7 +9,9 @@ environment layered on this one), else this Python when it has it. The interpret
 the int8 quantizer (`ai-edge-quantizer`) pin nothing of the kind and live in the edge extra.
 
 LiteRT's converter lowers fixed shapes (symbolic sizes fail in its JAX lowering), so a build takes one row
-per call, with each input at the size the preprocessor collates it to.
+per call, with each input at the size the preprocessor collates it to; with the preprocessing inside, a clip
+comes zero-padded to a fixed length (its ``__length`` says how much is sound), and pictures, which come at
+their own size, are refused.
 """
 from __future__ import annotations
 
@@ -50,9 +52,9 @@ def check_supported(model: Any, with_preprocessing: bool) -> None:
     if varying:
         raise ExportError(f"LiteRT builds have fixed shapes, and {', '.join(map(repr, varying))} take token ids or "
                           "waveforms as long as each row; export to onnx or executorch instead")
-    media = [n for n, c in model.spec.inputs.items() if c.type in ("image", "audio")]
-    if with_preprocessing and media:
-        raise ExportError(f"LiteRT's converter cannot lower the any-size pictures and clips that {', '.join(map(repr, media))} "
+    pictures = [n for n, c in model.spec.inputs.items() if c.type == "image"]
+    if with_preprocessing and pictures:
+        raise ExportError(f"LiteRT's converter cannot lower the any-size pictures that {', '.join(map(repr, pictures))} "
                           "take with the preprocessing inside (symbolic sizes fail in litert-torch 0.10); use "
                           "--to onnx or --to executorch with --with-preprocessing, or --to litert without it")
 

@@ -2,7 +2,8 @@
 of one artifact, run by :func:`polyfuse.deploy.litert.convert` in the Python that has the converter.
 
 The graph traced is the one every other export takes (the network with its heads' activations, or with the
-preprocessing in front), on one row at the collated sizes: LiteRT's converter lowers fixed shapes.
+preprocessing in front, clips zero-padded to a fixed length), on one row at the collated sizes: LiteRT's
+converter lowers fixed shapes.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def main() -> None:
 
     model = load(args.model)
     if args.with_preprocessing:
-        wrapper, example = device_graph.DeviceModel(model).eval(), device_graph.example(model, 1)
+        wrapper, example = device_graph.DeviceModel(model).eval(), device_graph.example(model, 1, fixed_clips=True)
     else:
         wrapper = ProbabilityModel(model.net, model.spec).eval()
         example = {k: v[:1].clone(memory_format=torch.contiguous_format)

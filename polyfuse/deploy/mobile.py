@@ -96,6 +96,8 @@ def export_bundle(folder: Path, model: Any, table: Any, rows: Any, reference: di
     positions = {r: k for k, r in enumerate(table.rows)}
     device = [dg.device_row(model, rows, i, dg.decode_pixels(model, table, positions[rows.rows[i]]))
               for i in range(len(rows))]
+    if to == "litert":  # fixed shapes: what an app would pass it
+        device = [dg.padded_clips(model, row) for row in device]
     collated = [model.preprocessor.collate(rows, [i]) for i in range(len(rows))]
     gaps = dg.feature_gaps(model, wrapper.preprocessing, device, collated)
     allowed = {k: dg.allowed_gap(model, k) for k in gaps}
@@ -148,11 +150,13 @@ def _input_entries(model: Any, name: str, cfg: Any, to: str) -> list[dict[str, A
                  f"dropped, at its own size: resized to {cfg.size[0]}x{cfg.size[1]} (Pillow bilinear) and "
                  "normalised inside"}, present]
     if cfg.type == "audio":
-        seconds = dg.MAX_CLIP_SECONDS if to == "executorch" else None
-        return [{"name": name, "dtype": "float32", "shape": [batch, "samples"], "sample_rate": cfg.sample_rate,
-                 "max_seconds_read": cfg.max_seconds, "max_seconds_accepted": seconds,
+        seconds = dg.MAX_CLIP_SECONDS if to in ("executorch", "litert") else None
+        fixed = to == "litert"
+        return [{"name": name, "dtype": "float32", "shape": [batch, dg.fixed_clip_samples(cfg) if fixed else "samples"],
+                 "sample_rate": cfg.sample_rate, "max_seconds_read": cfg.max_seconds, "max_seconds_accepted": seconds,
                  "meaning": f"mono waveform at {cfg.sample_rate} Hz, any scale (peak-normalised inside; PCM16/32768 "
-                 f"is fine); the first {cfg.max_seconds} s are used"},
+                 f"is fine); the first {cfg.max_seconds} s are used"
+                 + (f"; zero-padded to {dg.fixed_clip_samples(cfg)} samples (the build's fixed shape)" if fixed else "")},
                 {"name": f"{name}__length", "dtype": "int64", "shape": [batch], "meaning": "samples of each row that "
                  "are audio (the rest of the row is padding)"}, present]
     if cfg.type == "text":
