@@ -46,8 +46,11 @@ def test_search_resumes_without_repeating_a_trial_and_the_leaderboard_ranks_it(t
     out = tmp_path / "tune"
     first = tune.tune(tmp_path / "spec.yaml", space, trials=2, out=out)
     assert first["complete"] == 2 and (out / "best.yaml").exists()
-    # a search killed in the middle of a trial leaves it RUNNING in the study
+    # the first trial is where the user started: the search's best is never below it on validation
     study = optuna.load_study(study_name="polyfuse", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.trials[0].params == {"train.lr": spec["train"]["lr"], "fusion.method": spec["fusion"]["method"]}
+    assert first["best"]["value"] >= study.trials[0].value
+    # a search killed in the middle of a trial leaves it RUNNING in the study
     study.ask()
     second = tune.tune(tmp_path / "spec.yaml", space, trials=4, out=out, refit=True)
     states = [t.state.name for t in optuna.load_study(study_name="polyfuse", storage=f"sqlite:///{out / 'study.db'}").trials]
@@ -127,6 +130,7 @@ def test_suggest_writes_a_space_tune_accepts(toy_csv, tmp_path):
     assert done.returncode == 0, done.stderr
     space = yaml.safe_load(done.stdout)
     assert space["inputs.note.encoder"] == ["ngram", "cnn"] and "train.lr" in space
+    assert space["train.ensemble"] == ["off", "auto"]  # the network alone, or mixed with linear models
     assert set(tune.parse_space(space)) == set(space)
 
 
