@@ -49,6 +49,9 @@ def test_search_resumes_without_repeating_a_trial_and_the_leaderboard_ranks_it(t
     # the first trial is where the user started: the search's best is never below it on validation
     study = optuna.load_study(study_name="polyfuse", storage=f"sqlite:///{out / 'study.db'}")
     assert study.trials[0].params == {"train.lr": spec["train"]["lr"], "fusion.method": spec["fusion"]["method"]}
+    dims = tune.parse_space({"train.weight_decay": "loguniform(1e-6, 1e-2)", "fusion.dim": "int(64, 256)"})
+    assert tune.starting_point({"train": {"weight_decay": 0.0}, "fusion": {"dim": 32}}, dims) == {
+        "train.weight_decay": 1e-6, "fusion.dim": 64}  # out of range: the nearest the space allows
     assert first["best"]["value"] >= study.trials[0].value
     # a search killed in the middle of a trial leaves it RUNNING in the study
     study.ask()

@@ -8,8 +8,8 @@ A space names dotted spec fields and what they may take::
     inputs.note.encoder: [ngram, cnn]
 
 ``uniform(a, b)``, ``loguniform(a, b)``, ``int(a, b)`` or a list of choices. The first trial is the spec's
-own settings (where the space holds them), so the search never ends below what it started from on
-validation; Optuna's TPE proposes the others. Its pruner, asynchronous successive halving (ASHA, as Ray
+own settings (a value outside a range at its nearest end), so the search does not end below what it started
+from on validation; Optuna's TPE proposes the others. Its pruner, asynchronous successive halving (ASHA, as Ray
 Tune's engine runs too), reads the validation score that early stopping watches after every epoch and
 stops a trial at epochs 1, 4, 16 unless it is in the top quarter of the trials that got there: Optuna's
 own benchmarks rank it and Hyperband above the median pruner, which on mvsa pruned 7 of 20 trials and
@@ -211,7 +211,8 @@ def _as_written(spec_path: str | Path, base_dir: Path) -> dict[str, Any]:
 
 
 def starting_point(raw: dict[str, Any], dims: dict[str, Dimension]) -> dict[str, Any]:
-    """The spec's own value of each searched field that its dimension can take."""
+    """The spec's own value of each searched field, or the nearest a range allows (weight decay 0 starts at
+    the space's 1e-6); a choice the space lacks is left to the sampler."""
     point = {}
     for field, dim in dims.items():
         node: Any = raw
@@ -219,8 +220,9 @@ def starting_point(raw: dict[str, Any], dims: dict[str, Dimension]) -> dict[str,
             node = node.get(part) if isinstance(node, dict) else None
         if dim.kind == "choice" and node in dim.choices:
             point[field] = node
-        elif dim.kind != "choice" and isinstance(node, (int, float)) and dim.low <= node <= dim.high:
-            point[field] = int(node) if dim.kind == "int" else float(node)
+        elif dim.kind != "choice" and isinstance(node, (int, float)) and not isinstance(node, bool):
+            near = min(max(float(node), dim.low), dim.high)
+            point[field] = int(round(near)) if dim.kind == "int" else near
     return point
 
 
