@@ -78,3 +78,31 @@ def test_cli_distills_a_fast_student_with_unlabelled_rows(toy_model, toy_csv, tm
     assert metrics["distillation"]["unlabelled_rows"] == 30 and metrics["distillation"]["rows"] == 120
     assert metrics["sizes"]["train"] + metrics["sizes"]["valid"] + metrics["sizes"]["test"] == 120
     assert "distilled from the teacher" in (tmp_path / "s" / "MODEL_CARD.md").read_text()
+
+
+def test_a_pretrained_teacher_is_scored_from_its_embedding_cache(tmp_path):
+    """The teacher's frozen backbone is not run again for the rows its training cached: the same
+    probabilities as predict_proba, one backbone pass for the one row the cache never saw."""
+    from conftest import make_toy, toy_spec
+    from hf_models import tiny_bert
+
+    import polyfuse
+    from polyfuse.deploy.distill import teacher_probabilities
+
+    csv, bert = make_toy(tmp_path / "toy", n=60), tiny_bert(tmp_path / "bert")
+    spec = toy_spec(csv, epochs=2)
+    spec["data"]["cache_dir"] = str(tmp_path / "cache")
+    spec["inputs"] = {"note": {"type": "text", "max_length": 16, "dim": 16, "encoder": {"hf": str(bert)}},
+                      "weight": {"type": "number", "dim": 8}}
+    teacher = polyfuse.train(spec, out=tmp_path / "teacher", show_progress=False)
+    frame = pd.read_csv(csv)
+    frame.loc[len(frame)] = {**frame.iloc[0].to_dict(), "note": "a sentence the cache has never seen"}
+    want = teacher.predict_proba(frame, folder=csv.parent).to_numpy()
+    calls = []
+    hook = teacher.net.encoders["note"].backbone.register_forward_hook(
+        lambda m, args, kwargs, out: calls.append(len((list(args) + list(kwargs.values()))[0])), with_kwargs=True)
+    classes, got = teacher_probabilities(teacher, frame, csv.parent, "label", tmp_path / "cache")
+    hook.remove()
+    assert classes == teacher.preprocessor.classes("label")
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert calls == [1]  # the new sentence alone

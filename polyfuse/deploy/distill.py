@@ -17,7 +17,9 @@ import numpy as np
 from polyfuse.data.io import is_missing, read_table
 from polyfuse.errors import BadInputError, SpecError
 from polyfuse.estimator import Model, load, train
+from polyfuse.preprocess.pipeline import decode_table
 from polyfuse.preprocess.targets import decode as decode_target
+from polyfuse.training import feature_cache, shards
 from polyfuse.training.soft_targets import SoftTargets
 from polyfuse.training.trainset import log
 
@@ -54,21 +56,31 @@ def _absolute_media(frame: Any, folder: Path, columns: list[str]) -> Any:
     return frame
 
 
-def teacher_probabilities(teacher: Model, frame: Any, folder: Path, output: str) -> tuple[list[str], np.ndarray]:
-    """(classes, [rows, classes]) of the teacher on every row; NaN where the teacher cannot read a row."""
+def teacher_probabilities(teacher: Model, frame: Any, folder: Path, output: str,
+                          cache: Path | None = None) -> tuple[list[str], np.ndarray]:
+    """(classes, [rows, classes]) of the teacher on every row; NaN where the teacher cannot read a row.
+
+    With ``cache`` (the embedding cache the teacher's training filled), its frozen backbones' outputs are
+    read from there, so only rows it never saw run a backbone: scoring mvsa's 3,200 training rows through
+    e5 and EfficientNet again took ~5 minutes, longer than training the student."""
     classes = teacher.preprocessor.classes(output)
     probs = np.full((len(frame), len(classes)), np.nan)
+
+    def score(part: Any) -> np.ndarray:
+        table = read_table(part, folder)
+        decoded = decode_table(teacher.spec, table, with_targets=False, on_bad_row="error")
+        if cache is not None:
+            feature_cache.precompute(teacher.spec, teacher.preprocessor, teacher.net, [decoded], cache, False)
+        return teacher.run_arrays(teacher.preprocessor.collate(decoded))[output]
+
     for start in range(0, len(frame), CHUNK):
         part = frame.iloc[start : start + CHUNK]
         try:
-            p = teacher.predict_proba(part, folder=folder)
-            p = p[output] if isinstance(p, dict) else p
-            probs[start : start + len(part)] = p.to_numpy()
+            probs[start : start + len(part)] = score(part)
         except BadInputError:  # one bad row: score the chunk row by row
             for i in range(len(part)):
                 try:
-                    p = teacher.predict_proba(part.iloc[i : i + 1], folder=folder)
-                    probs[start + i] = (p[output] if isinstance(p, dict) else p).to_numpy()[0]
+                    probs[start + i] = score(part.iloc[i : i + 1])[0]
                 except BadInputError:
                     pass
     return classes, probs
@@ -142,7 +154,8 @@ def distill(teacher_dir: str | Path, student: str | Path = "fast", *, out: str |
         extra[column] = None
         frame, extra_rows = pd.concat([frame, extra], ignore_index=True), len(extra)
         log(f"distill: {len(extra)} unlabelled rows from {unlabelled} join the {len(frame) - len(extra)} training rows")
-    classes, probs = teacher_probabilities(teacher, frame, folder, output)
+    cache = shards.cache_root(teacher.spec, Path(teacher.data_info.get("base") or "."))
+    classes, probs = teacher_probabilities(teacher, frame, folder, output, cache)
     labels = [_label(v, teacher.spec.outputs[output]) for v in frame[column]]  # as training reads them (3.0 -> "3")
     targets = mixed_targets(labels, classes, soften(probs, temperature), alpha)
     frame[column] = [classes[int(np.argmax(t))] if label is None else v
