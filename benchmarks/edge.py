@@ -15,7 +15,8 @@ For each real set (../shared/data), no hand edits:
 Pruning, on ``--prune-set`` (avdigits): init's fast spec trained, then `polyfuse compress --prune 0.5`;
 MACs per row and parameters before/after (target >= 50 % fewer MACs), test accuracy of both (target
 <= 1 point lost), both exported to fp32 ONNX and timed at batch 1 in the torch-free runtime on
-``--rows`` test records, interleaved (target: the pruned one >= 1.4x faster).
+``--rows`` test records, interleaved (target: the pruned one >= 1.4x faster), end to end from records and
+the model alone on preprocessed rows (on 1 thread: what pruning changes).
 
 ExecuTorch and LiteRT, on the unpruned model: fp32 and static int8 .pte, fp32 and dynamic int8 .tflite
 (LiteRT's interpreter; its converter in POLYFUSE_LITERT_PYTHON, `make litert`) and static int8 ONNX, their parity gates,
@@ -83,6 +84,19 @@ def batch1_ms(models: dict[str, Path], folder: Path, rows: int) -> dict[str, flo
         records, rounds=3).items()}
 
 
+def model_ms(models: dict[str, Path], folder: Path, rows: int) -> dict[str, float]:
+    """fp32 ONNX at batch 1 on 1 thread, the model alone on preprocessed rows (what pruning changes;
+    batch1_ms's end-to-end figure also holds the preprocessing, which it does not), interleaved."""
+    from polyfuse.runtime import Runtime
+
+    records = pd.read_csv(folder / "test.csv").head(rows).drop(columns=["label"]).to_dict("records")
+    runtimes = {k: Runtime(m, "fp32", 1) for k, m in models.items()}
+    pre = next(iter(runtimes.values())).preprocessor
+    singles = [pre.transform([r], folder)[0] for r in records]
+    return {f"{k}_model_ms": v for k, v in interleaved_ms(
+        {k: (lambda b, rt=rt: rt.run_arrays(b)) for k, rt in runtimes.items()}, singles, rounds=3).items()}
+
+
 def prune_set(name: str, tmp: Path, rows: int) -> dict:
     folder = DATA / name
     full, small = tmp / f"{name}-full", tmp / f"{name}-pruned"
@@ -95,6 +109,7 @@ def prune_set(name: str, tmp: Path, rows: int) -> dict:
     out = {"macs": p["macs_per_row"], "parameters": p["parameters"], "left_whole": p["left_whole"],
            "full": accuracy(full, name, tmp), "pruned": accuracy(small, name, tmp)}
     out.update(batch1_ms({"full": full, "pruned": small}, folder, rows))
+    out.update(model_ms({"full": full, "pruned": small}, folder, rows))
     out["executorch"] = executorch_figures(full, folder, rows)
     return out
 
@@ -175,11 +190,12 @@ def print_prune(name: str, r: dict) -> None:
     (m0, m1), (p0, p1) = r["macs"], r["parameters"]
     fewer, lost, speed = 1 - m1 / m0, round(100 * (r["full"] - r["pruned"]), 6), r["full_ms"] / r["pruned_ms"]
     print("| set | MACs per row before / after (target >= 50 % fewer) | parameters | test accuracy before / after "
-          "(target <= 1 pt lost) | ONNX batch-1 ms before / after (target >= 1.4x) | left whole |")
+          "(target <= 1 pt lost) | ONNX batch-1 ms before / after, end to end (target >= 1.4x); model alone | left whole |")
     print("| --- | --- | --- | --- | --- | --- |")
     print(f"| {name} | {m0:,} / {m1:,} = {fewer:.0%} fewer ({'PASS' if fewer >= 0.5 else 'FAIL'}) | {p0:,} / {p1:,} | "
           f"{r['full']:.4f} / {r['pruned']:.4f} = {lost:+.1f} pt lost ({'PASS' if lost <= 1 else 'FAIL'}) | "
-          f"{r['full_ms']:.2f} / {r['pruned_ms']:.2f} = {speed:.2f}x ({'PASS' if speed >= 1.4 else 'FAIL'}) | "
+          f"{r['full_ms']:.2f} / {r['pruned_ms']:.2f} = {speed:.2f}x ({'PASS' if speed >= 1.4 else 'FAIL'}); model "
+          f"alone {r['full_model_ms']:.3f} / {r['pruned_model_ms']:.3f} = {r['full_model_ms'] / r['pruned_model_ms']:.2f}x | "
           f"{', '.join(r['left_whole']) or '-'} |", flush=True)
     e = r["executorch"]
     ratio = e["pte-int8"]["ms"] / e["onnx-int8"]["ms"]
