@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import itertools
 import re
+import struct
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,11 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 _WIDE_GREY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0}
 
 
+# what Pillow raises on a malformed file: besides OSError and friends, a TIFF whose tile offsets parse as text
+# raised TypeError from its loader (found by tests/test_fuzz.py), and truncated headers raise struct.error
+MALFORMED = (OSError, SyntaxError, ValueError, TypeError, struct.error)
+
+
 def _label(source: Any, where: str) -> str:
     return f"image {where or str(source)!r}" if where or not isinstance(source, bytes) else "the image bytes"
 
@@ -41,7 +47,7 @@ def open_image(source: bytes | Path, where: str = "", budget: DecodeBudget = UNL
         img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS)
     except Image.DecompressionBombError as e:  # Pillow's own guard: over twice its pixel limit
         raise MediaTooLarge(f"{_label(source, where)} is too large ({e}); resize it") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, *MALFORMED) as e:
         raise _undecodable(source, where, e) from None
     budget.check_image(*img.size, _label(source, where))
     return img
@@ -97,7 +103,7 @@ def load_image(source: bytes | Path | np.ndarray, convert: Callable[[Any], Any],
         img.load()
         budget.check()
         return pixels_only(convert(upright(img)))
-    except (OSError, SyntaxError, ValueError) as e:
+    except MALFORMED as e:
         raise _undecodable(source, where, e) from None
 
 
