@@ -44,7 +44,7 @@ demo: setup
 	$(VENV)/bin/polyfuse demo
 
 test: setup-test
-	$(PY) -m pytest -n 2 --dist loadfile   # two workers, one file each at a time: the suite waits on servers and subprocesses
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder   # two workers, one file each at a time (the suite waits on servers and subprocesses), longest files first (tests/conftest.py)
 
 clean:
 	rm -rf $(VENV) $(LITERT) runs .pytest_cache
