@@ -30,6 +30,32 @@ def test_targets_are_the_softened_teacher_mixed_with_the_labels():
     assert [_label(v, spec.outputs["y"]) for v in (3.0, 7, "cat", float("nan"), " ")] == ["3", "7", "cat", None, None]
 
 
+def test_rows_only_the_teacher_labelled_only_train():
+    """The student's validation and test rows are drawn from the labelled rows alone (the same rows as
+    without the teacher-labelled ones); every teacher-labelled row trains. Before, unlabelled rows joined
+    the split, and validation scored agreement with the teacher: 0.89 on mvsa against 0.69 without them."""
+    from pathlib import Path
+
+    from polyfuse.data.io import read_table
+    from polyfuse.preprocess.pipeline import decode_table
+    from polyfuse.training.trainset import split_decoded
+
+    spec, _ = load_spec({"data": {"split": {"valid": 0.2, "test": 0.1, "seed": 3}},
+                         "inputs": {"x": {"type": "number"}}, "outputs": {"y": {"type": "category"}}})
+    labelled = pd.DataFrame({"x": np.arange(60.0), "y": ["a", "b"] * 30})
+    both = pd.concat([labelled, pd.DataFrame({"x": np.arange(100.0, 140.0), "y": ["a"] * 40})], ignore_index=True)
+    only = np.arange(100) >= 60
+    parts = {}
+    for name, frame, pinned in (("alone", labelled, None), ("both", both, only)):
+        table = read_table(frame, Path("."))
+        parts[name] = split_decoded(spec, table, decode_table(spec, table, with_targets=True), valid=True, test=True,
+                                    train_only=pinned)
+    (tr, va, te), (tr1, va1, te1) = parts["both"], parts["alone"]
+    assert va.inputs["x"] == va1.inputs["x"] and te.inputs["x"] == te1.inputs["x"]  # the same labelled rows
+    assert len(va) == 12 and len(te) == 6 and all(v < 100 for v in va.inputs["x"] + te.inputs["x"])
+    assert sorted(tr.inputs["x"]) == sorted(tr1.inputs["x"] + list(np.arange(100.0, 140.0)))
+
+
 def _absolute(frame: pd.DataFrame, folder) -> pd.DataFrame:
     frame = frame.copy()
     for col in ("photo", "sound"):

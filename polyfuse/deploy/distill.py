@@ -167,5 +167,6 @@ def distill(teacher_dir: str | Path, student: str | Path = "fast", *, out: str |
     about = {"teacher": str(teacher_dir), "temperature": temperature, "alpha": alpha, "rows": len(frame),
              "unlabelled_rows": extra_rows,
              "teacher_test": {k: teacher_test[k] for k in ("accuracy", "f1_macro") if k in teacher_test}}
-    soft = SoftTargets({output: classes}, {output: targets}, about)
+    soft = SoftTargets({output: classes}, {output: targets}, about,
+                       train_only=np.array([label is None for label in labels]))
     return train(spec, data=frame, out=out, show_progress=show_progress, base=folder, soft=soft)

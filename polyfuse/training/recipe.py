@@ -176,7 +176,7 @@ def run(spec: Spec, base: Path, *, data: Any = None, out: Path | None = None, re
     if pretrained:
         hf.bind_folders(spec, base)                                  # 0. pretrained models' processors
     bind_vad(spec.inputs)                                            # 0a. voice activity for `trim: vad`
-    splits = read_splits(spec, base, data, show)                     # 1. decode once, split
+    splits = read_splits(spec, base, data, show, soft.train_only if soft else None)  # 1. decode once, split
     spec, chosen = dp_defaults.apply(spec, len(splits.train))        # 1a. DP-SGD's own settings
     for line in chosen:
         log(line)

@@ -21,6 +21,9 @@ class SoftTargets:
     classes: dict[str, list[str]]  # per output, the columns of ``probs``
     probs: dict[str, np.ndarray]  # per output, [table rows, classes]; each row sums to 1
     about: dict = field(default_factory=dict)  # what the model card and metrics.json say of where they came from
+    # per table row, whether only the teacher labelled it (an unlabelled row, a missing label): such rows
+    # only train, so the student's validation and test rows score real labels (training.trainset.split_decoded)
+    train_only: np.ndarray | None = None
 
 
 def replace(target: dict[str, np.ndarray], soft: SoftTargets, rows: list, student: dict[str, list[str]],

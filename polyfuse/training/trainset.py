@@ -40,8 +40,9 @@ class Splits:
         return {"train": len(self.train), "valid": len(self.valid or []), "test": len(self.test or [])}
 
 
-def read_splits(spec: Spec, base: Path, data: Any, show: bool) -> Splits:
-    """Read and decode every table once; split what the spec did not give as separate tables."""
+def read_splits(spec: Spec, base: Path, data: Any, show: bool, train_only: np.ndarray | None = None) -> Splits:
+    """Read and decode every table once; split what the spec did not give as separate tables.
+    ``train_only``: per row of the training table, whether it may only train (see :func:`split_decoded`)."""
     on_bad = spec.data.on_bad_row
     source = data if data is not None else spec.data.train
     if source is None:
@@ -54,7 +55,8 @@ def read_splits(spec: Spec, base: Path, data: Any, show: bool) -> Splits:
         if getattr(spec.data, part):
             given[part] = decode_table_for(spec, read_table(getattr(spec.data, part), base), base, part, on_bad, show)
             bad_rows += given[part].bad
-    train, va, te = split_decoded(spec, train_table, full, valid=given["valid"] is None, test=given["test"] is None)
+    train, va, te = split_decoded(spec, train_table, full, valid=given["valid"] is None, test=given["test"] is None,
+                                  train_only=train_only)
     valid, test = given["valid"] or va, given["test"] or te
     info = {"base": str(Path(base).resolve()), "train": None if data is not None else spec.data.train,
             "valid": spec.data.valid, "valid_rows": None if spec.data.valid or not valid else valid.rows}
@@ -160,21 +162,31 @@ def split_rows(n: int, groups: list | None, valid: float, test: float, seed: int
     return sorted(parts[2]), sorted(parts[0]), sorted(parts[1])
 
 
-def split_decoded(spec: Spec, table: Table, full: Decoded, *, valid: bool, test: bool
-                  ) -> tuple[Decoded, Decoded | None, Decoded | None]:
-    """Train/valid/test parts of the decoded training table as ``data.split`` says (deterministic)."""
+def split_decoded(spec: Spec, table: Table, full: Decoded, *, valid: bool, test: bool,
+                  train_only: np.ndarray | None = None) -> tuple[Decoded, Decoded | None, Decoded | None]:
+    """Train/valid/test parts of the decoded training table as ``data.split`` says (deterministic).
+
+    Rows marked in ``train_only`` (by table position: a distilled student's rows that only its teacher
+    labelled) always train, and the split is drawn over the others alone, so validation and test score
+    real labels and are the same rows they would be without the marked ones."""
     split = spec.data.split
+    position = {row: i for i, row in enumerate(table.rows)}
+    pinned = np.zeros(len(full), bool)
+    if train_only is not None:
+        pinned = np.asarray(train_only, bool)[[position[row] for row in full.rows]]
+    free = np.flatnonzero(~pinned)
     groups = None
     if split.group_by:
         if split.group_by not in table.columns:
             raise SpecError(f"data.split.group_by: column {split.group_by!r} not in {table.name} "
                             f"(columns: {list(table.columns)})")
-        position = {row: i for i, row in enumerate(table.rows)}
-        groups = [table.columns[split.group_by][position[row]] for row in full.rows]
-    tr, va, te = split_rows(len(full), groups, split.valid if valid else 0.0, split.test if test else 0.0, split.seed)
+        groups = [table.columns[split.group_by][position[full.rows[i]]] for i in free]
+    tr, va, te = split_rows(len(free), groups, split.valid if valid else 0.0, split.test if test else 0.0, split.seed)
     if groups is not None and va:
-        log(f"split by {split.group_by!r}: valid holds {len(va)} rows ({len(va) / len(full):.0%}; asked "
+        log(f"split by {split.group_by!r}: valid holds {len(va)} rows ({len(va) / len(free):.0%}; asked "
             f"{split.valid:.0%}) from {len({str(groups[i]) for i in va})} group(s)")
+    tr, va, te = (sorted(int(free[i]) for i in part) for part in (tr, va, te))
+    tr = sorted(tr + np.flatnonzero(pinned).tolist())
     return full.subset(tr), full.subset(va) if va else None, full.subset(te) if te else None
 
 
