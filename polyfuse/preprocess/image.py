@@ -41,13 +41,13 @@ def _label(source: Any, where: str) -> str:
 
 def open_image(source: bytes | Path, where: str = "", budget: DecodeBudget = UNLIMITED) -> Any:
     """Open an image from its header only (nothing decoded yet) and check its size against ``budget``."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS)
     except Image.DecompressionBombError as e:  # Pillow's own guard: over twice its pixel limit
         raise MediaTooLarge(f"{_label(source, where)} is too large ({e}); resize it") from None
-    except (UnidentifiedImageError, *MALFORMED) as e:
+    except MALFORMED as e:  # UnidentifiedImageError is an OSError
         raise _undecodable(source, where, e) from None
     budget.check_image(*img.size, _label(source, where))
     return img
